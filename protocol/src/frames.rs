@@ -1,0 +1,163 @@
+//! WebSocket frames, protocol `orders.v1` (documented in `docs/protocol.md`).
+//!
+//! A plain connection (no protocol negotiated) receives nothing but event frames, so clients
+//! written for the original design, which parse every frame as an event, keep working. A client
+//! that negotiates [`SUBPROTOCOL`] also receives `hello`, `pong` and `error` frames.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::event::Operation;
+
+/// The protocol name a client offers in `Sec-WebSocket-Protocol` (or `?protocol=`).
+pub const SUBPROTOCOL: &str = "orders.v1";
+/// The protocol version announced in `hello`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Close code: the server is shutting down or restarting; reconnect (to any replica).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: a frame was larger than the hard limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the client fell behind the live stream and its queue overflowed.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code: the client did not answer pings.
+pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4009;
+
+/// A frame the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on a protocol connection.
+    Hello {
+        /// Protocol version ([`PROTOCOL_VERSION`]).
+        protocol: u32,
+        /// The replica that accepted the connection.
+        server_id: String,
+        /// Largest client frame accepted, in bytes.
+        max_frame_bytes: usize,
+    },
+    /// A row change.
+    Event(EventFrame),
+    /// Answer to a client `ping`.
+    Pong {
+        /// The `id` the ping carried, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+    },
+    /// A client frame was not understood; the connection stays open.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// What was wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The body of an event frame, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame {
+    /// Event id (`realtime_events.id`); absent for events from a legacy trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    /// The table the row belongs to.
+    pub table: String,
+    /// INSERT, UPDATE or DELETE.
+    pub operation: Operation,
+    /// The row (the deleted row for DELETE).
+    pub order: Value,
+    /// The previous row, for UPDATE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    /// When the change was made (database clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<String>,
+}
+
+/// Machine-readable error codes in `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON.
+    InvalidJson,
+    /// The frame was JSON but not an object with a known `type`.
+    UnknownType,
+    /// The frame had a known `type` but wrong fields.
+    InvalidFrame,
+    /// The frame was larger than `max_frame_bytes`.
+    FrameTooLarge,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+}
+
+/// A frame a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Application-level ping; answered with `pong` carrying the same `id`.
+    Ping {
+        /// Echoed back in the `pong`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+    },
+}
+
+const KNOWN_CLIENT_TYPES: &[&str] = &["ping"];
+
+impl ClientFrame {
+    /// Parses a client text frame, telling apart bad JSON, unknown types and bad fields.
+    ///
+    /// # Errors
+    /// An `(ErrorCode, message)` pair ready for an `error` frame.
+    pub fn parse(text: &str) -> Result<Self, (ErrorCode, String)> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            (ErrorCode::InvalidJson, format!("frame is not valid JSON ({e}); send a JSON object like {{\"type\":\"ping\"}}"))
+        })?;
+        let kind = value.get("type").and_then(Value::as_str).map(str::to_owned);
+        match kind.as_deref() {
+            Some(k) if KNOWN_CLIENT_TYPES.contains(&k) => serde_json::from_value(value)
+                .map_err(|e| (ErrorCode::InvalidFrame, format!("invalid {k:?} frame: {e}"))),
+            _ => Err((
+                ErrorCode::UnknownType,
+                format!(
+                    "unknown frame type {}; expected one of {KNOWN_CLIENT_TYPES:?}",
+                    kind.map_or_else(|| "(missing \"type\")".to_owned(), |k| format!("{k:?}"))
+                ),
+            )),
+        }
+    }
+}
+
+impl ServerFrame {
+    /// Serializes the frame to its JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_json_from_the_publisher_parses_as_a_server_frame() {
+        let text = r#"{"type":"event","id":1,"table":"orders","operation":"INSERT","order":{"id":5}}"#;
+        let frame: ServerFrame = serde_json::from_str(text).unwrap();
+        let ServerFrame::Event(e) = frame else { panic!("not an event") };
+        assert_eq!((e.id, e.operation, e.order), (Some(1), Operation::Insert, json!({"id":5})));
+    }
+
+    #[test]
+    fn client_frames_are_classified() {
+        assert_eq!(ClientFrame::parse(r#"{"type":"ping","id":3}"#).unwrap(), ClientFrame::Ping { id: Some(json!(3)) });
+        assert_eq!(ClientFrame::parse("nope").unwrap_err().0, ErrorCode::InvalidJson);
+        assert_eq!(ClientFrame::parse(r#"{"type":"dance"}"#).unwrap_err().0, ErrorCode::UnknownType);
+        assert_eq!(ClientFrame::parse("[1]").unwrap_err().0, ErrorCode::UnknownType);
+    }
+
+    #[test]
+    fn error_frame_shape_is_stable() {
+        let f = ServerFrame::Error { code: ErrorCode::FrameTooLarge, message: "m".into() };
+        assert_eq!(serde_json::to_value(&f).unwrap(), json!({"type":"error","code":"frame_too_large","message":"m"}));
+    }
+}

@@ -1,0 +1,18 @@
+//! Everything that crosses a process boundary, plus the small pieces every service shares.
+//!
+//! - [`channel`]: validated channel names and the fixed defaults (`orders_channel`, `orders_updates`)
+//! - [`event`]: the NOTIFY payload the trigger sends and the event the publisher emits
+//! - [`frames`]: WebSocket frames in both directions (protocol `orders.v1`)
+//! - [`retry`]: the reconnect policy (`backon` exponential schedule with jitter, never giving up)
+//! - [`env`]: configuration from the environment, reporting every problem at once
+//! - [`ops`]: readiness, Prometheus metrics and the `/healthz` `/readyz` `/metrics` router
+//! - [`telemetry`], [`shutdown`]: logging setup and the SIGINT/SIGTERM future
+
+pub mod channel;
+pub mod env;
+pub mod event;
+pub mod frames;
+pub mod ops;
+pub mod retry;
+pub mod shutdown;
+pub mod telemetry;

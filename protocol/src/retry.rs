@@ -1,0 +1,112 @@
+//! The reconnect policy every connection shares: exponential delays with jitter and a cap,
+//! from `backon` (maintained; the `backoff` crate is unmaintained and gives up after 15
+//! minutes by default). The schedule never ends: a daemon whose dependency is down waits for it.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+/// Delay bounds for reconnecting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// First delay.
+    pub min_delay: Duration,
+    /// Largest delay (jitter included).
+    pub max_delay: Duration,
+    /// Growth factor between attempts.
+    pub factor: f32,
+    /// A session that lasted this long counts as healthy: the schedule starts over.
+    pub healthy_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            factor: 2.0,
+            healthy_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A fresh delay schedule.
+    pub fn backoff(&self) -> Backoff {
+        Backoff { policy: *self, delays: self.schedule() }
+    }
+
+    fn schedule(&self) -> ExponentialBackoff {
+        // backon's jitter adds up to one more delay on top; halve the cap it sees so the
+        // jittered delay stays within `max_delay`.
+        ExponentialBuilder::new()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay / 2)
+            .with_factor(self.factor)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// The delays of one run of reconnect attempts.
+#[derive(Debug)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    delays: ExponentialBackoff,
+}
+
+impl Backoff {
+    /// The delay before the next attempt, given when the session that just ended started.
+    ///
+    /// A session that stayed up for `healthy_after` restarts the schedule, so one blip after
+    /// hours of uptime waits the minimum, not the cap.
+    pub fn next_delay(&mut self, session_started: Instant) -> Duration {
+        if session_started.elapsed() >= self.policy.healthy_after {
+            self.reset();
+        }
+        self.delays
+            .next()
+            .unwrap_or(self.policy.max_delay)
+            .clamp(self.policy.min_delay, self.policy.max_delay)
+    }
+
+    /// Starts the schedule over (after a successful connection).
+    pub fn reset(&mut self) {
+        self.delays = self.policy.schedule();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_stay_within_bounds_and_never_stop() {
+        let policy = RetryPolicy::default();
+        let mut b = policy.backoff();
+        let now = Instant::now();
+        let delays: Vec<_> = (0..200).map(|_| b.next_delay(now)).collect();
+        assert!(delays.iter().all(|d| *d >= policy.min_delay && *d <= policy.max_delay));
+        // It grows to the cap region and stays there.
+        assert!(delays[150..].iter().all(|d| *d >= policy.max_delay / 2), "{:?}", &delays[150..]);
+    }
+
+    #[test]
+    fn delays_grow() {
+        let mut b = RetryPolicy::default().backoff();
+        let now = Instant::now();
+        let first = b.next_delay(now);
+        let fifth = (0..4).map(|_| b.next_delay(now)).last().unwrap();
+        assert!(fifth > first, "{first:?} then {fifth:?}");
+    }
+
+    #[test]
+    fn a_healthy_session_restarts_the_schedule() {
+        let policy = RetryPolicy { healthy_after: Duration::ZERO, ..RetryPolicy::default() };
+        let mut b = policy.backoff();
+        for _ in 0..20 {
+            assert!(b.next_delay(Instant::now()) <= policy.min_delay * 2);
+        }
+    }
+}
