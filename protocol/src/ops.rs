@@ -35,6 +35,12 @@ impl Readiness {
         flag.store(up, Ordering::Relaxed);
     }
 
+    /// Marks `name` connected until the returned guard is dropped (the session ended).
+    pub fn up_while(&self, name: &'static str) -> UpGuard<'_> {
+        self.set(name, true);
+        UpGuard { readiness: self, name }
+    }
+
     /// Whether dependency `name` is connected.
     pub fn is_up(&self, name: &str) -> bool {
         self.checks.iter().any(|(n, f)| *n == name && f.load(Ordering::Relaxed))
@@ -52,6 +58,19 @@ impl Readiness {
             .map(|(n, f)| ((*n).to_owned(), (if f.load(Ordering::Relaxed) { "up" } else { "down" }).into()))
             .collect();
         serde_json::json!({ "ready": self.is_ready(), "checks": checks }).to_string()
+    }
+}
+
+/// Marks a dependency disconnected when dropped.
+#[derive(Debug)]
+pub struct UpGuard<'a> {
+    readiness: &'a Readiness,
+    name: &'static str,
+}
+
+impl Drop for UpGuard<'_> {
+    fn drop(&mut self) {
+        self.readiness.set(self.name, false);
     }
 }
 

@@ -2,9 +2,16 @@
 //! from `backon` (maintained; the `backoff` crate is unmaintained and gives up after 15
 //! minutes by default). The schedule never ends: a daemon whose dependency is down waits for it.
 
-use std::time::{Duration, Instant};
+use std::{
+    fmt::Display,
+    time::{Duration, Instant},
+};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::ops::Counter;
 
 /// Delay bounds for reconnecting.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,6 +82,71 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.delays = self.policy.schedule();
     }
+}
+
+/// An error that may or may not be worth retrying.
+pub trait Retry {
+    /// True when retrying cannot help (bad credentials, unknown database, …).
+    fn is_fatal(&self) -> bool;
+}
+
+/// Runs `session` until it ends cleanly (only on shutdown) or fatally, reconnecting after
+/// every other failure with this policy's delays. Each retry is logged once, with its delay,
+/// and counted in `reconnects`.
+///
+/// # Errors
+/// The first fatal error, after logging it.
+pub async fn supervise<E, F>(
+    what: &'static str,
+    policy: RetryPolicy,
+    reconnects: &Counter,
+    shutdown: &CancellationToken,
+    mut session: F,
+) -> Result<(), E>
+where
+    E: Retry + std::error::Error,
+    F: AsyncFnMut() -> Result<(), E>,
+{
+    let mut backoff = policy.backoff();
+    loop {
+        let started = Instant::now();
+        let err = match session().await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_fatal() => {
+                error!(session = what, error = %error_chain(&err), "session failed; not retrying");
+                return Err(err);
+            }
+            Err(err) => err,
+        };
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        reconnects.inc();
+        let delay = backoff.next_delay(started);
+        warn!(session = what, delay_ms = delay.as_millis() as u64, error = %error_chain(&err), "session ended; reconnecting");
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// `err` and its sources, joined by `: `.
+pub fn error_chain(err: &dyn std::error::Error) -> impl Display + '_ {
+    struct Chain<'a>(&'a dyn std::error::Error);
+    impl Display for Chain<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut source = self.0.source();
+            while let Some(s) = source {
+                write!(f, ": {s}")?;
+                source = s.source();
+            }
+            Ok(())
+        }
+    }
+    Chain(err)
 }
 
 #[cfg(test)]

@@ -1,0 +1,128 @@
+//! Publisher configuration, read from the environment (and `.env`) once at start.
+
+use std::{fmt, time::Duration};
+
+use protocol::{
+    channel::{ChannelName, DEFAULT_PG_CHANNEL, DEFAULT_REDIS_CHANNEL},
+    env::{ConfigErrors, Env, redact_url},
+    retry::RetryPolicy,
+    telemetry::LogFormat,
+};
+
+/// Everything the publisher needs to run.
+#[derive(Clone)]
+pub struct Config {
+    /// PostgreSQL to LISTEN on (`DATABASE_URL`).
+    pub database_url: String,
+    /// Redis to publish to (`REDIS_URL`).
+    pub redis_url: String,
+    /// The NOTIFY channel (`PUBLISHER_PG_CHANNEL`, default `orders_channel`).
+    pub pg_channel: ChannelName,
+    /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
+    pub redis_channel: ChannelName,
+    /// Port of `/healthz`, `/readyz`, `/metrics` (`HEALTH_PORT`, default 9100).
+    pub health_port: u16,
+    /// Apply the embedded `sql/` migrations at start (`PUBLISHER_MIGRATE`, default true).
+    pub migrate: bool,
+    /// Events held in memory while Redis is unreachable (`PUBLISHER_BUFFER`, default 10000).
+    /// When full, the publisher stops reading notifications and PostgreSQL queues them.
+    pub buffer: usize,
+    /// Largest number of events sent to Redis in one pipelined round trip.
+    pub batch_max: usize,
+    /// How often an idle PostgreSQL or Redis session is checked with a query/PING.
+    pub keepalive_interval: Duration,
+    /// Reconnect delays (`RETRY_MIN_DELAY`, `RETRY_MAX_DELAY`).
+    pub retry: RetryPolicy,
+    /// Time allowed for in-flight events to reach Redis at shutdown (`PUBLISHER_SHUTDOWN_GRACE`).
+    pub shutdown_grace: Duration,
+    /// `LOG_FORMAT`: text or json.
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("pg_channel", &self.pg_channel.as_str())
+            .field("redis_channel", &self.redis_channel.as_str())
+            .field("health_port", &self.health_port)
+            .field("migrate", &self.migrate)
+            .field("buffer", &self.buffer)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// Every invalid or unusable variable, listed together.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `lookup` (tests pass a map).
+    ///
+    /// # Errors
+    /// Every invalid or unusable variable, listed together.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut env = Env::new(&lookup);
+        let config = Self {
+            database_url: env.url(
+                "DATABASE_URL",
+                "postgres://postgres@localhost:5432/postgres",
+                &["postgres", "postgresql"],
+            ),
+            redis_url: env.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
+            pg_channel: env.channel("PUBLISHER_PG_CHANNEL", DEFAULT_PG_CHANNEL),
+            redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
+            health_port: env.parse("HEALTH_PORT", 9100, "a port number (0-65535)"),
+            migrate: env.flag("PUBLISHER_MIGRATE", true),
+            buffer: env.positive("PUBLISHER_BUFFER", 10_000),
+            batch_max: 512,
+            keepalive_interval: Duration::from_secs(5),
+            retry: env.retry_policy(),
+            shutdown_grace: env.duration("PUBLISHER_SHUTDOWN_GRACE", Duration::from_secs(5)),
+            log_format: env.log_format(),
+        };
+        env.finish()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_suit_a_local_run() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.pg_channel.as_str(), "orders_channel");
+        assert_eq!(c.redis_channel.as_str(), "orders_updates");
+        assert_eq!(c.health_port, 9100);
+        assert!(c.migrate);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_hide_passwords() {
+        let err = config(&[
+            ("DATABASE_URL", "mysql://root:hunter2@db/app"),
+            ("HEALTH_PORT", "99999"),
+            ("PUBLISHER_PG_CHANNEL", "Orders Channel"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for needle in ["DATABASE_URL", "postgres://", "HEALTH_PORT=\"99999\"", "PUBLISHER_PG_CHANNEL"] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
