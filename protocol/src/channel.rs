@@ -17,9 +17,7 @@ pub struct ChannelName(String);
 impl ChannelName {
     /// Validates a channel name.
     pub fn parse(name: &str) -> Result<Self, String> {
-        let valid_chars = name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let valid_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if name.is_empty() || name.len() > 63 || !valid_chars {
             return Err("expected 1 to 63 characters of a-z, 0-9 and _".to_owned());
         }

@@ -156,7 +156,11 @@ impl<'a> Env<'a> {
         let min_delay = self.duration("RETRY_MIN_DELAY", d.min_delay);
         let max_delay = self.duration("RETRY_MAX_DELAY", d.max_delay);
         if min_delay.is_zero() || max_delay < min_delay {
-            self.invalid("RETRY_MAX_DELAY", format!("{max_delay:?}"), "RETRY_MIN_DELAY must be > 0 and <= RETRY_MAX_DELAY");
+            self.invalid(
+                "RETRY_MAX_DELAY",
+                format!("{max_delay:?}"),
+                "RETRY_MIN_DELAY must be > 0 and <= RETRY_MAX_DELAY",
+            );
         }
         RetryPolicy { min_delay, max_delay, ..d }
     }

@@ -145,11 +145,7 @@ pub fn parse_notification(payload: &str) -> Result<Notification, PayloadError> {
 }
 
 fn ensure_object(raw: &RawValue, field: &'static str) -> Result<(), PayloadError> {
-    if raw.get().trim_start().starts_with('{') {
-        Ok(())
-    } else {
-        Err(PayloadError::NotAnObject { field })
-    }
+    if raw.get().trim_start().starts_with('{') { Ok(()) } else { Err(PayloadError::NotAnObject { field }) }
 }
 
 impl Change {

@@ -110,7 +110,10 @@ impl ClientFrame {
     /// An `(ErrorCode, message)` pair ready for an `error` frame.
     pub fn parse(text: &str) -> Result<Self, (ErrorCode, String)> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
-            (ErrorCode::InvalidJson, format!("frame is not valid JSON ({e}); send a JSON object like {{\"type\":\"ping\"}}"))
+            (
+                ErrorCode::InvalidJson,
+                format!("frame is not valid JSON ({e}); send a JSON object like {{\"type\":\"ping\"}}"),
+            )
         })?;
         let kind = value.get("type").and_then(Value::as_str).map(str::to_owned);
         match kind.as_deref() {

@@ -72,10 +72,7 @@ impl Backoff {
         if session_started.elapsed() >= self.policy.healthy_after {
             self.reset();
         }
-        self.delays
-            .next()
-            .unwrap_or(self.policy.max_delay)
-            .clamp(self.policy.min_delay, self.policy.max_delay)
+        self.delays.next().unwrap_or(self.policy.max_delay).clamp(self.policy.min_delay, self.policy.max_delay)
     }
 
     /// Starts the schedule over (after a successful connection).
@@ -90,44 +87,73 @@ pub trait Retry {
     fn is_fatal(&self) -> bool;
 }
 
-/// Runs `session` until it ends cleanly (only on shutdown) or fatally, reconnecting after
-/// every other failure with this policy's delays. Each retry is logged once, with its delay,
-/// and counted in `reconnects`.
+/// What a reconnect loop does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Open a new session.
+    Retry,
+    /// Shutdown was requested: stop.
+    Stop,
+}
+
+/// The reconnect loop's bookkeeping, shared by every service:
 ///
-/// # Errors
-/// The first fatal error, after logging it.
-pub async fn supervise<E, F>(
+/// ```ignore
+/// let mut supervisor = Supervisor::new("redis", config.retry);
+/// loop {
+///     let started = Instant::now();
+///     let ended = session(&config, &shutdown).await;
+///     if supervisor.after(started, ended, &stats.reconnects, &shutdown).await? == Flow::Stop {
+///         return Ok(());
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Supervisor {
     what: &'static str,
-    policy: RetryPolicy,
-    reconnects: &Counter,
-    shutdown: &CancellationToken,
-    mut session: F,
-) -> Result<(), E>
-where
-    E: Retry + std::error::Error,
-    F: AsyncFnMut() -> Result<(), E>,
-{
-    let mut backoff = policy.backoff();
-    loop {
-        let started = Instant::now();
-        let err = match session().await {
-            Ok(()) => return Ok(()),
+    backoff: Backoff,
+}
+
+impl Supervisor {
+    /// A supervisor for sessions named `what` in logs.
+    pub fn new(what: &'static str, policy: RetryPolicy) -> Self {
+        Self { what, backoff: policy.backoff() }
+    }
+
+    /// Decides after a session that began at `started` ended with `ended`: stop on
+    /// shutdown or a clean end, fail on a fatal error, otherwise log the retry once with its
+    /// delay, count it in `reconnects`, and sleep that delay (cut short by shutdown).
+    ///
+    /// # Errors
+    /// The fatal error, after logging it.
+    pub async fn after<E>(
+        &mut self,
+        started: Instant,
+        ended: Result<(), E>,
+        reconnects: &Counter,
+        shutdown: &CancellationToken,
+    ) -> Result<Flow, E>
+    where
+        E: Retry + std::error::Error,
+    {
+        let err = match ended {
+            Ok(()) => return Ok(Flow::Stop),
             Err(err) if err.is_fatal() => {
-                error!(session = what, error = %error_chain(&err), "session failed; not retrying");
+                error!(session = self.what, error = %error_chain(&err), "session failed; not retrying");
                 return Err(err);
             }
             Err(err) => err,
         };
         if shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(Flow::Stop);
         }
         reconnects.inc();
-        let delay = backoff.next_delay(started);
-        warn!(session = what, delay_ms = delay.as_millis() as u64, error = %error_chain(&err), "session ended; reconnecting");
+        let delay = self.backoff.next_delay(started);
+        warn!(session = self.what, delay_ms = delay.as_millis() as u64, error = %error_chain(&err), "session ended; reconnecting");
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => Ok(Flow::Stop),
+            () = tokio::time::sleep(delay) => Ok(Flow::Retry),
         }
     }
 }

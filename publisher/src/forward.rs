@@ -6,9 +6,9 @@
 //! let later hops drop the repeat). Redis pub/sub itself keeps nothing for a subscriber
 //! that is disconnected at the time; the replay log is what covers that (docs/design.md).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use protocol::retry::{Retry, supervise};
+use protocol::retry::{Flow, Retry, Supervisor};
 use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
 use tokio::{sync::mpsc, time::timeout};
 use tokio_util::sync::CancellationToken;
@@ -46,10 +46,16 @@ pub(crate) async fn run(
 ) -> Result<(), SessionError> {
     let client = redis::Client::open(config.redis_url.as_str())?;
     let mut pending: Vec<String> = Vec::with_capacity(config.batch_max);
-    let result = supervise("redis", config.retry, &stats.redis_reconnects, shutdown, async || {
-        session(config, stats, &client, &mut events_rx, &mut pending, shutdown).await
-    })
-    .await;
+    let mut supervisor = Supervisor::new("redis", config.retry);
+    let result = loop {
+        let started = Instant::now();
+        let ended = session(config, stats, &client, &mut events_rx, &mut pending, shutdown).await;
+        match supervisor.after(started, ended, &stats.redis_reconnects, shutdown).await {
+            Ok(Flow::Retry) => continue,
+            Ok(Flow::Stop) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
 
     // Drain: the listener has stopped; publish what it queued, if Redis lets us in time.
     events_rx.close();

@@ -74,3 +74,11 @@ pub async fn run(config: Config, health: TcpListener, shutdown: CancellationToke
     info!("publisher stopped");
     result
 }
+/// Tests spawn `run` on a multi-threaded runtime; keep its future `Send` (a higher-ranked
+/// bound deep inside can silently break that).
+#[cfg(test)]
+#[allow(dead_code)]
+fn run_is_send(config: Config, health: TcpListener, shutdown: CancellationToken) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(run(config, health, shutdown));
+}

@@ -7,12 +7,12 @@
 //! from `realtime_events` is what recovers the gap). A half-open connection is noticed by a
 //! `SELECT 1` every `keepalive_interval` while idle.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use protocol::{
     event::{Notification, parse_notification},
-    retry::{Retry, supervise},
+    retry::{Flow, Retry, Supervisor},
 };
 use sqlx::{Connection, PgConnection, postgres::PgListener};
 use tokio::{sync::mpsc, time::timeout};
@@ -68,10 +68,14 @@ pub(crate) async fn run(
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let mut migrated = !config.migrate;
-    supervise("postgres", config.retry, &stats.pg_reconnects, shutdown, async || {
-        session(config, stats, &events_tx, &mut migrated, shutdown).await
-    })
-    .await
+    let mut supervisor = Supervisor::new("postgres", config.retry);
+    loop {
+        let started = Instant::now();
+        let ended = session(config, stats, &events_tx, &mut migrated, shutdown).await;
+        if supervisor.after(started, ended, &stats.pg_reconnects, shutdown).await? == Flow::Stop {
+            return Ok(());
+        }
+    }
 }
 
 async fn session(
@@ -141,7 +145,9 @@ async fn to_event(listener: &mut PgListener, stats: &Stats, payload: &str) -> Re
             stats.references.inc();
             let full: Option<String> = bounded(
                 QUERY_TIMEOUT,
-                sqlx::query_scalar("SELECT payload::text FROM realtime_events WHERE id = $1").bind(id).fetch_optional(&mut *listener),
+                sqlx::query_scalar("SELECT payload::text FROM realtime_events WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *listener),
             )
             .await??;
             let Some(full) = full else {

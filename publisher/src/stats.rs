@@ -61,12 +61,20 @@ impl Health for Stats {
         out.counter("publisher_references_total", "Oversized changes read from realtime_events.", &self.references);
         out.counter("publisher_events_published_total", "Events published to Redis.", &self.published);
         out.counter("publisher_batches_total", "Pipelined round trips to Redis.", &self.batches);
-        out.counter("publisher_postgres_reconnects_total", "PostgreSQL sessions lost and retried.", &self.pg_reconnects);
+        out.counter(
+            "publisher_postgres_reconnects_total",
+            "PostgreSQL sessions lost and retried.",
+            &self.pg_reconnects,
+        );
         out.counter("publisher_redis_reconnects_total", "Redis sessions lost and retried.", &self.redis_reconnects);
         let depth = self.queue_probe.get().map_or(0, |p| p());
         out.gauge("publisher_queue_depth", "Events received but not yet published (lag).", depth as i64);
         for (name, up) in [(POSTGRES, self.readiness.is_up(POSTGRES)), (REDIS, self.readiness.is_up(REDIS))] {
-            out.gauge(&format!("publisher_{name}_up"), &format!("Whether the {name} session is connected."), i64::from(up));
+            out.gauge(
+                &format!("publisher_{name}_up"),
+                &format!("Whether the {name} session is connected."),
+                i64::from(up),
+            );
         }
     }
 }

@@ -1,1 +1,26 @@
-//! placeholder
+//! Test support for the workspace: private PostgreSQL and Redis servers that one test owns and
+//! can stop, kill and restart, plus the helpers to wait for things without fixed sleeps.
+//!
+//! - `binaries`: finds `initdb`/`postgres`/`psql` and `redis-server`, or panics saying how to
+//!   install them
+//! - `process`: one server child process: log capture, readiness polling, stop/kill, no leaks
+//! - `postgres`: [`PgServer`], a throwaway cluster (runs as the `postgres` user when we are root)
+//! - `redis`: [`RedisServer`], a `redis-server` without persistence
+//! - `wait`: [`free_port`], [`wait_until`], [`wait_for`]
+//! - `logging`: [`init_test_logging`], `tracing` output when `TEST_LOG=1`
+//!
+//! Every server gets its own temporary directory and port, so tests run in parallel, within one
+//! process and across processes. Failures panic with a message (and the server log): this crate
+//! is only ever used from tests.
+
+mod binaries;
+mod logging;
+mod postgres;
+mod process;
+mod redis;
+mod wait;
+
+pub use logging::init_test_logging;
+pub use postgres::PgServer;
+pub use redis::RedisServer;
+pub use wait::{free_port, wait_for, wait_until};

@@ -1,1 +1,98 @@
-//! placeholder
+//! The ws-server: one Redis subscription per replica, fanned out to WebSocket clients.
+//!
+//! - [`config`]: [`Config`] from the environment
+//! - `subscriber`: the Redis pub/sub session, with reconnect and resubscribe
+//! - `hub`: the broadcast ring every connection reads from (shared bytes, bounded lag)
+//! - `socket`: one connection's lifecycle: events out, client frames in, heartbeat, close codes
+//! - `http`: routes (`/ws`, `/`, `/healthz`, `/readyz`, `/metrics`)
+//! - `stats`: readiness and metrics
+//!
+//! Replicas share nothing but Redis: run as many as you like behind any load balancer.
+
+pub mod config;
+mod http;
+mod hub;
+mod socket;
+mod stats;
+mod subscriber;
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+pub use config::Config;
+use hub::Hub;
+use stats::Stats;
+
+/// Why the server stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis refused us in a way retrying cannot fix.
+    #[error("redis subscription failed")]
+    Redis(#[source] subscriber::SessionError),
+    /// The HTTP server failed.
+    #[error("http server failed")]
+    Http(#[source] std::io::Error),
+}
+
+/// State shared by the subscriber, the routes and every connection.
+#[derive(Debug)]
+struct AppState {
+    config: Config,
+    server_id: String,
+    hub: Hub,
+    stats: Arc<Stats>,
+    connection_slots: Arc<Semaphore>,
+    next_conn_id: AtomicU64,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// Serves WebSocket clients on `listener` until `shutdown` is cancelled or a fatal error.
+///
+/// At shutdown every client gets close code 1001 (reconnect elsewhere); connections get
+/// `shutdown_grace` to finish.
+///
+/// # Errors
+/// A fatal Redis error (bad credentials) or a failed HTTP server.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
+    let token = shutdown.child_token();
+    let addr = listener.local_addr().map_err(Error::Http)?;
+    let server_id = config
+        .server_id
+        .clone()
+        .map_or_else(|| format!("ws-{}", addr.port()), |host| format!("{host}:{}", addr.port()));
+    let state = Arc::new(AppState {
+        server_id,
+        hub: Hub::new(config.queue_capacity),
+        stats: Arc::new(Stats::new()),
+        connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+        next_conn_id: AtomicU64::new(1),
+        tracker: TaskTracker::new(),
+        shutdown: token.clone(),
+        config,
+    });
+    info!(config = ?state.config, %addr, server_id = %state.server_id, "ws-server listening");
+
+    let server = async {
+        let app = http::router(state.clone());
+        let result = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned()).await;
+        token.cancel();
+        result.map_err(Error::Http)
+    };
+    let subscriber = async {
+        let result = subscriber::run(&state, &token).await;
+        token.cancel();
+        result.map_err(Error::Redis)
+    };
+    let (served, subscribed) = tokio::join!(server, subscriber);
+
+    state.tracker.close();
+    if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait()).await.is_err() {
+        warn!(open = state.tracker.len(), "shutdown grace elapsed with connections still open");
+    }
+    info!("ws-server stopped");
+    served.and(subscribed)
+}

@@ -1,0 +1,21 @@
+//! Test harness for end-to-end tests: real PostgreSQL and Redis (private, from `testkit`),
+//! the real publisher and ws-server replicas running in-process (their `run` functions, so a
+//! test can stop and restart them), WebSocket and HTTP clients, and log capture.
+//!
+//! - [`System`]: the whole pipeline, with verbs for the faults tests inject
+//! - [`Service`]: one in-process service (its address, stop, `/readyz`, `/metrics`)
+//! - [`WsClient`]: a WebSocket client with bounded waits
+//! - [`LogCapture`]: the log lines services wrote during a test
+
+mod client;
+mod logs;
+mod service;
+
+pub use client::{WsClient, http_get};
+pub use logs::LogCapture;
+pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, ws_config};
+
+use std::time::Duration;
+
+/// How long a test waits for something that should take milliseconds.
+pub const WAIT: Duration = Duration::from_secs(15);

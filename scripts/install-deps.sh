@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Ensure the tools that building, running and testing the workspace need are present:
+# PostgreSQL server binaries, redis-server, a C linker and cargo; with --browser also chromium
+# and chromedriver (for the dashboard's headless-browser tests).
+#
+#   bash scripts/install-deps.sh [--browser]
+#
+# Idempotent: installs only what is missing, with apt-get when run as root (one `apt-get update`
+# first, and only when something is missing); otherwise prints the exact command and exits 1.
+# It never installs Rust itself: it says how to, since rustup is per user.
+#
+# Other scripts source this file for its helpers (`ensure_deps`, `pg_bin_dir`); sourcing runs
+# nothing by itself.
+
+# Print the directory holding PostgreSQL's server binaries (initdb, postgres, pg_ctl), or fail.
+# Order: $PG_BIN_DIR, initdb on PATH, then the newest /usr/lib/postgresql/<major>/bin (Debian
+# keeps server binaries off PATH).
+pg_bin_dir() {
+    local dir
+    if [[ -n "${PG_BIN_DIR:-}" && -x "${PG_BIN_DIR}/initdb" ]]; then
+        printf '%s\n' "$PG_BIN_DIR"
+        return 0
+    fi
+    if dir=$(command -v initdb 2>/dev/null); then
+        # Resolve symlinks (e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb) so
+        # the directory also holds `postgres` and `pg_ctl`.
+        dir=$(dirname "$(readlink -f "$dir")")
+        if [[ -x "$dir/postgres" ]]; then
+            printf '%s\n' "$dir"
+            return 0
+        fi
+    fi
+    dir=$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null |
+        sort -V | tail -n 1)
+    [[ -n "$dir" ]] || return 1
+    dirname "$dir"
+}
+
+# Install the named Debian packages (as root) or print the command that would (otherwise).
+apt_install() {
+    (($# > 0)) || return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-deps: missing: $*; no apt-get here, install the equivalents with your package manager" >&2
+        return 1
+    fi
+    if ((EUID != 0)); then
+        echo "install-deps: missing packages: $*. Install them with:" >&2
+        echo "  sudo apt-get update && sudo apt-get install -y $*" >&2
+        return 1
+    fi
+    echo "install-deps: installing $* with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# Check cargo (and the Rust version the workspace declares); never installs Rust.
+check_rust() {
+    local cargo_bin version min="1.88"
+    if ! cargo_bin=$(command -v cargo 2>/dev/null); then
+        if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+            echo "install-deps: cargo is in ~/.cargo/bin but not on PATH: run 'source ~/.cargo/env'" >&2
+        else
+            echo "install-deps: cargo not found. Install Rust with rustup:" >&2
+            echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y && source ~/.cargo/env" >&2
+        fi
+        return 1
+    fi
+    version=$("$(dirname "$cargo_bin")/rustc" --version 2>/dev/null | awk '{print $2}') || version=""
+    if [[ -n "$version" && "$(printf '%s\n%s\n' "$min" "$version" | sort -V | head -n 1)" != "$min" ]]; then
+        echo "install-deps: rustc $version is older than the workspace's rust-version $min: run 'rustup update stable'" >&2
+        return 1
+    fi
+}
+
+# Make sure everything is present; install what is missing. Pass --browser for chromium too.
+ensure_deps() {
+    local browser=0 arg missing=()
+    for arg in "$@"; do
+        case "$arg" in
+            --browser) browser=1 ;;
+            -h | --help)
+                echo "usage: bash scripts/install-deps.sh [--browser]"
+                return 0
+                ;;
+            *)
+                echo "install-deps: unknown argument: $arg (try --help)" >&2
+                return 2
+                ;;
+        esac
+    done
+
+    pg_bin_dir >/dev/null || missing+=(postgresql)
+    command -v redis-server >/dev/null 2>&1 || [[ -x "${REDIS_SERVER_BIN:-}" ]] || missing+=(redis-server)
+    # rustc links through the system C compiler.
+    command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    if ((browser)); then
+        command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+        command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    fi
+    apt_install "${missing[@]}" || return 1
+
+    if ! pg_bin_dir >/dev/null; then
+        echo "install-deps: PostgreSQL server binaries still not found (set PG_BIN_DIR to the directory holding initdb)" >&2
+        return 1
+    fi
+    check_rust
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    set -euo pipefail
+    ensure_deps "$@"
+    echo "install-deps: ok (postgres: $(pg_bin_dir), redis-server: $(command -v redis-server || echo "${REDIS_SERVER_BIN:-}"))"
+fi

@@ -1,0 +1,142 @@
+//! ws-server configuration, read from the environment (and `.env`) once at start.
+
+use std::{fmt, net::IpAddr, time::Duration};
+
+use protocol::{
+    channel::{ChannelName, DEFAULT_REDIS_CHANNEL},
+    env::{ConfigErrors, Env, redact_url},
+    retry::RetryPolicy,
+    telemetry::LogFormat,
+};
+
+/// Everything a ws-server replica needs to run.
+#[derive(Clone)]
+pub struct Config {
+    /// Address to bind (`WS_BIND_ADDR`, default 0.0.0.0).
+    pub bind_addr: IpAddr,
+    /// Port for WebSocket and the ops endpoints (`PORT`, default 8080).
+    pub port: u16,
+    /// Redis to subscribe to (`REDIS_URL`).
+    pub redis_url: String,
+    /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
+    pub redis_channel: ChannelName,
+    /// This replica's name in `hello` frames and logs (`WS_SERVER_ID`, default host:port).
+    pub server_id: Option<String>,
+    /// Events a connection may fall behind before it is closed as a slow consumer
+    /// (`WS_QUEUE_CAPACITY`, default 1024).
+    pub queue_capacity: usize,
+    /// Concurrent WebSocket connections (`WS_MAX_CONNECTIONS`, default 10000).
+    pub max_connections: usize,
+    /// Largest client frame answered normally (`WS_MAX_FRAME_BYTES`, default 65536); larger
+    /// frames get an error frame, frames over 16 times this close the connection (1009).
+    pub max_frame_bytes: usize,
+    /// How often each connection is pinged (`WS_HEARTBEAT_INTERVAL`, default 20s); a client
+    /// silent for two intervals is closed (4009).
+    pub heartbeat_interval: Duration,
+    /// How long one frame may take to reach a client's socket (`WS_SEND_TIMEOUT`, default 10s).
+    pub send_timeout: Duration,
+    /// Time allowed for connections to close at shutdown (`WS_SHUTDOWN_GRACE`, default 5s).
+    pub shutdown_grace: Duration,
+    /// How often an idle Redis subscription is checked with PING.
+    pub keepalive_interval: Duration,
+    /// Reconnect delays (`RETRY_MIN_DELAY`, `RETRY_MAX_DELAY`).
+    pub retry: RetryPolicy,
+    /// `LOG_FORMAT`: text or json.
+    pub log_format: LogFormat,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("bind_addr", &self.bind_addr)
+            .field("port", &self.port)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_channel", &self.redis_channel.as_str())
+            .field("server_id", &self.server_id)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_connections", &self.max_connections)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("send_timeout", &self.send_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// Every invalid variable, listed together.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `lookup` (tests pass a map).
+    ///
+    /// # Errors
+    /// Every invalid variable, listed together.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut env = Env::new(&lookup);
+        let config = Self {
+            bind_addr: env.parse(
+                "WS_BIND_ADDR",
+                IpAddr::from([0, 0, 0, 0]),
+                "an IP address (e.g. 0.0.0.0 or 127.0.0.1)",
+            ),
+            port: env.parse("PORT", 8080, "a port number (0-65535)"),
+            redis_url: env.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
+            redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
+            server_id: lookup("WS_SERVER_ID").or_else(|| lookup("HOSTNAME")).filter(|s| !s.trim().is_empty()),
+            queue_capacity: env.positive("WS_QUEUE_CAPACITY", 1024),
+            max_connections: env.positive("WS_MAX_CONNECTIONS", 10_000),
+            max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 * 1024),
+            heartbeat_interval: env.duration("WS_HEARTBEAT_INTERVAL", Duration::from_secs(20)),
+            send_timeout: env.duration("WS_SEND_TIMEOUT", Duration::from_secs(10)),
+            shutdown_grace: env.duration("WS_SHUTDOWN_GRACE", Duration::from_secs(5)),
+            keepalive_interval: Duration::from_secs(5),
+            retry: env.retry_policy(),
+            log_format: env.log_format(),
+        };
+        for (var, d) in [("WS_HEARTBEAT_INTERVAL", config.heartbeat_interval), ("WS_SEND_TIMEOUT", config.send_timeout)]
+        {
+            if d.is_zero() {
+                env.invalid(var, "0", "expected a duration above zero (e.g. 20s)");
+            }
+        }
+        env.finish()?;
+        Ok(config)
+    }
+
+    /// Every tunable at its default; for tests and embedding.
+    pub fn with_redis(redis_url: &str) -> Self {
+        Self::from_lookup(|k| (k == "REDIS_URL").then(|| redis_url.to_owned())).expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn every_bad_variable_is_named() {
+        let vars: HashMap<&str, &str> = [
+            ("PORT", "http"),
+            ("WS_QUEUE_CAPACITY", "0"),
+            ("WS_HEARTBEAT_INTERVAL", "20"),
+            ("REDIS_URL", "localhost:6379"),
+        ]
+        .into_iter()
+        .collect();
+        let err = Config::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap_err().to_string();
+        for var in ["PORT", "WS_QUEUE_CAPACITY", "WS_HEARTBEAT_INTERVAL", "REDIS_URL"] {
+            assert!(err.contains(var), "{var} not in {err}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::with_redis("redis://127.0.0.1:1");
+        assert_eq!((c.port, c.queue_capacity, c.max_frame_bytes), (8080, 1024, 65536));
+    }
+}

@@ -1,0 +1,93 @@
+//! HTTP routes: WebSocket at `/ws` and `/` (clients of the original design connect to
+//! `ws://host:8080`), plus `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::{
+    Router,
+    extract::{
+        Query, State,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use protocol::frames::{CLOSE_TOO_BIG, SUBPROTOCOL};
+use serde::Deserialize;
+
+use crate::{
+    AppState,
+    socket::{self, Mode},
+};
+
+/// Per-connection buffer sizes: small, so tens of thousands of idle connections stay cheap.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+const WRITE_BUFFER_BYTES: usize = 0;
+/// Client frames over `max_frame_bytes` get an error frame; over this many times it, the
+/// connection is closed (1009) rather than buffering arbitrary amounts.
+const HARD_LIMIT_FACTOR: usize = 16;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let ops = protocol::ops::router(state.stats.clone());
+    Router::new().route("/ws", get(upgrade)).route("/", get(upgrade)).with_state(state).merge(ops)
+}
+
+#[derive(Debug, Deserialize)]
+struct Params {
+    protocol: Option<String>,
+}
+
+async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<Params>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (
+            StatusCode::OK,
+            "orders realtime ws-server: connect a WebSocket to /ws (protocol orders.v1, see docs/protocol.md)\n",
+        )
+            .into_response();
+    };
+    let query_protocol = match params.protocol.as_deref() {
+        None => false,
+        Some(SUBPROTOCOL) => true,
+        Some(other) => {
+            let msg = format!("unsupported protocol {other:?}; this server speaks {SUBPROTOCOL:?}\n");
+            return (StatusCode::BAD_REQUEST, msg).into_response();
+        }
+    };
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        state.stats.rejected_full.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached (WS_MAX_CONNECTIONS); try another replica\n",
+        )
+            .into_response();
+    };
+    let hard_limit = state.config.max_frame_bytes.saturating_mul(HARD_LIMIT_FACTOR);
+    let ws = ws
+        .protocols([SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(hard_limit.max(16 * 1024 * 1024))
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit);
+    let mode = if query_protocol || ws.selected_protocol().is_some() { Mode::Protocol } else { Mode::Plain };
+    let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let task = state.tracker.token();
+    let shutdown = state.shutdown.clone();
+    ws.on_upgrade(move |socket| async move {
+        // Held for the connection's life: the slot, and shutdown's wait for this task.
+        let _permit = permit;
+        let _task = task;
+        state.stats.accepted.inc();
+        state.stats.connections.add(1);
+        socket::serve(socket, mode, conn_id, &state, shutdown).await;
+        state.stats.connections.add(-1);
+    })
+}
+
+// The hard limit's close code is tungstenite's; keep the documented constant honest.
+const _: () = assert!(CLOSE_TOO_BIG == 1009);

@@ -1,0 +1,70 @@
+//! Readiness and metrics of one ws-server replica.
+
+use protocol::ops::{Counter, Exposition, Gauge, Health, Readiness};
+
+pub(crate) const REDIS: &str = "redis";
+
+/// Counters for `/metrics` and dependency state for `/readyz`.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    pub(crate) readiness: Readiness,
+    pub(crate) connections: Gauge,
+    pub(crate) accepted: Counter,
+    pub(crate) rejected_full: Counter,
+    pub(crate) messages_in: Counter,
+    pub(crate) messages_out: Counter,
+    pub(crate) skipped: Counter,
+    pub(crate) bad_frames: Counter,
+    pub(crate) slow_consumers: Counter,
+    pub(crate) heartbeat_timeouts: Counter,
+    pub(crate) send_failures: Counter,
+    pub(crate) redis_reconnects: Counter,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Self {
+            readiness: Readiness::new(&[REDIS]),
+            connections: Gauge::default(),
+            accepted: Counter::default(),
+            rejected_full: Counter::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            skipped: Counter::default(),
+            bad_frames: Counter::default(),
+            slow_consumers: Counter::default(),
+            heartbeat_timeouts: Counter::default(),
+            send_failures: Counter::default(),
+            redis_reconnects: Counter::default(),
+        }
+    }
+}
+
+impl Health for Stats {
+    fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    fn metrics(&self, out: &mut Exposition) {
+        out.gauge("ws_connections", "WebSocket connections open now.", self.connections.get());
+        out.counter("ws_connections_total", "WebSocket connections accepted.", &self.accepted);
+        out.counter("ws_connections_rejected_total", "Connections refused at WS_MAX_CONNECTIONS.", &self.rejected_full);
+        out.counter("ws_messages_in_total", "Messages received from Redis.", &self.messages_in);
+        out.counter("ws_messages_out_total", "Event frames sent to clients.", &self.messages_out);
+        out.counter("ws_skipped_total", "Redis messages that were not events, skipped.", &self.skipped);
+        out.counter("ws_bad_client_frames_total", "Client frames answered with an error frame.", &self.bad_frames);
+        out.counter("ws_dropped_slow_total", "Connections closed as slow consumers (4008).", &self.slow_consumers);
+        out.counter(
+            "ws_heartbeat_timeouts_total",
+            "Connections closed for missing pongs (4009).",
+            &self.heartbeat_timeouts,
+        );
+        out.counter(
+            "ws_send_failures_total",
+            "Connections dropped on a failed or timed-out send.",
+            &self.send_failures,
+        );
+        out.counter("ws_redis_reconnects_total", "Redis subscriptions lost and retried.", &self.redis_reconnects);
+        out.gauge("ws_redis_up", "Whether the Redis subscription is live.", i64::from(self.readiness.is_up(REDIS)));
+    }
+}
