@@ -1,1 +1,19 @@
-//! placeholder
+//! `cli-client`: a terminal monitor for the orders realtime pipeline, and a checker that says
+//! which part of the pipeline is down and how to fix it.
+//!
+//! - [`args`]: the command line (clap derive), its help text and the exit codes
+//! - [`feed`]: the WebSocket client: `orders.v1` negotiation with a fallback for older servers,
+//!   reconnect with the shared backoff, dead-server detection; yields [`feed::FeedItem`]s
+//! - [`view`]: rendering only (event lines, JSON lines, status lines, check lines); knows
+//!   nothing about sockets
+//! - [`clock`]: an event's time as local `HH:MM:SS`
+//! - [`watch`]: the `watch` command, joining the feed to the renderer
+//! - [`check`]: the `check` command: PostgreSQL, the `orders` table and trigger, Redis, ws-server
+
+pub mod args;
+pub mod check;
+pub mod clock;
+pub mod feed;
+#[allow(clippy::print_stdout)]
+pub mod view;
+pub mod watch;

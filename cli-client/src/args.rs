@@ -1,0 +1,259 @@
+//! The command line: `cli-client [watch] …` (the default) and `cli-client check …`, the help
+//! text a newcomer reads first, and the exit codes it documents.
+//!
+//! Parsing only: turning arguments into a [`FeedConfig`] or [`CheckConfig`] is here too, but
+//! nothing in this module reads the environment itself (clap's `env` does, for the two URLs).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::view::Color;
+use crate::{check::CheckConfig, feed::FeedConfig, view::Format};
+
+/// Exit codes, as documented in `--help`.
+pub mod exit {
+    /// Everything passed, or `watch` was stopped by Ctrl-C / SIGTERM.
+    pub const OK: u8 = 0;
+    /// `check`: at least one check failed. Also any other runtime error.
+    pub const FAILED: u8 = 1;
+    /// Usage error: an unknown flag or a bad value (clap exits with it).
+    pub const USAGE: u8 = 2;
+    /// `watch --max-retries N`: N reconnect attempts in a row failed.
+    pub const GAVE_UP: u8 = 3;
+}
+
+/// The ws-server endpoint used when `--url` is not given.
+pub const DEFAULT_WS_URL: &str = "ws://localhost:8080/ws";
+/// The database `check` connects to when neither `--database-url` nor `DATABASE_URL` is set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/postgres";
+/// The Redis `check` connects to when neither `--redis-url` nor `REDIS_URL` is set.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+const ABOUT: &str = "Watch changes to the `orders` table live in your terminal, or check the pipeline";
+
+const LONG_ABOUT: &str = "\
+Watch changes to the `orders` table live in your terminal, or check the pipeline.
+
+Every INSERT, UPDATE and DELETE on the PostgreSQL table `orders` travels through the publisher \
+and Redis to the ws-server, which pushes it to WebSocket clients. This client connects to a \
+ws-server and prints one line per change as it commits: INSERT in green, UPDATE in amber with \
+what changed, DELETE in red. With --json it prints the events as JSON lines for scripts instead.
+
+Data goes to stdout; connection status (connected, disconnected, reconnecting) goes to stderr. \
+When the connection drops it reconnects by itself, waiting a little longer after each failure. \
+If nothing shows up, run `cli-client check`: it tests each part of the pipeline and says how to \
+fix the one that is down.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  cli-client                                  watch every change on ws://localhost:8080/ws
+  cli-client --url ws://orders.internal:8080/ws --max-retries 5
+  cli-client --json | jq -c 'select(.operation == \"DELETE\") | .order'
+  cli-client check                            is PostgreSQL, the trigger, Redis and ws-server up?
+
+Exit codes:
+  0  ok; watch: stopped with Ctrl-C or SIGTERM
+  1  check: at least one check failed (or another runtime error)
+  2  usage error: unknown flag or bad value
+  3  watch: gave up after --max-retries reconnect attempts in a row failed
+
+Environment:
+  DATABASE_URL, REDIS_URL  used by `check` (also read from a .env file)
+  NO_COLOR                 set to anything to turn colour off
+  RUST_LOG                 diagnostics on stderr, e.g. RUST_LOG=cli_client=debug";
+
+const WATCH_AFTER_HELP: &str = "\
+Examples:
+  cli-client watch
+  cli-client watch --url ws://localhost:8081/ws --no-color
+  cli-client watch --json --max-retries 0     exit 3 as soon as the connection fails or drops";
+
+const CHECK_AFTER_HELP: &str = "\
+Checks, in order: PostgreSQL reachable; table `orders` exists; a trigger on `orders` that calls pg_notify \
+(these two are skipped when PostgreSQL is down); Redis answers PING; ws-server accepts a WebSocket \
+handshake. Each check times out after 5 seconds. Exit code 0 when all pass, 1 otherwise.
+
+Examples:
+  cli-client check
+  DATABASE_URL=postgres://app:secret@db:5432/app cli-client check --url ws://ws:8080/ws";
+
+/// `cli-client`: the parsed command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cli-client",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// `watch`'s options, accepted without the subcommand name since `watch` is the default.
+    #[command(flatten)]
+    watch: WatchArgs,
+}
+
+impl Cli {
+    /// The command to run: `watch` when none was named.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Watch(self.watch))
+    }
+}
+
+/// A subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print each change to `orders` as it happens (the default)
+    #[command(after_help = WATCH_AFTER_HELP)]
+    Watch(WatchArgs),
+    /// Check PostgreSQL, the `orders` table and trigger, Redis and ws-server; say how to fix what is down
+    #[command(after_help = CHECK_AFTER_HELP)]
+    Check(CheckArgs),
+}
+
+/// Options of `watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// ws-server's WebSocket endpoint
+    #[arg(long, value_name = "URL", default_value = DEFAULT_WS_URL, value_parser = parse_ws_url)]
+    pub url: String,
+    /// Print each event as one JSON object per line (the frame as the server sent it)
+    #[arg(long)]
+    pub json: bool,
+    /// Don't colour the output (also off when stdout is not a terminal or NO_COLOR is set)
+    #[arg(long)]
+    pub no_color: bool,
+    /// Give up (exit code 3) after N reconnect attempts in a row fail; 0 exits as soon as the
+    /// connection fails or drops [default: retry forever]
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+}
+
+impl WatchArgs {
+    /// The feed these options ask for.
+    pub fn feed_config(&self) -> FeedConfig {
+        FeedConfig { max_retries: self.max_retries, ..FeedConfig::new(&self.url) }
+    }
+
+    /// The output format, given whether colour is otherwise allowed (see [`Color::resolve`]).
+    pub fn format(&self, color: Color) -> Format {
+        if self.json { Format::Json } else { Format::Human(color) }
+    }
+}
+
+/// Options of `check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// ws-server's WebSocket endpoint
+    #[arg(long, value_name = "URL", default_value = DEFAULT_WS_URL, value_parser = parse_ws_url)]
+    pub url: String,
+    /// PostgreSQL to check
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Redis to check
+    #[arg(long, value_name = "URL", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
+    pub redis_url: String,
+    /// Don't colour the output (also off when stdout is not a terminal or NO_COLOR is set)
+    #[arg(long)]
+    pub no_color: bool,
+}
+
+impl CheckArgs {
+    /// The checks these options ask for, each with a 5 s timeout.
+    pub fn check_config(&self) -> CheckConfig {
+        CheckConfig {
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+            ws_url: self.url.clone(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Accepts a `ws://` URL with a host; explains what is wrong with anything else.
+fn parse_ws_url(url: &str) -> Result<String, String> {
+    if url.starts_with("wss://") {
+        return Err("wss:// (TLS) is not supported by this build; connect with ws:// (e.g. to a TLS-terminating proxy's plain side)".to_owned());
+    }
+    if !url.starts_with("ws://") {
+        return Err(format!("expected a ws:// URL such as {DEFAULT_WS_URL}"));
+    }
+    url.into_client_request().map_err(|e| format!("not a usable WebSocket URL: {e}"))?;
+    Ok(url.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cli-client").chain(args.iter().copied())).map(Cli::into_command)
+    }
+
+    #[test]
+    fn help_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn watch_is_the_default_subcommand() {
+        let Command::Watch(args) = parse(&[]).unwrap() else { panic!("expected watch") };
+        assert_eq!(args.url, DEFAULT_WS_URL);
+        assert!(!args.json && !args.no_color);
+        assert_eq!(args.max_retries, None);
+    }
+
+    #[test]
+    fn watch_flags_work_with_and_without_the_subcommand_name() {
+        for argv in [
+            &["--json", "--max-retries", "3", "--url", "ws://h:1/ws"][..],
+            &["watch", "--json", "--max-retries", "3", "--url", "ws://h:1/ws"][..],
+        ] {
+            let Command::Watch(args) = parse(argv).unwrap() else { panic!("expected watch for {argv:?}") };
+            assert!(args.json, "{argv:?}");
+            assert_eq!(args.max_retries, Some(3));
+            assert_eq!(args.url, "ws://h:1/ws");
+            assert_eq!(args.feed_config().max_retries, Some(3));
+        }
+    }
+
+    #[test]
+    fn check_takes_its_own_urls() {
+        let Command::Check(args) =
+            parse(&["check", "--database-url", "postgres://u:p@db/app", "--redis-url", "redis://r:6379"]).unwrap()
+        else {
+            panic!("expected check")
+        };
+        let config = args.check_config();
+        assert_eq!(config.database_url, "postgres://u:p@db/app");
+        assert_eq!(config.redis_url, "redis://r:6379");
+        assert_eq!(config.ws_url, DEFAULT_WS_URL);
+    }
+
+    #[test]
+    fn bad_urls_are_usage_errors_that_say_why() {
+        for (url, needle) in [("wss://h/ws", "TLS"), ("http://h/ws", "ws://"), ("ws://", "usable")] {
+            let err = parse(&["--url", url]).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+            assert!(err.to_string().contains(needle), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn watch_flags_are_not_mixed_with_check() {
+        assert!(parse(&["--json", "check"]).is_err());
+    }
+
+    #[test]
+    fn json_flag_selects_the_json_format() {
+        let Command::Watch(args) = parse(&["--json"]).unwrap() else { panic!("expected watch") };
+        assert_eq!(args.format(Color::On), Format::Json);
+        let Command::Watch(args) = parse(&[]).unwrap() else { panic!("expected watch") };
+        assert_eq!(args.format(Color::Off), Format::Human(Color::Off));
+    }
+}
