@@ -5,7 +5,6 @@ use std::{net::SocketAddr, time::Duration};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
     time::timeout,
 };
@@ -130,20 +129,4 @@ impl WsClient {
         };
         timeout(limit, read).await.unwrap_or_else(|_| panic!("no close within {limit:?}"))
     }
-}
-
-/// `GET path` over HTTP/1.1 with `Connection: close`; returns status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Some((status, body))
-    };
-    timeout(Duration::from_secs(5), exchange).await.ok().flatten()
 }

@@ -11,9 +11,10 @@ mod client;
 mod logs;
 mod service;
 
-pub use client::{WsClient, http_get};
+pub use client::WsClient;
 pub use logs::LogCapture;
-pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, ws_config};
+pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, spawn_ws_on, ws_config};
+pub use testkit::http_get;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{WAIT, client::http_get};
+use crate::{WAIT, http_get};
 
 /// Fast reconnects, so fault tests finish quickly; still exponential with jitter.
 fn test_retry() -> RetryPolicy {
@@ -110,7 +110,11 @@ pub async fn spawn_publisher(config: publisher::Config) -> Service {
 
 /// Starts a ws-server in-process on a free port.
 pub async fn spawn_ws(config: ws_server::Config) -> Service {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws port");
+    spawn_ws_on(config, TcpListener::bind("127.0.0.1:0").await.expect("bind ws port"))
+}
+
+/// Starts a ws-server in-process on `listener` (e.g. the port of a replica that stopped).
+pub fn spawn_ws_on(config: ws_server::Config, listener: TcpListener) -> Service {
     let addr = listener.local_addr().expect("bound");
     let token = CancellationToken::new();
     let run = ws_server::run(config, listener, token.clone())

@@ -20,8 +20,10 @@ pub struct Config {
     pub redis_url: String,
     /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
     pub redis_channel: ChannelName,
-    /// This replica's name in `hello` frames and logs (`WS_SERVER_ID`, default host:port).
+    /// This replica's name in `hello` frames and logs (`WS_SERVER_ID`).
     pub server_id: Option<String>,
+    /// The host name (`HOSTNAME`); without `WS_SERVER_ID` the id is `HOSTNAME:port`.
+    pub hostname: Option<String>,
     /// Events a connection may fall behind before it is closed as a slow consumer
     /// (`WS_QUEUE_CAPACITY`, default 1024).
     pub queue_capacity: usize,
@@ -86,7 +88,8 @@ impl Config {
             port: env.parse("PORT", 8080, "a port number (0-65535)"),
             redis_url: env.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
-            server_id: lookup("WS_SERVER_ID").or_else(|| lookup("HOSTNAME")).filter(|s| !s.trim().is_empty()),
+            server_id: lookup("WS_SERVER_ID").filter(|s| !s.trim().is_empty()),
+            hostname: lookup("HOSTNAME").filter(|s| !s.trim().is_empty()),
             queue_capacity: env.positive("WS_QUEUE_CAPACITY", 1024),
             max_connections: env.positive("WS_MAX_CONNECTIONS", 10_000),
             max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 * 1024),

@@ -60,10 +60,10 @@ struct AppState {
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), Error> {
     let token = shutdown.child_token();
     let addr = listener.local_addr().map_err(Error::Http)?;
-    let server_id = config
-        .server_id
-        .clone()
-        .map_or_else(|| format!("ws-{}", addr.port()), |host| format!("{host}:{}", addr.port()));
+    let server_id = config.server_id.clone().unwrap_or_else(|| match &config.hostname {
+        Some(host) => format!("{host}:{}", addr.port()),
+        None => format!("ws-{}", addr.port()),
+    });
     let state = Arc::new(AppState {
         server_id,
         hub: Hub::new(config.queue_capacity),

@@ -72,11 +72,8 @@ async fn publisher_listens_again_after_postgres_restarts() {
     system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('After', 'Restart')").await;
     assert_eq!(client.next_json().await["order"]["customer_name"], "After");
     assert!(system.publisher.metric("publisher_postgres_reconnects_total").await >= 1);
-    assert_eq!(
-        logs.matching(&["publisher", "listening on postgres"]).len(),
-        2,
-        "LISTEN issued again on the new session"
-    );
+    let listens = logs.matching(&["publisher", "listening on postgres"]);
+    assert!(listens.len() >= 2, "LISTEN issued again on a new session: {listens:#?}");
 }
 
 #[tokio::test]

@@ -1,0 +1,33 @@
+//! A minimal HTTP/1.1 GET, enough to read `/healthz`, `/readyz` and `/metrics` in tests
+//! without an HTTP client dependency.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+
+/// `GET path` with `Connection: close`; the status and body, or `None` if nothing answered
+/// within 5 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
+    };
+    timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
+
+/// Sends SIGTERM to process `pid` (to test a service's graceful shutdown).
+pub fn terminate(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a live child has a positive pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
+}
