@@ -210,7 +210,6 @@ cat <<EOF
 
 The pipeline is running (logs and data in $RUN_DIR).
   WebSocket ${ws_urls}
-  Dashboard  http://localhost:${WS_PORTS[0]}/
   Health     http://localhost:$HEALTH_PORT/readyz (publisher)${health_urls}
              (each also serves /healthz and /metrics)
   Database   $DATABASE_URL

@@ -55,25 +55,30 @@ pub async fn run(config: Config, health: TcpListener, shutdown: CancellationToke
     stats.set_queue_probe(move || stats_queue.upgrade().map_or(0, |tx| tx.max_capacity() - tx.capacity()));
 
     info!(config = ?config, addr = ?health.local_addr().ok(), "publisher starting");
-    let http = {
+    // Whichever part ends first (shutdown, or a fatal error) stops the others; all three are
+    // awaited, so the forwarder's drain of the queue is never cut short.
+    let token = shutdown.child_token();
+    let http = async {
         let app = protocol::ops::router(stats.clone());
-        let token = shutdown.clone();
-        axum::serve(health, app).with_graceful_shutdown(async move { token.cancelled().await })
+        let result = axum::serve(health, app).with_graceful_shutdown(token.clone().cancelled_owned()).await;
+        token.cancel();
+        result.map_err(Error::Health)
     };
-
-    // The listener stops first; the forwarder then drains the queue (bounded by the grace).
-    let listen_token = shutdown.child_token();
-    let listen = listen::run(&config, &stats, events_tx, &listen_token);
-    let forward = forward::run(&config, &stats, events_rx, &shutdown);
-    let result = tokio::select! {
-        r = listen => r.map_err(Error::Postgres),
-        r = forward => r.map_err(Error::Redis),
-        r = http.into_future() => r.map_err(Error::Health),
+    let listen = async {
+        let result = listen::run(&config, &stats, events_tx, &token).await;
+        token.cancel();
+        result.map_err(Error::Postgres)
     };
-    shutdown.cancel();
+    let forward = async {
+        let result = forward::run(&config, &stats, events_rx, &token).await;
+        token.cancel();
+        result.map_err(Error::Redis)
+    };
+    let (listened, forwarded, served) = tokio::join!(listen, forward, http);
     info!("publisher stopped");
-    result
+    listened.and(forwarded).and(served)
 }
+
 /// Tests spawn `run` on a multi-threaded runtime; keep its future `Send` (a higher-ranked
 /// bound deep inside can silently break that).
 #[cfg(test)]
