@@ -36,6 +36,7 @@ async fn main() {
     report("INSERT sent → client has event", &mut whole);
 }
 
+#[allow(clippy::print_stdout)] // The report is this tool's output.
 fn report(what: &str, samples: &mut [Duration]) {
     samples.sort();
     let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
