@@ -5,14 +5,13 @@
 //! - [`System`]: the whole pipeline, with verbs for the faults tests inject
 //! - [`Service`]: one in-process service (its address, stop, `/readyz`, `/metrics`)
 //! - [`WsClient`]: a WebSocket client with bounded waits
-//! - [`LogCapture`]: the log lines services wrote during a test
+//! - `logs`: every service's log lines, read back with [`Service::logs`]
 
 mod client;
 mod logs;
 mod service;
 
 pub use client::WsClient;
-pub use logs::LogCapture;
 pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, spawn_ws_on, ws_config};
 pub use testkit::http_get;
 

@@ -1,50 +1,46 @@
-//! Captures the log lines services write during one test.
+//! Log capture for the services under test.
 //!
-//! The subscriber is installed as the thread's default, which covers every task of a
-//! current-thread runtime (`#[tokio::test]`'s default): the services under test log here,
-//! and parallel tests on other threads do not.
+//! One global subscriber per test binary writes every line to a shared buffer (and to stderr
+//! with `TEST_LOG=1`). Each in-process service runs inside a span naming its port, e.g.
+//! `publisher{port=41235}`, so a test reads the lines of its own services while other tests
+//! log beside it. (A thread-local subscriber per test misses events: callsite interest is
+//! cached process-wide.)
 
 use std::{
     io,
-    sync::{Arc, Mutex},
+    sync::{Mutex, Once},
 };
 
-use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
-/// The captured log text.
-#[derive(Debug, Clone, Default)]
-pub struct LogCapture {
-    buf: Arc<Mutex<Vec<u8>>>,
-}
+static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static INIT: Once = Once::new();
 
-impl LogCapture {
-    /// Starts capturing `info` and above for this thread until the guard drops.
-    pub fn start() -> (LogCapture, DefaultGuard) {
-        let capture = LogCapture::default();
+/// Installs the global subscriber once; later calls do nothing.
+pub(crate) fn init() {
+    INIT.call_once(|| {
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("info"))
             .with_ansi(false)
-            .with_writer(capture.clone())
+            .with_writer(Writer)
             .finish();
-        (capture.clone(), tracing::subscriber::set_default(subscriber))
-    }
-
-    /// Every line captured so far.
-    pub fn lines(&self) -> Vec<String> {
-        let buf = self.buf.lock().expect("log buffer lock");
-        String::from_utf8_lossy(&buf).lines().map(str::to_owned).collect()
-    }
-
-    /// Lines containing every one of `needles`.
-    pub fn matching(&self, needles: &[&str]) -> Vec<String> {
-        self.lines().into_iter().filter(|l| needles.iter().all(|n| l.contains(n))).collect()
-    }
+        // Another crate's test may have installed one first; then we log through that.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
 }
 
-impl io::Write for LogCapture {
+/// Every captured line that contains all of `needles`.
+pub(crate) fn matching(needles: &[&str]) -> Vec<String> {
+    let buf = BUFFER.lock().expect("log buffer lock");
+    String::from_utf8_lossy(&buf).lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Writer;
+
+impl io::Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.lock().expect("log buffer lock").extend_from_slice(data);
+        BUFFER.lock().expect("log buffer lock").extend_from_slice(data);
         if std::env::var_os("TEST_LOG").is_some() {
             io::stderr().write_all(data)?;
         }
@@ -56,10 +52,10 @@ impl io::Write for LogCapture {
     }
 }
 
-impl<'a> MakeWriter<'a> for LogCapture {
-    type Writer = LogCapture;
+impl<'a> MakeWriter<'a> for Writer {
+    type Writer = Writer;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+        *self
     }
 }

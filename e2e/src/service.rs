@@ -11,7 +11,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{WAIT, http_get};
+use crate::{WAIT, http_get, logs};
 
 /// Fast reconnects, so fault tests finish quickly; still exponential with jitter.
 fn test_retry() -> RetryPolicy {
@@ -44,6 +44,7 @@ pub fn ws_config(redis_url: &str) -> ws_server::Config {
 pub struct Service {
     /// Where its HTTP endpoints (and, for ws-server, WebSocket) listen.
     pub addr: SocketAddr,
+    span: String,
     token: CancellationToken,
     handle: Option<JoinHandle<Result<(), String>>>,
 }
@@ -71,6 +72,13 @@ impl Service {
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not in {body}"))
+    }
+
+    /// This service's log lines (info and above) that contain every one of `needles`.
+    pub fn logs(&self, needles: &[&str]) -> Vec<String> {
+        let mut all = vec![self.span.as_str()];
+        all.extend_from_slice(needles);
+        logs::matching(&all)
     }
 
     /// Cancels the service and waits for it to finish; returns how long that took.
@@ -103,9 +111,11 @@ pub async fn spawn_publisher(config: publisher::Config) -> Service {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind health port");
     let addr = listener.local_addr().expect("bound");
     let token = CancellationToken::new();
-    let run = publisher::run(config, listener, token.clone()).instrument(tracing::info_span!("publisher"));
+    logs::init();
+    let run = publisher::run(config, listener, token.clone())
+        .instrument(tracing::info_span!("publisher", port = addr.port()));
     let handle = tokio::spawn(async move { run.await.map_err(|e| protocol::retry::error_chain(&e).to_string()) });
-    Service { addr, token, handle: Some(handle) }
+    Service { addr, span: format!("publisher{{port={}}}", addr.port()), token, handle: Some(handle) }
 }
 
 /// Starts a ws-server in-process on a free port.
@@ -117,10 +127,11 @@ pub async fn spawn_ws(config: ws_server::Config) -> Service {
 pub fn spawn_ws_on(config: ws_server::Config, listener: TcpListener) -> Service {
     let addr = listener.local_addr().expect("bound");
     let token = CancellationToken::new();
+    logs::init();
     let run = ws_server::run(config, listener, token.clone())
         .instrument(tracing::info_span!("ws_server", port = addr.port()));
     let handle = tokio::spawn(async move { run.await.map_err(|e| protocol::retry::error_chain(&e).to_string()) });
-    Service { addr, token, handle: Some(handle) }
+    Service { addr, span: format!("ws_server{{port={}}}", addr.port()), token, handle: Some(handle) }
 }
 
 /// PostgreSQL, Redis, a publisher and ws-server replicas, all private to one test.

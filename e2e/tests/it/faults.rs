@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use e2e::{LogCapture, System, WAIT, WsClient};
+use e2e::{Service, System, WAIT, WsClient};
 use testkit::wait_until;
 
-/// The `delay_ms` values of reconnect log lines that contain every one of `needles`.
-fn retry_delays(logs: &LogCapture, needles: &[&str]) -> Vec<u64> {
-    let mut all = vec!["session ended; reconnecting"];
-    all.extend_from_slice(needles);
-    logs.matching(&all)
+/// The `delay_ms` values of `service`'s reconnect log lines for `session`.
+fn retry_delays(service: &Service, session: &str) -> Vec<u64> {
+    service
+        .logs(&["session ended; reconnecting", &format!("session=\"{session}\"")])
         .iter()
         .filter_map(|l| l.split("delay_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
         .collect()
@@ -17,7 +16,6 @@ fn retry_delays(logs: &LogCapture, needles: &[&str]) -> Vec<u64> {
 
 #[tokio::test]
 async fn services_retry_with_growing_delays_while_redis_is_killed_and_recover_after_restart() {
-    let (logs, _guard) = LogCapture::start();
     let mut system = System::start(1).await;
     let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
     system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Before', 'Kill')").await;
@@ -30,8 +28,7 @@ async fn services_retry_with_growing_delays_while_redis_is_killed_and_recover_af
     .await;
     // Stay down long enough for several attempts on each side.
     wait_until(WAIT, "four retries logged by each service", || async {
-        retry_delays(&logs, &["publisher", "session=\"redis\""]).len() >= 4
-            && retry_delays(&logs, &["ws_server", "session=\"redis\""]).len() >= 4
+        retry_delays(&system.publisher, "redis").len() >= 4 && retry_delays(&system.ws[0], "redis").len() >= 4
     })
     .await;
     // Committed while Redis is down: the publisher holds it and publishes after recovery.
@@ -48,17 +45,16 @@ async fn services_retry_with_growing_delays_while_redis_is_killed_and_recover_af
     assert!(system.publisher.metric("publisher_redis_reconnects_total").await >= 4);
     assert!(system.ws[0].metric("ws_redis_reconnects_total").await >= 4);
 
-    for service in ["publisher", "ws_server"] {
-        let delays = retry_delays(&logs, &[service, "session=\"redis\""]);
+    for (service, name) in [(&system.publisher, "publisher"), (&system.ws[0], "ws-server")] {
+        let delays = retry_delays(service, "redis");
         // Jitter makes single steps noisy; the schedule must still grow.
-        assert!(delays[3] > delays[0], "{service} delays grow: {delays:?}");
-        assert!(delays.iter().all(|d| *d <= 2000), "{service} delays stay under the cap: {delays:?}");
+        assert!(delays[3] > delays[0], "{name} delays grow: {delays:?}");
+        assert!(delays.iter().all(|d| *d <= 2000), "{name} delays stay under the cap: {delays:?}");
     }
 }
 
 #[tokio::test]
 async fn publisher_listens_again_after_postgres_restarts() {
-    let (logs, _guard) = LogCapture::start();
     let mut system = System::start(1).await;
     let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
     system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Before', 'Restart')").await;
@@ -72,7 +68,7 @@ async fn publisher_listens_again_after_postgres_restarts() {
     system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('After', 'Restart')").await;
     assert_eq!(client.next_json().await["order"]["customer_name"], "After");
     assert!(system.publisher.metric("publisher_postgres_reconnects_total").await >= 1);
-    let listens = logs.matching(&["publisher", "listening on postgres"]);
+    let listens = system.publisher.logs(&["listening on postgres"]);
     assert!(listens.len() >= 2, "LISTEN issued again on a new session: {listens:#?}");
 }
 

@@ -1,6 +1,6 @@
 //! Changes made with SQL reach WebSocket clients: every operation, every replica, in order.
 
-use e2e::{LogCapture, System, WAIT, WsClient, publisher_config, spawn_publisher};
+use e2e::{System, WAIT, WsClient, publisher_config, spawn_publisher};
 use serde_json::{Value, json};
 use testkit::{PgServer, RedisServer, wait_until};
 
@@ -142,7 +142,6 @@ async fn a_hand_made_database_from_the_original_design_is_upgraded_in_place() {
 
 #[tokio::test]
 async fn malformed_and_foreign_payloads_are_skipped_with_a_log_line() {
-    let (logs, _guard) = LogCapture::start();
     let system = System::start(1).await;
     let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
 
@@ -153,11 +152,12 @@ async fn malformed_and_foreign_payloads_are_skipped_with_a_log_line() {
 
     let event = client.next_json().await;
     assert_eq!(event["order"]["customer_name"], "After", "the next real event arrives, nothing else does");
+    let publisher = &system.publisher;
     wait_until(WAIT, "three skip log lines", || async {
-        logs.matching(&["skipping malformed notification"]).len() == 3
+        publisher.logs(&["skipping malformed notification"]).len() == 3
     })
     .await;
-    assert!(logs.matching(&["skipping malformed notification", "not json"]).len() == 1);
+    assert_eq!(publisher.logs(&["skipping malformed notification", "payload=not json"]).len(), 1);
     assert_eq!(system.publisher.metric("publisher_skipped_total").await, 3);
 
     // Foreign messages published straight to Redis are skipped by ws-server too.
@@ -167,8 +167,9 @@ async fn malformed_and_foreign_payloads_are_skipped_with_a_log_line() {
         redis::cmd("PUBLISH").arg("orders_updates").arg("{\"not\":\"an event\"}").query_async(&mut conn).await.unwrap();
     system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Next', 'One')").await;
     assert_eq!(client.next_json().await["order"]["customer_name"], "Next");
+    let ws = &system.ws[0];
     wait_until(WAIT, "ws-server skip log", || async {
-        !logs.matching(&["skipping message that is not an event"]).is_empty()
+        !ws.logs(&["skipping message that is not an event"]).is_empty()
     })
     .await;
 }
