@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::event::Operation;
+use crate::{event::Operation, log::Position};
 
 /// The protocol name a client offers in `Sec-WebSocket-Protocol` (or `?protocol=`).
 pub const SUBPROTOCOL: &str = "orders.v1";
@@ -20,6 +20,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: the client fell behind the live stream and its queue overflowed.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code: the replica lost its Redis history mid-stream (Redis restarted empty);
+/// reconnect and take a snapshot.
+pub const CLOSE_HISTORY_LOST: u16 = 4010;
 /// Close code: the client did not answer pings.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4009;
 
@@ -35,9 +38,45 @@ pub enum ServerFrame {
         server_id: String,
         /// Largest client frame accepted, in bytes.
         max_frame_bytes: usize,
+        /// The newest position on this replica when the connection opened (resume from it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
     },
     /// A row change.
     Event(EventFrame),
+    /// A `subscribe` took effect: every event after `position` follows, none missing, none twice.
+    Subscribed {
+        /// The last position delivered before live events (the snapshot's, the `since`
+        /// position after replay, or the newest at subscribe time).
+        position: Option<Position>,
+    },
+    /// The current rows as of `position` (answer to `subscribe` with `snapshot: true`).
+    Snapshot {
+        /// The position the rows reflect; events after it follow.
+        position: Option<Position>,
+        /// One entry per row.
+        rows: Vec<SnapshotRow>,
+    },
+    /// The requested `since` cannot be served; take a snapshot (`subscribe` with
+    /// `snapshot: true`) and continue from its position.
+    Reset {
+        /// Why.
+        reason: ResetReason,
+        /// The newest position now.
+        position: Option<Position>,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// Conflated delivery: events after `from` up to `to` were folded into the latest event per
+    /// row, which follow this frame (in position order).
+    Conflated {
+        /// Last position delivered before folding.
+        from: u64,
+        /// Last position covered by the folded events.
+        to: u64,
+        /// How many events were left out because a later one for the same row replaced them.
+        folded: u64,
+    },
     /// Answer to a client `ping`.
     Pong {
         /// The `id` the ping carried, if any.
@@ -53,9 +92,34 @@ pub enum ServerFrame {
     },
 }
 
+/// One row of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    /// The table the row belongs to.
+    pub table: String,
+    /// The row.
+    pub order: Value,
+}
+
+/// Why a resume was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetReason {
+    /// `since` is older than the log's retention.
+    BeyondRetention,
+    /// `since` names another epoch: Redis lost its history (restarted empty) or it is unknown.
+    HistoryLost,
+}
+
 /// The body of an event frame, as a client reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventFrame {
+    /// The history this event belongs to (absent only from a pre-log publisher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The event's position in that history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<u64>,
     /// Event id (`realtime_events.id`); absent for events from a legacy trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
@@ -93,6 +157,19 @@ pub enum ErrorCode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
+    /// (Re)position the stream: resume after `since`, or start from a snapshot.
+    Subscribe {
+        /// Resume after this position (events after it are replayed, then live ones follow).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Position>,
+        /// Send a `snapshot` of the current rows first, then the events after it.
+        #[serde(default)]
+        snapshot: bool,
+        /// When this client falls behind, fold missed events into the latest per row
+        /// (`conflated` frame) instead of closing the connection.
+        #[serde(default)]
+        conflate: bool,
+    },
     /// Application-level ping; answered with `pong` carrying the same `id`.
     Ping {
         /// Echoed back in the `pong`.
@@ -101,7 +178,7 @@ pub enum ClientFrame {
     },
 }
 
-const KNOWN_CLIENT_TYPES: &[&str] = &["ping"];
+const KNOWN_CLIENT_TYPES: &[&str] = &["ping", "subscribe"];
 
 impl ClientFrame {
     /// Parses a client text frame, telling apart bad JSON, unknown types and bad fields.
@@ -148,6 +225,22 @@ mod tests {
         let frame: ServerFrame = serde_json::from_str(text).unwrap();
         let ServerFrame::Event(e) = frame else { panic!("not an event") };
         assert_eq!((e.id, e.operation, e.order), (Some(1), Operation::Insert, json!({"id":5})));
+    }
+
+    #[test]
+    fn subscribe_frames_parse_with_defaults() {
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"subscribe","since":{"epoch":"e1","pos":7}}"#).unwrap(),
+            ClientFrame::Subscribe {
+                since: Some(Position { epoch: "e1".into(), pos: 7 }),
+                snapshot: false,
+                conflate: false
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"subscribe","since":"e1:7"}"#).unwrap_err().0,
+            ErrorCode::InvalidFrame
+        );
     }
 
     #[test]

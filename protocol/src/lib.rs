@@ -3,6 +3,7 @@
 //! - [`channel`]: validated channel names and the fixed defaults (`orders_channel`, `orders_updates`)
 //! - [`event`]: the NOTIFY payload the trigger sends and the event the publisher emits
 //! - [`frames`]: WebSocket frames in both directions (protocol `orders.v1`)
+//! - [`log`]: the replay log in Redis (keys, atomic append, claim, snapshot, reads)
 //! - [`retry`]: the reconnect policy (`backon` exponential schedule with jitter, never giving up)
 //! - [`env`]: configuration from the environment, reporting every problem at once
 //! - [`ops`]: readiness, Prometheus metrics and the `/healthz` `/readyz` `/metrics` router
@@ -12,6 +13,7 @@ pub mod channel;
 pub mod env;
 pub mod event;
 pub mod frames;
+pub mod log;
 pub mod ops;
 pub mod retry;
 pub mod shutdown;

@@ -1,6 +1,9 @@
 //! End-to-end tests: real PostgreSQL and Redis servers, the real publisher and ws-server.
 
+mod chaos;
+mod durability;
 mod faults;
 mod pipeline;
+mod resume;
 mod shutdown;
 mod websocket;
