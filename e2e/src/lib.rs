@@ -5,9 +5,11 @@
 //! - [`System`]: the whole pipeline, with verbs for the faults tests inject
 //! - [`Service`]: one in-process service (its address, stop, `/readyz`, `/metrics`)
 //! - [`WsClient`]: a WebSocket client with bounded waits
+//! - [`history`]: what reached Redis (the replay log, the state) and the table, to compare
 //! - `logs`: every service's log lines, read back with [`Service::logs`]
 
 mod client;
+pub mod history;
 mod logs;
 mod service;
 

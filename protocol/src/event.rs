@@ -107,8 +107,8 @@ struct Payload<'a> {
 
 #[derive(Serialize)]
 struct EventOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<i64>,
     table: &'a str,
@@ -151,16 +151,41 @@ fn ensure_object(raw: &RawValue, field: &'static str) -> Result<(), PayloadError
 impl Change {
     /// The event JSON sent to Redis and, unchanged, to every client.
     pub fn to_event_json(&self) -> String {
-        let out = EventOut {
-            kind: "event",
+        serde_json::to_string(&self.out(Some("event"))).expect("serializing strings and raw JSON cannot fail")
+    }
+
+    /// The event JSON without `type` and without its opening `{`: the replay log's append
+    /// script puts `{"type":"event","epoch":…,"pos":…,` in front of it.
+    pub fn to_log_body_rest(&self) -> String {
+        let mut json = serde_json::to_string(&self.out(None)).expect("serializing strings and raw JSON cannot fail");
+        json.remove(0);
+        json
+    }
+
+    /// The state key of the row, `<table>:<id>`, when the row has an `id`.
+    pub fn row_key(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct RowId {
+            id: Option<serde_json::Value>,
+        }
+        let id = match serde_json::from_str::<RowId>(self.order.get()).ok()?.id? {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        Some(format!("{}:{id}", self.table))
+    }
+
+    fn out(&self, kind: Option<&'static str>) -> EventOut<'_> {
+        EventOut {
+            kind,
             id: self.id,
             table: &self.table,
             operation: self.operation,
             order: &self.order,
             old: self.old.as_deref(),
             ts: self.ts.as_deref(),
-        };
-        serde_json::to_string(&out).expect("serializing strings and raw JSON cannot fail")
+        }
     }
 }
 
@@ -188,6 +213,15 @@ mod tests {
                    "order":{"id":1,"status":"done"},"old":{"id":1,"status":"new"},
                    "ts":"2026-01-01T00:00:00Z"})
         );
+    }
+
+    #[test]
+    fn log_body_and_row_key() {
+        let c = change(r#"{"id":7,"table":"orders","operation":"INSERT","order":{"id":12,"s":"x"}}"#);
+        assert_eq!(c.to_log_body_rest(), r#""id":7,"table":"orders","operation":"INSERT","order":{"id":12,"s":"x"}}"#);
+        assert_eq!(c.row_key().as_deref(), Some("orders:12"));
+        let c = change(r#"{"operation":"INSERT","order":{"name":"no id"}}"#);
+        assert_eq!(c.row_key(), None);
     }
 
     #[test]

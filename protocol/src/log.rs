@@ -151,14 +151,16 @@ end
 return {fence, epoch, redis.call('HGET', meta, 'seq'), redis.call('HGET', meta, 'seeded'), ids}
 "#;
 
-/// `KEYS`: meta, state. `ARGV`: fence, `done` or not, then field/row pairs to add.
+/// `KEYS`: meta, state. `ARGV`: fence, flags (`F`: first chunk, clear the state; `D`: last
+/// chunk, mark seeded), then field/row pairs to add.
 const SEED: &str = r#"
 local meta, state = KEYS[1], KEYS[2]
 if redis.call('HGET', meta, 'fence') ~= ARGV[1] then
   return redis.error_reply('FENCED another publisher took over, or redis lost its data')
 end
+if string.find(ARGV[2], 'F') then redis.call('DEL', state) end
 if #ARGV > 2 then redis.call('HSET', state, unpack(ARGV, 3)) end
-if ARGV[2] == 'done' then redis.call('HSET', meta, 'seeded', '1') end
+if string.find(ARGV[2], 'D') then redis.call('HSET', meta, 'seeded', '1') end
 return 1
 "#;
 
@@ -248,16 +250,19 @@ impl Log {
         Ok(Claim { fence, epoch, seq, seeded: seeded == "1", recent_event_ids: ids })
     }
 
-    /// Adds seed rows to the state (`done` marks the state complete for this epoch).
+    /// Fills the state from the table, in chunks: `first` clears what a failed earlier attempt
+    /// left, `last` marks the state complete for this epoch.
     pub async fn seed<C: ConnectionLike>(
         &self,
         conn: &mut C,
         fence: i64,
         rows: &[(String, String)],
-        done: bool,
+        first: bool,
+        last: bool,
     ) -> redis::RedisResult<()> {
+        let flags = format!("{}{}-", if first { "F" } else { "" }, if last { "D" } else { "" });
         let mut call = self.seed.key(&self.keys.meta);
-        call.key(&self.keys.state).arg(fence).arg(if done { "done" } else { "more" });
+        call.key(&self.keys.state).arg(fence).arg(flags);
         for (field, row) in rows {
             call.arg(field).arg(row);
         }

@@ -24,7 +24,9 @@ async fn append_orders_publishes_logs_and_tracks_state_in_one_step() {
 
     let claim = log.claim(&mut conn, "epochA", 10).await.unwrap();
     assert_eq!((claim.fence, claim.epoch.as_str(), claim.seq, claim.seeded), (1, "epochA", 0, false));
-    log.seed(&mut conn, claim.fence, &[("orders:9".into(), r#"{"id":9}"#.into())], true).await.unwrap();
+    log.seed(&mut conn, claim.fence, &[("orders:8".into(), r#"{"id":8}"#.into())], true, false).await.unwrap();
+    // A seed that starts over clears what an interrupted one left.
+    log.seed(&mut conn, claim.fence, &[("orders:9".into(), r#"{"id":9}"#.into())], true, true).await.unwrap();
 
     let events = [
         append(

@@ -24,11 +24,23 @@ pub struct Config {
     pub health_port: u16,
     /// Apply the embedded `sql/` migrations at start (`PUBLISHER_MIGRATE`, default true).
     pub migrate: bool,
-    /// Events held in memory while Redis is unreachable (`PUBLISHER_BUFFER`, default 10000).
-    /// When full, the publisher stops reading notifications and PostgreSQL queues them.
-    pub buffer: usize,
-    /// Largest number of events sent to Redis in one pipelined round trip.
+    /// Largest number of events read from the outbox and appended to Redis in one step
+    /// (`PUBLISHER_BATCH`, default 512).
     pub batch_max: usize,
+    /// Entries the Redis replay log keeps (`PUBLISHER_LOG_MAXLEN`, default 100000; trimmed
+    /// approximately). Clients can resume from any position still in it.
+    pub log_maxlen: usize,
+    /// Published outbox rows older than this are deleted (`PUBLISHER_OUTBOX_RETENTION`, 24h).
+    pub outbox_retention: Duration,
+    /// At most this many published rows are kept (`PUBLISHER_OUTBOX_MAX_ROWS`, 1000000).
+    pub outbox_max_rows: usize,
+    /// How often pruning runs.
+    pub prune_interval: Duration,
+    /// How often a standby tries to become the active publisher (`PUBLISHER_STANDBY_POLL`, 1s).
+    pub standby_poll: Duration,
+    /// Tables whose rows seed the snapshot state when a new history starts
+    /// (`PUBLISHER_SNAPSHOT_TABLES`, default `orders`; each needs an `id` column).
+    pub snapshot_tables: Vec<String>,
     /// How often an idle PostgreSQL or Redis session is checked with a query/PING.
     pub keepalive_interval: Duration,
     /// Reconnect delays (`RETRY_MIN_DELAY`, `RETRY_MAX_DELAY`).
@@ -48,7 +60,10 @@ impl fmt::Debug for Config {
             .field("redis_channel", &self.redis_channel.as_str())
             .field("health_port", &self.health_port)
             .field("migrate", &self.migrate)
-            .field("buffer", &self.buffer)
+            .field("batch_max", &self.batch_max)
+            .field("log_maxlen", &self.log_maxlen)
+            .field("outbox_retention", &self.outbox_retention)
+            .field("snapshot_tables", &self.snapshot_tables)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -80,13 +95,31 @@ impl Config {
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
             health_port: env.parse("HEALTH_PORT", 9100, "a port number (0-65535)"),
             migrate: env.flag("PUBLISHER_MIGRATE", true),
-            buffer: env.positive("PUBLISHER_BUFFER", 10_000),
-            batch_max: 512,
+            batch_max: env.positive("PUBLISHER_BATCH", 512),
+            log_maxlen: env.positive("PUBLISHER_LOG_MAXLEN", 100_000),
+            outbox_retention: env.duration("PUBLISHER_OUTBOX_RETENTION", Duration::from_secs(24 * 3600)),
+            outbox_max_rows: env.positive("PUBLISHER_OUTBOX_MAX_ROWS", 1_000_000),
+            prune_interval: Duration::from_secs(10),
+            standby_poll: env.duration("PUBLISHER_STANDBY_POLL", Duration::from_secs(1)),
+            snapshot_tables: env
+                .string("PUBLISHER_SNAPSHOT_TABLES", "orders")
+                .split(',')
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .collect(),
             keepalive_interval: Duration::from_secs(5),
             retry: env.retry_policy(),
             shutdown_grace: env.duration("PUBLISHER_SHUTDOWN_GRACE", Duration::from_secs(5)),
             log_format: env.log_format(),
         };
+        for table in &config.snapshot_tables {
+            if ChannelName::parse(table).is_err() {
+                env.invalid("PUBLISHER_SNAPSHOT_TABLES", table.clone(), "expected table names of a-z, 0-9 and _");
+            }
+        }
+        if config.standby_poll.is_zero() {
+            env.invalid("PUBLISHER_STANDBY_POLL", "0", "expected a duration above zero (e.g. 1s)");
+        }
         env.finish()?;
         Ok(config)
     }

@@ -1,18 +1,17 @@
-//! The Redis session: PUBLISH every queued event on the Redis channel, everything already
-//! queued in one pipelined round trip.
+//! The Redis side: one connection, reconnected with backoff whenever a call fails, and the
+//! replay-log calls made through it.
 //!
-//! A batch leaves the queue only once Redis has acknowledged it: when the session breaks
-//! mid-batch, the same batch is sent again on the next session (at-least-once; event ids
-//! let later hops drop the repeat). Redis pub/sub itself keeps nothing for a subscriber
-//! that is disconnected at the time; the replay log is what covers that (docs/design.md).
+//! Redis failures never end the PostgreSQL session: a caller whose call failed waits here
+//! (the backoff delay), then retries on a new connection. Each new connection gets a new
+//! `generation`, which tells the relay to claim the log again before appending (a claim
+//! fences off any other publisher and shows what the last append really wrote).
 
 use std::time::{Duration, Instant};
 
 use protocol::retry::{Flow, Retry, Supervisor};
 use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
-use tokio::{sync::mpsc, time::timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::{
     config::Config,
@@ -21,112 +20,114 @@ use crate::{
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a Redis session ended.
+/// A Redis failure retrying cannot fix.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// Connecting or a command failed.
-    #[error("redis error")]
-    Redis(#[from] redis::RedisError),
-}
+#[error("redis refused the publisher")]
+pub struct FatalError(#[source] redis::RedisError);
 
-impl Retry for SessionError {
+struct Failure(redis::RedisError);
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+impl Retry for Failure {
     fn is_fatal(&self) -> bool {
-        let Self::Redis(e) = self;
-        matches!(e.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig)
+        matches!(self.0.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig)
     }
 }
 
-/// Runs Redis sessions until shutdown, then publishes what is still queued (bounded by the
-/// shutdown grace).
-pub(crate) async fn run(
-    config: &Config,
-    stats: &Stats,
-    mut events_rx: mpsc::Receiver<String>,
-    shutdown: &CancellationToken,
-) -> Result<(), SessionError> {
-    let client = redis::Client::open(config.redis_url.as_str())?;
-    let mut pending: Vec<String> = Vec::with_capacity(config.batch_max);
-    let mut supervisor = Supervisor::new("redis", config.retry);
-    let result = loop {
-        let started = Instant::now();
-        let ended = session(config, stats, &client, &mut events_rx, &mut pending, shutdown).await;
-        match supervisor.after(started, ended, &stats.redis_reconnects, shutdown).await {
-            Ok(Flow::Retry) => continue,
-            Ok(Flow::Stop) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
+/// The publisher's Redis connection.
+pub(crate) struct Redis<'a> {
+    stats: &'a Stats,
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+    connected_at: Instant,
+    generation: u64,
+    supervisor: Supervisor,
+}
 
-    // Drain: the listener has stopped; publish what it queued, if Redis lets us in time.
-    events_rx.close();
-    while let Some(event) = events_rx.recv().await {
-        pending.push(event);
+impl<'a> Redis<'a> {
+    pub(crate) fn new(config: &Config, stats: &'a Stats) -> Result<Self, FatalError> {
+        Ok(Self {
+            stats,
+            client: redis::Client::open(config.redis_url.as_str()).map_err(FatalError)?,
+            conn: None,
+            connected_at: Instant::now(),
+            generation: 0,
+            supervisor: Supervisor::new("redis", config.retry),
+        })
     }
-    if !pending.is_empty() {
-        let drain = async {
-            let mut conn = connect(&client).await?;
-            for chunk in pending.chunks(config.batch_max) {
-                publish(&mut conn, config, chunk).await?;
-                stats.published.add(chunk.len() as u64);
+
+    /// Bumped on every new connection.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The live connection, connecting first if needed (waiting out failures with backoff).
+    /// `None` when shutdown was requested meanwhile.
+    pub(crate) async fn connection(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<&mut MultiplexedConnection>, FatalError> {
+        while self.conn.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT));
+            self.connected_at = Instant::now();
+            let attempt = async {
+                let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+                redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                Ok::<_, redis::RedisError>(conn)
+            };
+            match attempt.await {
+                Ok(conn) => {
+                    self.conn = Some(conn);
+                    self.generation += 1;
+                    self.stats.readiness.set(REDIS, true);
+                    info!("connected to redis");
+                }
+                Err(e) => {
+                    if self.failed(e, shutdown).await? == Flow::Stop {
+                        return Ok(None);
+                    }
+                }
             }
-            Ok::<_, SessionError>(())
-        };
-        match timeout(config.shutdown_grace, drain).await {
-            Ok(Ok(())) => info!(events = pending.len(), "queued events published before shutdown"),
-            Ok(Err(e)) => warn!(events = pending.len(), error = %e, "queued events not published at shutdown"),
-            Err(_) => warn!(events = pending.len(), "shutdown grace elapsed with events still queued"),
         }
+        Ok(self.conn.as_mut())
     }
-    result
-}
 
-async fn connect(client: &redis::Client) -> Result<MultiplexedConnection, SessionError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_response_timeout(Some(COMMAND_TIMEOUT));
-    Ok(client.get_multiplexed_async_connection_with_config(&config).await?)
-}
+    /// Records a failed call: drops the connection, logs the retry with its delay and waits it.
+    pub(crate) async fn failed(
+        &mut self,
+        err: redis::RedisError,
+        shutdown: &CancellationToken,
+    ) -> Result<Flow, FatalError> {
+        self.conn = None;
+        self.stats.readiness.set(REDIS, false);
+        self.supervisor
+            .after(self.connected_at, Err(Failure(err)), &self.stats.redis_reconnects, shutdown)
+            .await
+            .map_err(|Failure(e)| FatalError(e))
+    }
 
-async fn session(
-    config: &Config,
-    stats: &Stats,
-    client: &redis::Client,
-    events_rx: &mut mpsc::Receiver<String>,
-    pending: &mut Vec<String>,
-    shutdown: &CancellationToken,
-) -> Result<(), SessionError> {
-    let mut conn = connect(client).await?;
-    redis::cmd("PING").query_async::<()>(&mut conn).await?;
-    let _up = stats.readiness.up_while(REDIS);
-    info!(channel = %config.redis_channel, "connected to redis");
-
-    let mut keepalive = tokio::time::interval(config.keepalive_interval);
-    keepalive.reset();
-    loop {
-        // A batch left over from a broken session goes first, unchanged, keeping order.
-        if !pending.is_empty() {
-            publish(&mut conn, config, pending).await?;
-            stats.published.add(pending.len() as u64);
-            stats.batches.inc();
-            debug!(events = pending.len(), "published");
-            pending.clear();
-            keepalive.reset();
+    /// PINGs an idle connection, so a dead one is noticed (and readiness follows).
+    pub(crate) async fn ping(&mut self, shutdown: &CancellationToken) -> Result<(), FatalError> {
+        let Some(conn) = self.connection(shutdown).await? else { return Ok(()) };
+        if let Err(e) = redis::cmd("PING").query_async::<()>(conn).await {
+            self.failed(e, shutdown).await?;
         }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(()),
-            // Cancel-safe: recv_many takes nothing unless it returns.
-            n = events_rx.recv_many(pending, config.batch_max) => if n == 0 { return Ok(()) },
-            _ = keepalive.tick() => redis::cmd("PING").query_async::<()>(&mut conn).await?,
-        }
+        Ok(())
     }
-}
-
-async fn publish(conn: &mut MultiplexedConnection, config: &Config, events: &[String]) -> Result<(), SessionError> {
-    let mut pipe = redis::pipe();
-    for event in events {
-        pipe.publish(config.redis_channel.as_str(), event).ignore();
-    }
-    pipe.query_async::<()>(conn).await?;
-    Ok(())
 }

@@ -17,6 +17,7 @@ const FILES: &[(i64, &str, &str)] = &[
     (1, "orders", include_str!("../../sql/0001_orders.sql")),
     (2, "realtime events", include_str!("../../sql/0002_realtime_events.sql")),
     (3, "notify", include_str!("../../sql/0003_notify.sql")),
+    (4, "published marks", include_str!("../../sql/0004_published_marks.sql")),
 ];
 
 #[derive(Debug)]

@@ -73,11 +73,87 @@ async fn waits_for_dependencies_that_are_down_at_start_then_stops_on_sigterm() {
     assert_eq!(readyz(port).await, 503, "not ready while postgres is down");
     pg.restart().await;
     wait_until(WAIT, "ready once postgres is back", || async { readyz(port).await == 200 }).await;
-    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM _sqlx_migrations").await, "3", "migrations applied");
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM _sqlx_migrations").await, "4", "migrations applied");
 
     let started = Instant::now();
     terminate(child.id().expect("running"));
     let status = exit_within(&mut child, Duration::from_secs(5)).await;
     assert!(status.success(), "exit status {status}");
     assert!(started.elapsed() < Duration::from_secs(3), "stopped in {:?}", started.elapsed());
+}
+
+async fn metric(port: u16, name: &str) -> Option<i64> {
+    let (_, body) = http_get(SocketAddr::from(([127, 0, 0, 1], port)), "/metrics").await?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Event ids in the replay log, in log order.
+async fn logged_event_ids(redis_url: &str) -> Vec<i64> {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log = protocol::log::Log::new(&protocol::channel::ChannelName::parse("orders_updates").unwrap());
+    let mut ids = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = log.read_after(&mut conn, after, 1000).await.unwrap();
+        let Some((last, _)) = page.last() else { return ids };
+        after = *last;
+        for (_, frame) in page {
+            let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+            ids.push(frame["id"].as_i64().unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_within_seconds_when_the_active_publisher_is_killed() {
+    let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
+    let env = |port: u16| {
+        vec![
+            ("DATABASE_URL", pg.url()),
+            ("REDIS_URL", redis.url()),
+            ("HEALTH_PORT", port.to_string()),
+            ("PUBLISHER_STANDBY_POLL", "200ms".to_owned()),
+            ("RETRY_MAX_DELAY", "1s".to_owned()),
+        ]
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut active = publisher(&env(port_a)).spawn().expect("starts");
+    wait_until(WAIT, "first publisher active", || async { metric(port_a, "publisher_active").await == Some(1) }).await;
+    let mut standby = publisher(&env(port_b)).spawn().expect("starts");
+    wait_until(WAIT, "second publisher ready", || async { readyz(port_b).await == 200 }).await;
+    assert_eq!(metric(port_b, "publisher_active").await, Some(0), "the second one waits as standby");
+
+    // A writer keeps committing while the active publisher is killed.
+    let url = pg.url();
+    let writer = tokio::spawn(async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        for i in 0..300 {
+            sqlx::query("INSERT INTO orders (customer_name, product_name) VALUES ($1, 'failover')")
+                .bind(format!("c{i}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    wait_until(WAIT, "some events published", || async { logged_event_ids(&redis.url()).await.len() >= 50 }).await;
+    testkit::kill(active.id().expect("running"));
+    let killed_at = Instant::now();
+    active.wait().await.expect("reaped");
+    wait_until(WAIT, "standby active", || async { metric(port_b, "publisher_active").await == Some(1) }).await;
+    let takeover = killed_at.elapsed();
+    assert!(takeover < Duration::from_secs(3), "took over in {takeover:?}");
+
+    writer.await.unwrap();
+    wait_until(WAIT, "all 300 events in the log", || async { logged_event_ids(&redis.url()).await.len() >= 300 }).await;
+    let ids = logged_event_ids(&redis.url()).await;
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique, (1..=300).collect::<Vec<_>>(), "every event, none lost");
+    assert_eq!(ids.len(), 300, "none twice in the log");
+    terminate(standby.id().unwrap());
+    exit_within(&mut standby, Duration::from_secs(5)).await;
 }

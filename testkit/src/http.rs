@@ -31,3 +31,9 @@ pub fn terminate(pid: u32) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a live child has a positive pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
 }
+
+/// Sends SIGKILL to process `pid` (a crash, for failover tests).
+pub fn kill(pid: u32) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a live child has a positive pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("send SIGKILL");
+}

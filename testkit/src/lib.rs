@@ -7,7 +7,7 @@
 //! - `postgres`: [`PgServer`], a throwaway cluster (runs as the `postgres` user when we are root)
 //! - `redis`: [`RedisServer`], a `redis-server` without persistence
 //! - `wait`: [`free_port`], [`wait_until`], [`wait_for`]
-//! - `http`: [`http_get`] for ops endpoints, [`terminate`] to SIGTERM a service process
+//! - `http`: [`http_get`] for ops endpoints, [`terminate`] and [`kill`] for service processes
 //! - `logging`: [`init_test_logging`], `tracing` output when `TEST_LOG=1`
 //!
 //! Every server gets its own temporary directory and port, so tests run in parallel, within one
@@ -22,7 +22,7 @@ mod process;
 mod redis;
 mod wait;
 
-pub use http::{http_get, terminate};
+pub use http::{http_get, kill, terminate};
 pub use logging::init_test_logging;
 pub use postgres::PgServer;
 pub use redis::RedisServer;

@@ -1,0 +1,412 @@
+//! The relay: one PostgreSQL session at a time that is either the standby or the active
+//! publisher, moving events from the outbox (`realtime_events`) to the Redis replay log.
+//!
+//! - **Standby.** Two publishers may run; the one holding a session-level advisory lock is
+//!   active, the other polls for the lock every `standby_poll`. The lock lives and dies with
+//!   the PostgreSQL session, so a killed active publisher frees it at once.
+//! - **Active.** LISTEN on the channel; every notification (and every `keepalive_interval`)
+//!   wakes a drain: read unpublished events in id order, append them to the log (one atomic
+//!   Redis step: position, stream, state, PUBLISH), then mark them published. A crash between
+//!   append and mark repeats at most that batch; the claim made before appending tells which
+//!   event ids the log already has, so no repeat reaches the log.
+//! - **Claim.** Before its first append on each Redis connection, the active publisher claims
+//!   the log: this fences off a previous publisher (its next append fails) and, when Redis has
+//!   lost its data, starts a new epoch and seeds the state from the tables.
+//!
+//! sqlx's `PgListener` would reconnect by itself after some errors, silently losing the
+//! notifications of the gap; here any error ends the session and a new one starts, which
+//! drains the outbox first. Nothing depends on a notification arriving: they only wake the drain.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use futures_util::FutureExt;
+use protocol::{
+    event::{Change, Notification, parse_notification},
+    log::{Append, Claim, Log, StateChange, is_fenced},
+    retry::{Flow, Retry, Supervisor},
+};
+use sqlx::{Connection, PgConnection, postgres::PgListener};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    forward::{FatalError, Redis},
+    migrate, outbox,
+    stats::{POSTGRES, Stats},
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a PostgreSQL session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Connecting, LISTEN or a query failed.
+    #[error("postgres error")]
+    Sql(#[from] sqlx::Error),
+    /// Applying the `sql/` migrations failed.
+    #[error("failed to apply migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The server closed the connection.
+    #[error("connection lost")]
+    Lost,
+    /// Connecting or a query took too long.
+    #[error("postgres did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis refused us for good (bad credentials).
+    #[error(transparent)]
+    Redis(#[from] FatalError),
+}
+
+impl Retry for SessionError {
+    fn is_fatal(&self) -> bool {
+        use sqlx::migrate::MigrateError as M;
+        match self {
+            // Wrong password/user or missing database: a person has to fix the URL.
+            Self::Sql(sqlx::Error::Database(e)) => matches!(e.code().as_deref(), Some("28P01" | "28000" | "3D000")),
+            // An applied migration was edited, or the database is ahead of this binary.
+            Self::Migrate(M::VersionMismatch(_) | M::VersionMissing(_) | M::Dirty(_)) => true,
+            Self::Redis(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Runs sessions until shutdown, reconnecting to PostgreSQL with backoff.
+pub(crate) async fn run(config: &Config, stats: &Stats, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    let mut redis = Redis::new(config, stats)?;
+    let log = Log::new(&config.redis_channel);
+    let mut migrated = !config.migrate;
+    let mut supervisor = Supervisor::new("postgres", config.retry);
+    loop {
+        let started = Instant::now();
+        let ended = session(config, stats, &mut redis, &log, &mut migrated, shutdown).await;
+        stats.leader.set(0);
+        if supervisor.after(started, ended, &stats.pg_reconnects, shutdown).await? == Flow::Stop {
+            return Ok(());
+        }
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// The outbox had no more than one batch: wait for the next wake-up.
+    All,
+    /// A full batch went out: drain again.
+    More,
+    /// Shutdown was requested.
+    Stopped,
+}
+
+async fn session(
+    config: &Config,
+    stats: &Stats,
+    redis: &mut Redis<'_>,
+    log: &Log,
+    migrated: &mut bool,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    if !*migrated {
+        let mut conn = bounded(CONNECT_TIMEOUT, PgConnection::connect(&config.database_url)).await??;
+        migrate::apply(&mut conn).await?;
+        // Closing politely is a courtesy; the migrations are committed either way.
+        let _ = conn.close().await;
+        *migrated = true;
+        info!("migrations applied");
+    }
+
+    let mut pg = bounded(CONNECT_TIMEOUT, PgListener::connect(&config.database_url)).await??;
+    // We watch the connection ourselves; the pool's close event is not how we stop.
+    pg.ignore_pool_close_event(true);
+    let _up = stats.readiness.up_while(POSTGRES);
+
+    let lock_key = advisory_lock_key(config.pg_channel.as_str());
+    if !try_lock(&mut pg, lock_key).await? {
+        info!("another publisher is active; waiting as standby");
+        redis.ping(shutdown).await?;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(config.standby_poll) => {
+                    if try_lock(&mut pg, lock_key).await? {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    bounded(QUERY_TIMEOUT, pg.listen(config.pg_channel.as_str())).await??;
+    stats.leader.set(1);
+    info!(channel = %config.pg_channel, "active publisher; listening on postgres");
+
+    let mut active = Active { claim: None, claimed_generation: 0, legacy: Vec::new() };
+    let mut keepalive = tokio::time::interval(config.keepalive_interval);
+    keepalive.reset();
+    let mut prune = tokio::time::interval(config.prune_interval);
+    let mut wake = true; // Catch up with whatever committed while no session was active.
+    loop {
+        if wake {
+            match active.drain(config, stats, redis, log, &mut pg, shutdown).await? {
+                Drained::Stopped => return Ok(()),
+                Drained::More => continue,
+                Drained::All => wake = false,
+            }
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            // Cancel-safe: sqlx buffers partial reads in the connection.
+            received = pg.try_recv() => {
+                active.note(stats, &received?.ok_or(SessionError::Lost)?);
+                // Take every notification already here: one drain serves them all.
+                while let Some(next) = pg.try_recv().now_or_never() {
+                    active.note(stats, &next?.ok_or(SessionError::Lost)?);
+                }
+                wake = true;
+            }
+            _ = keepalive.tick() => {
+                // Doubles as the check that the session is alive, and as a catch-up should a
+                // notification ever go missing.
+                bounded(QUERY_TIMEOUT, sqlx::query("SELECT 1").execute(&mut pg)).await??;
+                redis.ping(shutdown).await?;
+                wake = true;
+            }
+            _ = prune.tick() => {
+                let deleted = bounded(QUERY_TIMEOUT, outbox::prune(&mut pg, config.outbox_retention, config.outbox_max_rows)).await??;
+                if deleted > 0 {
+                    stats.pruned.add(deleted);
+                    debug!(deleted, "pruned published events");
+                }
+            }
+        }
+    }
+}
+
+/// The active publisher's state within one session.
+struct Active {
+    claim: Option<Claim>,
+    claimed_generation: u64,
+    /// Changes from a hand-made legacy trigger: they exist only in the notification.
+    legacy: Vec<Change>,
+}
+
+impl Active {
+    /// Looks at one notification: the project's trigger's are wake-ups (the outbox has the
+    /// change); a legacy payload is kept to append; anything else is skipped with a log line.
+    fn note(&mut self, stats: &Stats, n: &sqlx::postgres::PgNotification) {
+        stats.notifications.inc();
+        match parse_notification(n.payload()) {
+            Ok(Notification::Change(change)) if change.id.is_none() => self.legacy.push(change),
+            Ok(_) => {}
+            Err(err) => {
+                let preview: String = n.payload().chars().take(200).collect();
+                warn!(error = %err, payload = %preview, "skipping malformed notification");
+                stats.skipped.inc();
+            }
+        }
+    }
+
+    async fn drain(
+        &mut self,
+        config: &Config,
+        stats: &Stats,
+        redis: &mut Redis<'_>,
+        log: &Log,
+        pg: &mut PgListener,
+        shutdown: &CancellationToken,
+    ) -> Result<Drained, SessionError> {
+        loop {
+            // Claim (again) on every new Redis connection: see the module docs.
+            if self.claim.is_none() || self.claimed_generation != redis.generation() {
+                let Some(claim) = self.claim(config, stats, redis, log, pg, shutdown).await? else {
+                    return Ok(Drained::Stopped);
+                };
+                self.claimed_generation = redis.generation();
+                self.claim = Some(claim);
+            }
+            let claim = self.claim.as_ref().expect("claimed above");
+
+            let rows = bounded(QUERY_TIMEOUT, outbox::unpublished(pg, config.batch_max)).await??;
+            let full = rows.len() == config.batch_max;
+            let recent: HashSet<i64> = claim.recent_event_ids.iter().copied().collect();
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut changes = Vec::with_capacity(rows.len() + self.legacy.len());
+            for (id, payload) in &rows {
+                ids.push(*id);
+                if recent.contains(id) {
+                    continue; // Appended by the previous holder of the log; only the mark is missing.
+                }
+                match parse_notification(payload) {
+                    Ok(Notification::Change(change)) => changes.push(change),
+                    _ => {
+                        warn!(event_id = id, "realtime_events row is not a change; skipped");
+                        stats.skipped.inc();
+                    }
+                }
+            }
+            changes.append(&mut self.legacy);
+            if changes.is_empty() && ids.is_empty() {
+                return Ok(Drained::All);
+            }
+
+            let bodies: Vec<(String, Option<String>)> =
+                changes.iter().map(|c| (c.to_log_body_rest(), c.row_key())).collect();
+            let appends: Vec<Append<'_>> = changes
+                .iter()
+                .zip(&bodies)
+                .map(|(c, (body, key))| Append {
+                    body_rest: body,
+                    event_id: c.id,
+                    state: match (key, c.operation) {
+                        (None, _) => StateChange::None,
+                        (Some(field), protocol::event::Operation::Delete) => StateChange::Delete { field },
+                        (Some(field), _) => StateChange::Set { field, row: c.order.get() },
+                    },
+                })
+                .collect();
+            if !appends.is_empty() {
+                let appended = {
+                    let Some(conn) = redis.connection(shutdown).await? else { return Ok(Drained::Stopped) };
+                    log.append(conn, claim.fence, config.log_maxlen, &appends).await
+                };
+                match appended {
+                    Ok(pos) => {
+                        stats.published.add(appends.len() as u64);
+                        stats.batches.inc();
+                        debug!(events = appends.len(), pos, "appended");
+                    }
+                    Err(e) if is_fenced(&e) => {
+                        // Redis lost its data, or another publisher claimed the log. We still
+                        // hold the lock if our session is alive: claim again (the next query
+                        // fails first if it is not).
+                        warn!(error = %e, "log claim lost; claiming again");
+                        self.legacy = changes.into_iter().filter(|c| c.id.is_none()).collect();
+                        self.claim = None;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.legacy = changes.into_iter().filter(|c| c.id.is_none()).collect();
+                        if redis.failed(e, shutdown).await? == Flow::Stop {
+                            return Ok(Drained::Stopped);
+                        }
+                        continue;
+                    }
+                }
+            }
+            bounded(QUERY_TIMEOUT, outbox::mark_published(pg, &ids)).await??;
+            return Ok(if full { Drained::More } else { Drained::All });
+        }
+    }
+
+    /// Claims the log; seeds the state from the tables when the history is new.
+    async fn claim(
+        &mut self,
+        config: &Config,
+        stats: &Stats,
+        redis: &mut Redis<'_>,
+        log: &Log,
+        pg: &mut PgListener,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Claim>, SessionError> {
+        loop {
+            let claimed = {
+                let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
+                log.claim(conn, &new_epoch(), config.batch_max * 2).await
+            };
+            let claim = match claimed {
+                Ok(claim) => claim,
+                Err(e) => {
+                    if redis.failed(e, shutdown).await? == Flow::Stop {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            };
+            stats.claims.inc();
+            if claim.seeded {
+                info!(epoch = %claim.epoch, pos = claim.seq, fence = claim.fence, "claimed the replay log");
+                return Ok(Some(claim));
+            }
+            // A new history: its state starts as the tables are now.
+            let rows = bounded(QUERY_TIMEOUT, outbox::snapshot(pg, &config.snapshot_tables)).await??;
+            let chunks: Vec<&[(String, String)]> =
+                if rows.is_empty() { vec![&[]] } else { rows.chunks(1000).collect() };
+            let mut seeded = Ok(());
+            for (i, chunk) in chunks.iter().enumerate() {
+                let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
+                seeded = log.seed(conn, claim.fence, chunk, i == 0, i + 1 == chunks.len()).await;
+                if seeded.is_err() {
+                    break;
+                }
+            }
+            match seeded {
+                Ok(()) => {
+                    stats.seeded_rows.add(rows.len() as u64);
+                    info!(epoch = %claim.epoch, rows = rows.len(), "started a new history; state seeded from the tables");
+                    return Ok(Some(Claim { seeded: true, ..claim }));
+                }
+                Err(e) if is_fenced(&e) => continue,
+                Err(e) => {
+                    if redis.failed(e, shutdown).await? == Flow::Stop {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The advisory lock that elects the active publisher of a channel.
+fn advisory_lock_key(channel: &str) -> i64 {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in "orders-realtime-publisher:".bytes().chain(channel.bytes()) {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+async fn try_lock(pg: &mut PgListener, key: i64) -> Result<bool, SessionError> {
+    Ok(bounded(QUERY_TIMEOUT, sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *pg))
+        .await??)
+}
+
+/// A fresh epoch name: time and process id, base 36 (unique per claim that starts a history).
+fn new_epoch() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut n = nanos ^ (u128::from(std::process::id()) << 64);
+    let mut out = Vec::new();
+    while n > 0 {
+        out.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).expect("base 36 digits are ASCII")
+}
+
+async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T, SessionError> {
+    timeout(limit, fut).await.map_err(|_| SessionError::Timeout(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_key_is_stable_and_per_channel() {
+        assert_eq!(advisory_lock_key("orders_channel"), advisory_lock_key("orders_channel"));
+        assert_ne!(advisory_lock_key("orders_channel"), advisory_lock_key("other_channel"));
+    }
+
+    #[test]
+    fn epochs_differ() {
+        assert_ne!(new_epoch(), new_epoch());
+    }
+}
