@@ -7,6 +7,7 @@
 //! - [`retry`]: the reconnect policy (`backon` exponential schedule with jitter, never giving up)
 //! - [`env`]: configuration from the environment, reporting every problem at once
 //! - [`ops`]: readiness, Prometheus metrics and the `/healthz` `/readyz` `/metrics` router
+//! - [`service`]: the daemons' shared `main` (env, config, logging, bind, signals, exit code)
 //! - [`telemetry`], [`shutdown`]: logging setup and the SIGINT/SIGTERM future
 
 pub mod channel;
@@ -16,5 +17,6 @@ pub mod frames;
 pub mod log;
 pub mod ops;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -28,6 +28,33 @@ use tracing::info;
 pub use config::Config;
 use stats::Stats;
 
+/// The publisher as a daemon, for `protocol::service::main`.
+#[derive(Debug)]
+pub struct Publisher;
+
+impl protocol::service::Daemon for Publisher {
+    type Config = Config;
+    type Error = Error;
+    const DEFAULT_LOG_FILTER: &'static str = "info,publisher=debug,sqlx::postgres::notice=warn";
+
+    fn load() -> Result<Config, protocol::env::ConfigErrors> {
+        Config::from_env()
+    }
+    fn log_format(config: &Config) -> protocol::telemetry::LogFormat {
+        config.log_format
+    }
+    fn listen_addr(config: &Config) -> (std::net::SocketAddr, &'static str) {
+        (([0, 0, 0, 0], config.health_port).into(), "HEALTH_PORT")
+    }
+    fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), Error>> {
+        run(config, listener, shutdown)
+    }
+}
+
 /// Why the publisher stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -37,6 +37,29 @@ pub enum Error {
     Http(#[source] std::io::Error),
 }
 
+/// The ws-server as a daemon, for `protocol::service::main`.
+#[derive(Debug)]
+pub struct WsServer;
+
+impl protocol::service::Daemon for WsServer {
+    type Config = Config;
+    type Error = Error;
+    const DEFAULT_LOG_FILTER: &'static str = "info,ws_server=info";
+
+    fn load() -> Result<Config, protocol::env::ConfigErrors> {
+        Config::from_env()
+    }
+    fn log_format(config: &Config) -> protocol::telemetry::LogFormat {
+        config.log_format
+    }
+    fn listen_addr(config: &Config) -> (std::net::SocketAddr, &'static str) {
+        ((config.bind_addr, config.port).into(), "WS_BIND_ADDR, PORT")
+    }
+    fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> impl Future<Output = Result<(), Error>> {
+        run(config, listener, shutdown)
+    }
+}
+
 /// State shared by the subscriber, the routes and every connection.
 #[derive(Debug)]
 struct AppState {

@@ -1,0 +1,82 @@
+//! The one `main` of the daemons: load `.env`, read the configuration, set up logging, bind,
+//! run until SIGINT/SIGTERM, and turn the outcome into an exit code.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{env::ConfigErrors, retry::error_chain, shutdown, telemetry};
+
+/// What a daemon provides to [`main`].
+pub trait Daemon {
+    /// Its configuration.
+    type Config;
+    /// Its fatal error.
+    type Error: std::error::Error;
+    /// `RUST_LOG` default, e.g. `info,publisher=debug`.
+    const DEFAULT_LOG_FILTER: &'static str;
+
+    /// Reads the configuration from the process environment.
+    fn load() -> Result<Self::Config, ConfigErrors>;
+    /// The log format it asks for.
+    fn log_format(config: &Self::Config) -> telemetry::LogFormat;
+    /// Where to listen, and the variables that set it (for the error message).
+    fn listen_addr(config: &Self::Config) -> (SocketAddr, &'static str);
+    /// Runs until `shutdown` is cancelled.
+    fn run(
+        config: Self::Config,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), Self::Error>>;
+}
+
+/// Runs daemon `D` as a process. Exit codes: 0 after a requested shutdown, 1 after a fatal
+/// error, 2 for unusable configuration (the message names each variable).
+pub fn main<D: Daemon>() -> ExitCode {
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: failed to read .env: {e}");
+        return ExitCode::from(2);
+    }
+    let config = match D::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(D::log_format(&config), D::DEFAULT_LOG_FILTER);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let (addr, vars) = D::listen_addr(&config);
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr} ({vars}): {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let token = CancellationToken::new();
+        let signal = token.clone();
+        // Detached on purpose: it only cancels the token and ends with the process.
+        tokio::spawn(async move {
+            shutdown::signal().await;
+            signal.cancel();
+        });
+        match D::run(config, listener, token).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", error_chain(&e));
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
