@@ -5,15 +5,21 @@
 //! - [`System`]: the whole pipeline, with verbs for the faults tests inject
 //! - [`Service`]: one in-process service (its address, stop, `/readyz`, `/metrics`)
 //! - [`WsClient`]: a WebSocket client with bounded waits
+//! - [`Follower`]: a resuming client that keeps a copy of the rows and records broken promises
+//! - [`Process`]: a service as a real process (for SIGKILL)
 //! - [`history`]: what reached Redis (the replay log, the state) and the table, to compare
 //! - `logs`: every service's log lines, read back with [`Service::logs`]
 
 mod client;
+mod follower;
 pub mod history;
 mod logs;
+mod process;
 mod service;
 
 pub use client::WsClient;
+pub use follower::Follower;
+pub use process::Process;
 pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, spawn_ws_on, ws_config};
 pub use testkit::http_get;
 
