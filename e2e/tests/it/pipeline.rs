@@ -75,7 +75,7 @@ async fn the_original_design_sql_works_verbatim() {
 }
 
 #[tokio::test]
-async fn a_20kb_row_arrives_whole_through_the_reference_path() {
+async fn a_20kb_row_arrives_whole() {
     let system = System::start(1).await;
     let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
     let big = "x".repeat(20_000);
@@ -87,7 +87,9 @@ async fn a_20kb_row_arrives_whole_through_the_reference_path() {
     assert_eq!(events[0]["order"]["product_name"].as_str().map(str::len), Some(20_000));
     assert_eq!(events[1]["order"]["product_name"].as_str().map(str::len), Some(20_000));
     assert_eq!(events[1]["old"]["status"], "pending");
-    assert!(system.publisher.metric("publisher_references_total").await >= 2, "went through the reference path");
+    // NOTIFY could not carry these (over 8000 bytes): the trigger sent a reference.
+    let refs = system.sql("SELECT count(*) FROM realtime_events WHERE octet_length(payload::text) > 8000").await;
+    assert_eq!(refs, "2");
 }
 
 #[tokio::test]
