@@ -6,11 +6,16 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use protocol::log::Position;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::view::Color;
-use crate::{check::CheckConfig, feed::FeedConfig, view::Format};
+use crate::{
+    check::CheckConfig,
+    feed::{FeedConfig, OnReset, Start},
+    view::Format,
+};
 
 /// Exit codes, as documented in `--help`.
 pub mod exit {
@@ -22,6 +27,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `watch --max-retries N`: N reconnect attempts in a row failed.
     pub const GAVE_UP: u8 = 3;
+    /// `watch --on-reset exit`: the server could not resume from the position asked for.
+    pub const RESET: u8 = 4;
 }
 
 /// The ws-server endpoint used when `--url` is not given.
@@ -41,9 +48,11 @@ and Redis to the ws-server, which pushes it to WebSocket clients. This client co
 ws-server and prints one line per change as it commits: INSERT in green, UPDATE in amber with \
 what changed, DELETE in red. With --json it prints the events as JSON lines for scripts instead.
 
-Data goes to stdout; connection status (connected, disconnected, reconnecting) goes to stderr. \
-When the connection drops it reconnects by itself, waiting a little longer after each failure. \
-If nothing shows up, run `cli-client check`: it tests each part of the pipeline and says how to \
+Data goes to stdout; connection status (connected, disconnected, reconnecting, resumed) goes to \
+stderr. When the connection drops it reconnects by itself, waiting a little longer after each \
+failure, to the next --url if several are given, and resumes after the last change it printed: \
+the server replays what was missed, and nothing is printed twice. On exit it prints the last \
+position; `--since` that position carries on from there later. If nothing shows up, run `cli-client check`: it tests each part of the pipeline and says how to \
 fix the one that is down.";
 
 const AFTER_HELP: &str = "\
@@ -51,6 +60,9 @@ Examples:
   cli-client                                  watch every change on ws://localhost:8080/ws
   cli-client --url ws://orders.internal:8080/ws --max-retries 5
   cli-client --json | jq -c 'select(.operation == \"DELETE\") | .order'
+  cli-client --url ws://ws1:8080/ws,ws://ws2:8080/ws   try the replicas in turn on reconnect
+  cli-client --snapshot                       the current orders first, then every change
+  cli-client --since k3xq9a:1042              every change after that position, then live
   cli-client check                            is PostgreSQL, the trigger, Redis and ws-server up?
 
 Exit codes:
@@ -58,6 +70,8 @@ Exit codes:
   1  check: at least one check failed (or another runtime error)
   2  usage error: unknown flag or bad value
   3  watch: gave up after --max-retries reconnect attempts in a row failed
+  4  watch --on-reset exit: the server cannot resume from the position (it is older than
+     the history the server keeps, or the history was lost)
 
 Environment:
   DATABASE_URL, REDIS_URL  used by `check` (also read from a .env file)
@@ -65,10 +79,23 @@ Environment:
   RUST_LOG                 diagnostics on stderr, e.g. RUST_LOG=cli_client=debug";
 
 const WATCH_AFTER_HELP: &str = "\
+Resuming: after a disconnect the client asks the next server for every change after the last \
+one it printed, so nothing is missed or printed twice. On exit it prints (on stderr)
+  last position: k3xq9a:1042 (resume with --since k3xq9a:1042)
+When the server no longer has that position (older than its history, or Redis lost its data) \
+it says so; --on-reset decides: snapshot (default) prints the current orders and continues \
+after them, live continues from now, exit stops with exit code 4.
+
 Examples:
   cli-client watch
   cli-client watch --url ws://localhost:8081/ws --no-color
-  cli-client watch --json --max-retries 0     exit 3 as soon as the connection fails or drops";
+  cli-client watch --url ws://ws1:8080/ws --url ws://ws2:8080/ws
+  cli-client watch --snapshot                 SNAPSHOT lines for the current orders, then changes
+  cli-client watch --json --since k3xq9a:1042 --on-reset exit
+  cli-client watch --json --max-retries 0     exit 3 as soon as the connection fails or drops
+
+Exit codes: 0 stopped with Ctrl-C / SIGTERM; 2 usage error; 3 gave up (--max-retries); \
+4 cannot resume (--on-reset exit).";
 
 const CHECK_AFTER_HELP: &str = "\
 Checks, in order: PostgreSQL reachable; table `orders` exists; a trigger on `orders` that calls pg_notify \
@@ -118,9 +145,17 @@ pub enum Command {
 /// Options of `watch`.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// ws-server's WebSocket endpoint
-    #[arg(long, value_name = "URL", default_value = DEFAULT_WS_URL, value_parser = parse_ws_url)]
-    pub url: String,
+    /// ws-server's WebSocket endpoint. Several (comma-separated, or the flag repeated) are
+    /// tried in turn: the next one after each failed or dropped connection
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = DEFAULT_WS_URL,
+        value_parser = parse_ws_url,
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub url: Vec<String>,
     /// Print each event as one JSON object per line (the frame as the server sent it)
     #[arg(long)]
     pub json: bool,
@@ -131,12 +166,54 @@ pub struct WatchArgs {
     /// connection fails or drops [default: retry forever]
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
+    /// Start with every change after this position (as printed on exit: `last position: …`),
+    /// then live ones
+    #[arg(long, value_name = "EPOCH:POS", value_parser = parse_position, conflicts_with = "snapshot")]
+    pub since: Option<Position>,
+    /// Start with the current orders (a snapshot: SNAPSHOT lines, or one JSON line with
+    /// --json), then every change after it
+    #[arg(long)]
+    pub snapshot: bool,
+    /// What to do when the server cannot resume from the position asked for
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnResetArg::Snapshot)]
+    pub on_reset: OnResetArg,
+}
+
+/// `--on-reset`: what to do when the server cannot resume from the position asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnResetArg {
+    /// Print a fresh snapshot of the current orders, then continue after it
+    Snapshot,
+    /// Continue with changes from now on; the ones in between are not shown
+    Live,
+    /// Stop with exit code 4
+    Exit,
+}
+
+impl From<OnResetArg> for OnReset {
+    fn from(arg: OnResetArg) -> Self {
+        match arg {
+            OnResetArg::Snapshot => Self::Snapshot,
+            OnResetArg::Live => Self::Live,
+            OnResetArg::Exit => Self::Exit,
+        }
+    }
 }
 
 impl WatchArgs {
     /// The feed these options ask for.
     pub fn feed_config(&self) -> FeedConfig {
-        FeedConfig { max_retries: self.max_retries, ..FeedConfig::new(&self.url) }
+        let start = match (&self.since, self.snapshot) {
+            (Some(position), _) => Start::Since(position.clone()),
+            (None, true) => Start::Snapshot,
+            (None, false) => Start::Live,
+        };
+        FeedConfig {
+            max_retries: self.max_retries,
+            start,
+            on_reset: self.on_reset.into(),
+            ..FeedConfig::new(self.url.iter().cloned())
+        }
     }
 
     /// The output format, given whether colour is otherwise allowed (see [`Color::resolve`]).
@@ -174,6 +251,12 @@ impl CheckArgs {
     }
 }
 
+/// Accepts `EPOCH:POS`, as `cli-client` prints it on exit.
+fn parse_position(text: &str) -> Result<Position, String> {
+    Position::parse(text.trim())
+        .map_err(|e| format!("{e}; pass the position a previous run printed as `last position: EPOCH:POS`"))
+}
+
 /// Accepts a `ws://` URL with a host; explains what is wrong with anything else.
 fn parse_ws_url(url: &str) -> Result<String, String> {
     if url.starts_with("wss://") {
@@ -203,9 +286,11 @@ mod tests {
     #[test]
     fn watch_is_the_default_subcommand() {
         let Command::Watch(args) = parse(&[]).unwrap() else { panic!("expected watch") };
-        assert_eq!(args.url, DEFAULT_WS_URL);
-        assert!(!args.json && !args.no_color);
-        assert_eq!(args.max_retries, None);
+        assert_eq!(args.url, [DEFAULT_WS_URL]);
+        assert!(!args.json && !args.no_color && !args.snapshot);
+        assert_eq!((args.max_retries, &args.since), (None, &None));
+        let config = args.feed_config();
+        assert_eq!((config.start, config.on_reset), (Start::Live, OnReset::Snapshot));
     }
 
     #[test]
@@ -217,7 +302,7 @@ mod tests {
             let Command::Watch(args) = parse(argv).unwrap() else { panic!("expected watch for {argv:?}") };
             assert!(args.json, "{argv:?}");
             assert_eq!(args.max_retries, Some(3));
-            assert_eq!(args.url, "ws://h:1/ws");
+            assert_eq!(args.url, ["ws://h:1/ws"]);
             assert_eq!(args.feed_config().max_retries, Some(3));
         }
     }
@@ -241,6 +326,56 @@ mod tests {
             let err = parse(&["--url", url]).unwrap_err();
             assert_eq!(err.exit_code(), i32::from(exit::USAGE));
             assert!(err.to_string().contains(needle), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn several_urls_comma_separated_or_repeated() {
+        for argv in [
+            &["--url", "ws://a:1/ws,ws://b:2/ws", "--url", "ws://c:3/ws"][..],
+            &["watch", "--url", "ws://a:1/ws", "--url", "ws://b:2/ws,ws://c:3/ws"][..],
+        ] {
+            let Command::Watch(args) = parse(argv).unwrap() else { panic!("expected watch") };
+            assert_eq!(args.feed_config().urls, ["ws://a:1/ws", "ws://b:2/ws", "ws://c:3/ws"], "{argv:?}");
+        }
+        let err = parse(&["--url", "ws://a:1/ws,http://b/ws"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
+    fn since_takes_a_position_and_starts_there() {
+        let Command::Watch(args) = parse(&["--since", "k3xq9a:1042"]).unwrap() else { panic!("expected watch") };
+        let position = Position { epoch: "k3xq9a".into(), pos: 1042 };
+        assert_eq!(args.feed_config().start, Start::Since(position));
+    }
+
+    #[test]
+    fn a_bad_since_is_a_usage_error_that_says_what_is_expected() {
+        for (value, needle) in [("1042", "EPOCH:POS"), ("k3:x", "whole number"), (":5", "epoch"), ("", "EPOCH:POS")] {
+            let err = parse(&["--since", value]).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(exit::USAGE), "{value}");
+            let text = err.to_string();
+            assert!(text.contains(needle) && text.contains("--since"), "{value}: {text}");
+        }
+    }
+
+    #[test]
+    fn snapshot_and_on_reset() {
+        let Command::Watch(args) = parse(&["--snapshot", "--on-reset", "exit"]).unwrap() else { panic!("watch") };
+        let config = args.feed_config();
+        assert_eq!((config.start, config.on_reset), (Start::Snapshot, OnReset::Exit));
+        let Command::Watch(args) = parse(&["--on-reset", "live"]).unwrap() else { panic!("watch") };
+        assert_eq!(args.feed_config().on_reset, OnReset::Live);
+        assert_eq!(parse(&["--on-reset", "later"]).unwrap_err().exit_code(), i32::from(exit::USAGE));
+        let both = parse(&["--snapshot", "--since", "e:1"]).unwrap_err();
+        assert_eq!(both.exit_code(), i32::from(exit::USAGE), "{both}");
+    }
+
+    #[test]
+    fn help_documents_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for needle in ["3  watch: gave up", "4  watch --on-reset exit"] {
+            assert!(help.contains(needle), "{needle} missing from:\n{help}");
         }
     }
 

@@ -241,7 +241,7 @@ async fn check_ws(config: &CheckConfig) -> Outcome {
             let server = loop {
                 match timeout_at(deadline, ws.next()).await {
                     Ok(Some(Ok(Message::Text(text)))) => {
-                        if let Inbound::Hello { server_id } = feed::classify(text.as_str(), protocol) {
+                        if let Inbound::Hello { server_id, .. } = feed::classify(text.as_str(), protocol) {
                             break server_id;
                         }
                     }

@@ -3,8 +3,10 @@
 //!
 //! - [`args`]: the command line (clap derive), its help text and the exit codes
 //! - [`feed`]: the WebSocket client: `orders.v1` negotiation with a fallback for older servers,
-//!   reconnect with the shared backoff, dead-server detection; yields [`feed::FeedItem`]s
-//! - [`view`]: rendering only (event lines, JSON lines, status lines, check lines); knows
+//!   reconnect with the shared backoff (rotating through several URLs), dead-server detection,
+//!   resume from the last position printed (`subscribe` with `since`, dedupe by position),
+//!   `--since` / `--snapshot` starts and `reset` handling; yields [`feed::FeedItem`]s
+//! - [`view`]: rendering only (event lines, snapshot lines, JSON lines, status lines, check lines); knows
 //!   nothing about sockets
 //! - [`clock`]: an event's time as local `HH:MM:SS`
 //! - [`watch`]: the `watch` command, joining the feed to the renderer

@@ -5,7 +5,11 @@
 //! leniently too: a legacy server's `{"operation":…,"order":…}` (no `type`, no `table`) is an
 //! event on the `orders` table.
 
-use protocol::{event::LEGACY_TABLE, frames::EventFrame};
+use protocol::{
+    event::LEGACY_TABLE,
+    frames::{EventFrame, ResetReason, ServerFrame, SnapshotRow},
+    log::Position,
+};
 use serde_json::Value;
 
 use super::Protocol;
@@ -17,9 +21,41 @@ pub(crate) enum Inbound {
     Hello {
         /// The replica that accepted the connection, when it said.
         server_id: Option<String>,
+        /// The newest position on that replica when the connection opened, when it said.
+        position: Option<Position>,
     },
     /// A row change.
     Event(EventFrame),
+    /// A `subscribe` took effect: every event after `position` follows.
+    Subscribed {
+        /// The last position delivered before live events.
+        position: Option<Position>,
+    },
+    /// The current rows as of `position`.
+    Snapshot {
+        /// The position the rows reflect.
+        position: Option<Position>,
+        /// The rows.
+        rows: Vec<SnapshotRow>,
+    },
+    /// The requested `since` cannot be served.
+    Reset {
+        /// Why.
+        reason: ResetReason,
+        /// The newest position now.
+        position: Option<Position>,
+        /// The server's explanation.
+        message: String,
+    },
+    /// Events were folded into the latest per row.
+    Conflated {
+        /// Last position delivered before folding.
+        from: u64,
+        /// Last position covered by the folded events.
+        to: u64,
+        /// How many events were left out.
+        folded: u64,
+    },
     /// The server rejected something this client sent.
     ServerError {
         /// The machine-readable code.
@@ -55,10 +91,22 @@ pub(crate) fn classify(text: &str, protocol: Protocol) -> Inbound {
     let kind = value.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
     match kind.as_str() {
         "event" => event(value),
-        "hello" => Inbound::Hello { server_id: text_field(&value, "server_id") },
+        // Lenient: a hello that lacks a field still says who answered.
+        "hello" => Inbound::Hello {
+            server_id: text_field(&value, "server_id"),
+            position: value.get("position").and_then(|p| serde_json::from_value(p.clone()).ok()),
+        },
         "error" => Inbound::ServerError {
             code: text_field(&value, "code").unwrap_or_default(),
             message: text_field(&value, "message").unwrap_or_default(),
+        },
+        "subscribed" | "snapshot" | "reset" | "conflated" => match serde_json::from_value(value) {
+            Ok(ServerFrame::Subscribed { position }) => Inbound::Subscribed { position },
+            Ok(ServerFrame::Snapshot { position, rows }) => Inbound::Snapshot { position, rows },
+            Ok(ServerFrame::Reset { reason, position, message }) => Inbound::Reset { reason, position, message },
+            Ok(ServerFrame::Conflated { from, to, folded }) => Inbound::Conflated { from, to, folded },
+            Ok(other) => Inbound::Malformed { problem: format!("unexpected frame {other:?}") },
+            Err(e) => Inbound::Malformed { problem: format!("invalid {kind:?} frame: {e}") },
         },
         _ => Inbound::Skip { kind },
     }
@@ -84,19 +132,62 @@ mod tests {
     use protocol::event::Operation;
     use serde_json::json;
 
+    fn pos(epoch: &str, pos: u64) -> Option<Position> {
+        Some(Position { epoch: epoch.into(), pos })
+    }
+
     #[test]
-    fn hello_carries_the_server_id() {
+    fn hello_carries_the_server_id_and_position() {
         let hello = r#"{"type":"hello","protocol":1,"server_id":"ws-1","max_frame_bytes":65536}"#;
-        assert_eq!(classify(hello, Protocol::OrdersV1), Inbound::Hello { server_id: Some("ws-1".into()) });
+        assert_eq!(
+            classify(hello, Protocol::OrdersV1),
+            Inbound::Hello { server_id: Some("ws-1".into()), position: None }
+        );
+        let hello = r#"{"type":"hello","protocol":1,"server_id":"ws-1","max_frame_bytes":65536,"position":{"epoch":"e1","pos":42}}"#;
+        assert_eq!(
+            classify(hello, Protocol::OrdersV1),
+            Inbound::Hello { server_id: Some("ws-1".into()), position: pos("e1", 42) }
+        );
     }
 
     #[test]
     fn event_frames_parse_with_every_field() {
-        let text = r#"{"type":"event","id":7,"table":"orders","operation":"UPDATE","order":{"id":1,"status":"completed"},"old":{"id":1,"status":"pending"},"ts":"2026-11-26T17:39:19.123456+00:00"}"#;
+        let text = r#"{"type":"event","epoch":"e1","pos":12,"id":7,"table":"orders","operation":"UPDATE","order":{"id":1,"status":"completed"},"old":{"id":1,"status":"pending"},"ts":"2026-11-26T17:39:19.123456+00:00"}"#;
         let Inbound::Event(e) = classify(text, Protocol::OrdersV1) else { panic!("not an event") };
         assert_eq!((e.id, e.operation), (Some(7), Operation::Update));
+        assert_eq!((e.epoch.as_deref(), e.pos), (Some("e1"), Some(12)));
         assert_eq!(e.old, Some(json!({"id":1,"status":"pending"})));
         assert_eq!(e.ts.as_deref(), Some("2026-11-26T17:39:19.123456+00:00"));
+    }
+
+    #[test]
+    fn resume_frames_are_understood() {
+        assert_eq!(
+            classify(r#"{"type":"subscribed","position":{"epoch":"e1","pos":9}}"#, Protocol::OrdersV1),
+            Inbound::Subscribed { position: pos("e1", 9) }
+        );
+        let snapshot =
+            r#"{"type":"snapshot","position":{"epoch":"e1","pos":9},"rows":[{"table":"orders","order":{"id":1}}]}"#;
+        let Inbound::Snapshot { position, rows } = classify(snapshot, Protocol::OrdersV1) else { panic!("snapshot") };
+        assert_eq!((position, rows.len(), &rows[0].order), (pos("e1", 9), 1, &json!({"id":1})));
+        let reset =
+            r#"{"type":"reset","reason":"beyond_retention","position":{"epoch":"e1","pos":900},"message":"too old"}"#;
+        assert_eq!(
+            classify(reset, Protocol::OrdersV1),
+            Inbound::Reset {
+                reason: ResetReason::BeyondRetention,
+                position: pos("e1", 900),
+                message: "too old".into()
+            }
+        );
+        assert_eq!(
+            classify(r#"{"type":"conflated","from":3,"to":9,"folded":4}"#, Protocol::OrdersV1),
+            Inbound::Conflated { from: 3, to: 9, folded: 4 }
+        );
+        assert!(matches!(
+            classify(r#"{"type":"reset","reason":"bored"}"#, Protocol::OrdersV1),
+            Inbound::Malformed { .. }
+        ));
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! One open connection: reads frames, answers to timers (hello, ping probe, silence) and turns
-//! what arrives into [`FeedItem`]s; the reconnect loop around it lives in the parent module.
+//! One open connection: reads frames, sends what the feed queued (a `subscribe`), and answers
+//! to timers (hello, unanswered subscribe, ping probe, silence). It reports what happened as
+//! [`Step`]s; what they mean for the stream is decided in the parent module.
 
 use std::{collections::VecDeque, time::Duration};
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use protocol::{frames::ClientFrame, log::Position};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::{
     self, Message,
@@ -21,47 +23,111 @@ use super::{
 #[derive(Debug)]
 pub(super) struct Session {
     ws: WsStream,
-    protocol: Protocol,
+    pub(super) protocol: Protocol,
+    /// The URL it was opened to.
+    pub(super) url: String,
     pub(super) opened: Instant,
     /// When anything (frame, ping, pong) last arrived.
     last_seen: Instant,
     /// Whether a ping was sent since `last_seen`.
     probed: bool,
-    /// Whether `Connected` was reported.
-    announced: bool,
+    /// The replica's id, from its hello; `Some` once `Connected` was reported.
+    announced: Option<Option<String>>,
     /// The server's close frame, once received; the stream ends right after it.
     close: Option<DisconnectReason>,
+    /// Frames to send, oldest first; one leaves the queue only once it was sent.
+    outgoing: VecDeque<String>,
+    /// When an unanswered `subscribe` stops being waited for.
+    pub(super) answer_deadline: Option<Instant>,
+    /// `reset` frames received on this connection.
+    pub(super) resets: u32,
 }
 
+/// What one step of the session produced.
 pub(super) enum Step {
+    /// Nothing to report (a ping, a pong, a frame sent).
     Continue,
+    /// Shutdown was requested.
     Shutdown,
+    /// The connection ended.
     Ended(DisconnectReason),
+    /// A text frame, classified, and its text.
+    Frame(Inbound, String),
+    /// A protocol connection sent no hello within `hello_timeout`.
+    HelloTimeout,
+    /// A `subscribe` went unanswered until `answer_deadline`.
+    AnswerTimeout,
 }
 
 impl Session {
-    pub(super) fn new(ws: WsStream, protocol: Protocol) -> Self {
+    pub(super) fn new(ws: WsStream, protocol: Protocol, url: String) -> Self {
         let now = Instant::now();
-        Self { ws, protocol, opened: now, last_seen: now, probed: false, announced: false, close: None }
-    }
-
-    pub(super) fn announce(&mut self, server_id: Option<String>, pending: &mut VecDeque<FeedItem>) {
-        if !self.announced {
-            self.announced = true;
-            pending.push_back(FeedItem::Connected { server_id, protocol: self.protocol });
+        Self {
+            ws,
+            protocol,
+            url,
+            opened: now,
+            last_seen: now,
+            probed: false,
+            announced: None,
+            close: None,
+            outgoing: VecDeque::new(),
+            answer_deadline: None,
+            resets: 0,
         }
     }
 
-    /// Waits for one message or timer and pushes what it means onto `pending`.
-    ///
-    /// Cancel-safe: `StreamExt::next` on the socket loses nothing when dropped, and every
-    /// deadline is derived from fields that only change once something happened.
-    pub(super) async fn step(
+    /// Whether `Connected` was reported.
+    pub(super) fn announced(&self) -> bool {
+        self.announced.is_some()
+    }
+
+    /// The replica's id, when its hello named it.
+    pub(super) fn server_id(&self) -> Option<&str> {
+        self.announced.as_ref().and_then(Option::as_deref)
+    }
+
+    /// Reports the connection once (`position`: where the server's hello said it was).
+    pub(super) fn announce(
         &mut self,
-        config: &FeedConfig,
-        shutdown: &CancellationToken,
+        server_id: Option<String>,
+        position: Option<Position>,
         pending: &mut VecDeque<FeedItem>,
-    ) -> Step {
+    ) {
+        if self.announced.is_none() {
+            pending.push_back(FeedItem::Connected {
+                url: self.url.clone(),
+                server_id: server_id.clone(),
+                protocol: self.protocol,
+                position,
+            });
+            self.announced = Some(server_id);
+        }
+    }
+
+    /// Queues `frame` to be sent before the next read.
+    pub(super) fn queue(&mut self, frame: &ClientFrame) {
+        self.outgoing.push_back(serde_json::to_string(frame).expect("client frames always serialize"));
+    }
+
+    /// Sends what is queued, or waits for one message or timer.
+    ///
+    /// Cancel-safe: `StreamExt::next` on the socket loses nothing when dropped, every deadline
+    /// is derived from fields that only change once something happened, and a queued frame
+    /// leaves the queue only once sent (dropped mid-send, it may be sent twice, which a
+    /// `subscribe` tolerates).
+    pub(super) async fn step(&mut self, config: &FeedConfig, shutdown: &CancellationToken) -> Step {
+        if let Some(text) = self.outgoing.front() {
+            let sent = timeout(Duration::from_secs(5), self.ws.send(Message::text(text.clone()))).await;
+            return match sent {
+                Ok(Ok(())) => {
+                    self.outgoing.pop_front();
+                    Step::Continue
+                }
+                Ok(Err(err)) => Step::Ended(self.close.take().unwrap_or(DisconnectReason::Broken(err.to_string()))),
+                Err(_elapsed) => Step::Ended(DisconnectReason::Broken("sending a frame timed out".to_owned())),
+            };
+        }
         let silent_at = self.last_seen + config.idle_timeout;
         let probe_at = self.last_seen + config.idle_timeout / 2;
         let hello_at = self.opened + config.hello_timeout;
@@ -69,21 +135,25 @@ impl Session {
         if !self.probed {
             wake = wake.min(probe_at);
         }
-        if !self.announced {
+        if !self.announced() {
             wake = wake.min(hello_at);
+        }
+        if let Some(answer_at) = self.answer_deadline {
+            wake = wake.min(answer_at);
         }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => Step::Shutdown,
-            message = self.ws.next() => self.receive(message, pending),
+            message = self.ws.next() => self.receive(message),
             () = sleep_until(wake) => {
                 let now = Instant::now();
-                if !self.announced && now >= hello_at {
-                    // A server that speaks orders.v1 but sent no hello yet: report anyway.
-                    self.announce(None, pending);
-                    Step::Continue
+                if !self.announced() && now >= hello_at {
+                    Step::HelloTimeout
                 } else if now >= silent_at {
                     Step::Ended(DisconnectReason::Silent(config.idle_timeout))
+                } else if self.answer_deadline.is_some_and(|at| now >= at) {
+                    self.answer_deadline = None;
+                    Step::AnswerTimeout
                 } else if !self.probed && now >= probe_at {
                     self.probed = true;
                     self.ping().await
@@ -94,11 +164,7 @@ impl Session {
         }
     }
 
-    fn receive(
-        &mut self,
-        message: Option<Result<Message, tungstenite::Error>>,
-        pending: &mut VecDeque<FeedItem>,
-    ) -> Step {
+    fn receive(&mut self, message: Option<Result<Message, tungstenite::Error>>) -> Step {
         let message = match message {
             None | Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
                 return Step::Ended(self.close.take().unwrap_or(DisconnectReason::Lost));
@@ -111,7 +177,10 @@ impl Session {
         self.last_seen = Instant::now();
         self.probed = false;
         match message {
-            Message::Text(text) => self.text(text.as_str(), pending),
+            Message::Text(text) => {
+                let text = text.as_str();
+                return Step::Frame(classify(text, self.protocol), text.to_owned());
+            }
             Message::Close(frame) => {
                 self.close = Some(match frame {
                     Some(CloseFrame { code, reason }) => {
@@ -125,24 +194,6 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
         Step::Continue
-    }
-
-    fn text(&mut self, text: &str, pending: &mut VecDeque<FeedItem>) {
-        match classify(text, self.protocol) {
-            Inbound::Hello { server_id } => {
-                if self.announced {
-                    tracing::debug!(?server_id, "late hello ignored");
-                }
-                self.announce(server_id, pending);
-            }
-            Inbound::Event(frame) => {
-                self.announce(None, pending);
-                pending.push_back(FeedItem::Event { frame, raw: text.to_owned() });
-            }
-            Inbound::ServerError { code, message } => tracing::warn!(code, message, "server reported an error"),
-            Inbound::Skip { kind } => tracing::debug!(kind, "frame skipped"),
-            Inbound::Malformed { problem } => tracing::warn!(problem, frame = text, "unreadable frame skipped"),
-        }
     }
 
     async fn ping(&mut self) -> Step {

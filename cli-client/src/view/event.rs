@@ -7,10 +7,17 @@
 
 use std::borrow::Cow;
 
-use protocol::{event::Operation, frames::EventFrame};
+use protocol::{
+    event::Operation,
+    frames::{EventFrame, SnapshotRow},
+    log::Position,
+};
 use serde_json::Value;
 
 use super::Color;
+
+/// The ANSI colour of snapshot lines (cyan): apart from the operations' green, amber and red.
+const CYAN: &str = "36";
 
 /// Fields every UPDATE changes, left out of the change list.
 const UNINTERESTING: &[&str] = &["updated_at"];
@@ -62,9 +69,54 @@ pub fn describe_changes(changes: &[FieldChange<'_>]) -> String {
 pub fn event_line(frame: &EventFrame, time: &str, color: Color) -> String {
     let row = &frame.order;
     let mut line = format!("{time} {}", paint(frame.operation, color));
-    if frame.table != protocol::event::LEGACY_TABLE {
+    push_row_summary(&mut line, &frame.table, row);
+    if let (Operation::Update, Some(old)) = (frame.operation, &frame.old) {
+        line.push_str(" — ");
+        line.push_str(&describe_changes(&changed_fields(old, row)));
+    }
+    line
+}
+
+/// The human line for one snapshot row, e.g. `SNAPSHOT #42 Alice · Blue widget · pending · 19.99`
+/// (`SNAPSHOT` in cyan with colour).
+pub fn snapshot_line(row: &SnapshotRow, color: Color) -> String {
+    let mut line = match color {
+        Color::Off => "SNAPSHOT".to_owned(),
+        Color::On => format!("\x1b[{CYAN}mSNAPSHOT\x1b[0m"),
+    };
+    push_row_summary(&mut line, &row.table, &row.order);
+    line
+}
+
+/// The line before a snapshot's rows: `=== snapshot at e1:42: 3 rows ===`.
+pub fn snapshot_header(position: Option<&Position>, rows: usize, color: Color) -> String {
+    let at = position.map_or_else(|| "an unknown position".to_owned(), |p| sanitize(&p.to_string()).into_owned());
+    let text = format!("=== snapshot at {at}: {rows} {} ===", if rows == 1 { "row" } else { "rows" });
+    match color {
+        Color::Off => text,
+        Color::On => format!("\x1b[{CYAN}m{text}\x1b[0m"),
+    }
+}
+
+/// Snapshot rows in a stable order for people: by table, then by id (numbers numerically).
+pub fn sort_rows(rows: &mut [&SnapshotRow]) {
+    rows.sort_by(|a, b| {
+        let key = |row: &SnapshotRow| match row.order.get("id") {
+            Some(Value::Number(n)) => (0, n.as_f64().unwrap_or(f64::MAX), String::new()),
+            Some(other) => (1, 0.0, other.to_string()),
+            None => (2, 0.0, String::new()),
+        };
+        let (ka, kb) = (key(a), key(b));
+        a.table.cmp(&b.table).then(ka.0.cmp(&kb.0)).then(ka.1.total_cmp(&kb.1)).then_with(|| ka.2.cmp(&kb.2))
+    });
+}
+
+/// ` [table] #id customer · product · status · amount`: the table only when it is not
+/// `orders`; fields missing from the row left out.
+fn push_row_summary(line: &mut String, table: &str, row: &Value) {
+    if table != protocol::event::LEGACY_TABLE {
         line.push(' ');
-        line.push_str(&sanitize(&frame.table));
+        line.push_str(&sanitize(table));
     }
     let id = row.get("id").filter(|v| !v.is_null()).map_or_else(|| "?".to_owned(), |v| value_text("id", v));
     line.push_str(&format!(" #{id}"));
@@ -76,11 +128,6 @@ pub fn event_line(frame: &EventFrame, time: &str, color: Color) -> String {
         line.push(' ');
         line.push_str(&summary.join(" · "));
     }
-    if let (Operation::Update, Some(old)) = (frame.operation, &frame.old) {
-        line.push_str(" — ");
-        line.push_str(&describe_changes(&changed_fields(old, row)));
-    }
-    line
 }
 
 /// The frame as one line of JSON: `raw` as received, with any whitespace between tokens
@@ -164,7 +211,7 @@ mod tests {
     use serde_json::json;
 
     fn frame(operation: Operation, order: Value, old: Option<Value>) -> EventFrame {
-        EventFrame { id: Some(7), table: "orders".into(), operation, order, old, ts: None }
+        EventFrame { epoch: None, pos: None, id: Some(7), table: "orders".into(), operation, order, old, ts: None }
     }
 
     fn row(status: &str) -> Value {
@@ -232,6 +279,26 @@ mod tests {
         let order = json!({"id": 1, "customer_name": "Eve\x1b[2J\nBob", "status": "new"});
         let line = event_line(&frame(Operation::Insert, order, None), "10:11:12", Color::Off);
         assert_eq!(line, "10:11:12 INSERT #1 Eve\\u{1b}[2J\\nBob · new");
+    }
+
+    #[test]
+    fn snapshot_rows_read_like_events_and_sort_by_id() {
+        let rows = [
+            SnapshotRow { table: "orders".into(), order: json!({"id": 10, "customer_name": "Bo", "status": "new"}) },
+            SnapshotRow { table: "orders".into(), order: row("pending") },
+            SnapshotRow { table: "orders".into(), order: json!({"id": 9, "amount": 5.5}) },
+        ];
+        let mut sorted: Vec<&SnapshotRow> = rows.iter().collect();
+        sort_rows(&mut sorted);
+        let lines: Vec<String> = sorted.iter().map(|r| snapshot_line(r, Color::Off)).collect();
+        assert_eq!(
+            lines,
+            ["SNAPSHOT #9 5.50", "SNAPSHOT #10 Bo · new", "SNAPSHOT #42 Alice · Blue widget · pending · 19.99"]
+        );
+        assert_eq!(snapshot_line(&rows[0], Color::On), "\x1b[36mSNAPSHOT\x1b[0m #10 Bo · new");
+        let at = Position { epoch: "e1".into(), pos: 42 };
+        assert_eq!(snapshot_header(Some(&at), 3, Color::Off), "=== snapshot at e1:42: 3 rows ===");
+        assert_eq!(snapshot_header(None, 1, Color::Off), "=== snapshot at an unknown position: 1 row ===");
     }
 
     #[test]
