@@ -106,6 +106,24 @@ impl WsClient {
         self.ws.send(Message::Text(text.into())).await.expect("send");
     }
 
+    /// Sends a JSON value as a text frame.
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Frames up to and including the first of type `kind`; panics on close or after [`WAIT`].
+    pub async fn frames_until(&mut self, kind: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let frame = self.next_json().await;
+            let done = frame["type"] == kind;
+            out.push(frame);
+            if done {
+                return out;
+            }
+        }
+    }
+
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, data: Vec<u8>) {
         self.ws.send(Message::Binary(data.into())).await.expect("send");

@@ -44,7 +44,12 @@ pub struct Follower {
 impl Follower {
     /// Follows the stream on `urls` (rotating on every reconnect) until `stop` turns true.
     /// Each change of `drop` closes the connection, as a flaky network would.
-    pub async fn run(name: String, urls: Vec<String>, mut drop: watch::Receiver<u64>, stop: watch::Receiver<bool>) -> Follower {
+    pub async fn run(
+        name: String,
+        urls: Vec<String>,
+        mut drop: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+    ) -> Follower {
         let mut me = Follower { name, ..Follower::default() };
         let mut attempt = 0usize;
         while !*stop.borrow() {
@@ -105,7 +110,12 @@ impl Follower {
                     .as_array()
                     .expect("rows")
                     .iter()
-                    .map(|r| (format!("{}:{}", r["table"].as_str().unwrap_or("orders"), r["order"]["id"]), r["order"].clone()))
+                    .map(|r| {
+                        (
+                            format!("{}:{}", r["table"].as_str().unwrap_or("orders"), r["order"]["id"]),
+                            r["order"].clone(),
+                        )
+                    })
                     .collect();
                 self.position = position(&frame["position"]);
             }

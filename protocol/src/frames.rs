@@ -16,6 +16,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Close code: the server is shutting down or restarting; reconnect (to any replica).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the replica cannot serve the stream right now (Redis unreachable while the log
+/// is needed); reconnect and resume.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Close code: a frame was larger than the hard limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: the client fell behind the live stream and its queue overflowed.

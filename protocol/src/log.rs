@@ -164,9 +164,10 @@ if string.find(ARGV[2], 'D') then redis.call('HSET', meta, 'seeded', '1') end
 return 1
 "#;
 
-/// `KEYS`: meta, state. Returns epoch, seq, and the state as field/row pairs, atomically.
+/// `KEYS`: meta, state. Returns epoch, seq, seeded, and the state as field/row pairs, atomically.
 const SNAPSHOT: &str = r#"
-return {redis.call('HGET', KEYS[1], 'epoch'), redis.call('HGET', KEYS[1], 'seq'), redis.call('HGETALL', KEYS[2])}
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'seeded')
+return {meta[1], meta[2], meta[3], redis.call('HGETALL', KEYS[2])}
 "#;
 
 /// Leadership as the publish script checks it: who may append, to which history.
@@ -192,6 +193,9 @@ pub struct Snapshot {
     pub epoch: Option<String>,
     /// Position the rows reflect.
     pub pos: u64,
+    /// Whether the state is complete: false while the publisher is still seeding a new
+    /// history from the tables (a snapshot then would lack rows).
+    pub seeded: bool,
     /// `(<table>:<id>, row JSON)` pairs.
     pub rows: Vec<(String, String)>,
 }
@@ -334,14 +338,14 @@ impl Log {
 
     /// The state and the position it reflects, read atomically.
     pub async fn snapshot<C: ConnectionLike>(&self, conn: &mut C) -> redis::RedisResult<Snapshot> {
-        let (epoch, seq, flat): (Option<String>, Option<u64>, Vec<String>) =
+        let (epoch, seq, seeded, flat): (Option<String>, Option<u64>, Option<String>, Vec<String>) =
             self.snapshot.key(&self.keys.meta).key(&self.keys.state).invoke_async(conn).await?;
         let mut rows = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
         while let (Some(field), Some(row)) = (it.next(), it.next()) {
             rows.push((field, row));
         }
-        Ok(Snapshot { epoch, pos: seq.unwrap_or(0), rows })
+        Ok(Snapshot { epoch, pos: seq.unwrap_or(0), seeded: seeded.as_deref() == Some("1"), rows })
     }
 }
 

@@ -57,7 +57,7 @@ async fn append_orders_publishes_logs_and_tracks_state_in_one_step() {
     assert_eq!(log.first_pos(&mut conn).await.unwrap(), Some(1));
 
     let snapshot = log.snapshot(&mut conn).await.unwrap();
-    assert_eq!((snapshot.epoch.as_deref(), snapshot.pos), (Some("epochA"), 3));
+    assert_eq!((snapshot.epoch.as_deref(), snapshot.pos, snapshot.seeded), (Some("epochA"), 3, true));
     assert_eq!(snapshot.rows, vec![("orders:1".to_owned(), r#"{"id":1,"s":2}"#.to_owned())]);
 
     // A second claim fences the first publisher off and sees what it appended.

@@ -122,8 +122,11 @@ async fn session(
     }
 
     let mut pg = bounded(CONNECT_TIMEOUT, PgListener::connect(&config.database_url)).await??;
-    // We watch the connection ourselves; the pool's close event is not how we stop.
+    // We watch the connection ourselves: a lost connection must end this session (so the next
+    // one drains the outbox), not be silently replaced by sqlx's own reconnect, which would
+    // also block for the pool's acquire timeout while PostgreSQL is down.
     pg.ignore_pool_close_event(true);
+    pg.eager_reconnect(false);
     let _up = stats.readiness.up_while(POSTGRES);
 
     let lock_key = advisory_lock_key(config.pg_channel.as_str());

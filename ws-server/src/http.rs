@@ -1,5 +1,6 @@
 //! HTTP routes: WebSocket at `/ws` and `/` (clients of the original design connect to
-//! `ws://host:8080`), plus `/healthz`, `/readyz` and `/metrics`.
+//! `ws://host:8080`), plus `/healthz`, `/readyz` and `/metrics`. The upgrade takes
+//! `?protocol=orders.v1` and `?since=EPOCH:POS` (resume at connect time).
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -13,7 +14,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use protocol::frames::{CLOSE_TOO_BIG, SUBPROTOCOL};
+use protocol::{
+    frames::{CLOSE_TOO_BIG, SUBPROTOCOL},
+    log::Position,
+};
 use serde::Deserialize;
 
 use crate::{
@@ -36,6 +40,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 #[derive(Debug, Deserialize)]
 struct Params {
     protocol: Option<String>,
+    /// Resume after this position (`EPOCH:POS`), for plain and protocol connections alike.
+    since: Option<String>,
 }
 
 async fn upgrade(
@@ -55,6 +61,13 @@ async fn upgrade(
         Some(SUBPROTOCOL) => true,
         Some(other) => {
             let msg = format!("unsupported protocol {other:?}; this server speaks {SUBPROTOCOL:?}\n");
+            return (StatusCode::BAD_REQUEST, msg).into_response();
+        }
+    };
+    let since = match params.since.as_deref().map(Position::parse).transpose() {
+        Ok(since) => since,
+        Err(why) => {
+            let msg = format!("invalid since {:?}: {why}\n", params.since.unwrap_or_default());
             return (StatusCode::BAD_REQUEST, msg).into_response();
         }
     };
@@ -84,7 +97,7 @@ async fn upgrade(
         let _task = task;
         state.stats.accepted.inc();
         state.stats.connections.add(1);
-        socket::serve(socket, mode, conn_id, &state, shutdown).await;
+        socket::serve(socket, mode, since, conn_id, &state, shutdown).await;
         state.stats.connections.add(-1);
     })
 }

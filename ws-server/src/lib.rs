@@ -2,16 +2,22 @@
 //!
 //! - [`config`]: [`Config`] from the environment
 //! - `subscriber`: the Redis pub/sub session, with reconnect and resubscribe
-//! - `hub`: the broadcast ring every connection reads from (shared bytes, bounded lag)
-//! - `socket`: one connection's lifecycle: events out, client frames in, heartbeat, close codes
+//! - `sequencer`: the replica's position in the history: gap filling from the replay log,
+//!   dedupe of the overlap, announcing holes it cannot fill
+//! - `history`: the replay log as the replica reads it (shared connection, paged reads)
+//! - `hub`: the broadcast ring every connection reads from (shared bytes and positions, bounded lag)
+//! - `socket`: one connection's lifecycle: events out, client frames in, heartbeat, close codes;
+//!   resume, snapshot, dedupe and conflation per connection
 //! - `http`: routes (`/ws`, `/`, `/healthz`, `/readyz`, `/metrics`)
 //! - `stats`: readiness and metrics
 //!
 //! Replicas share nothing but Redis: run as many as you like behind any load balancer.
 
 pub mod config;
+mod history;
 mod http;
 mod hub;
+mod sequencer;
 mod socket;
 mod stats;
 mod subscriber;
@@ -23,7 +29,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 pub use config::Config;
+use history::History;
 use hub::Hub;
+use protocol::log::Log;
 use stats::Stats;
 
 /// Why the server stopped other than by shutdown.
@@ -55,7 +63,11 @@ impl protocol::service::Daemon for WsServer {
     fn listen_addr(config: &Config) -> (std::net::SocketAddr, &'static str) {
         ((config.bind_addr, config.port).into(), "WS_BIND_ADDR, PORT")
     }
-    fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> impl Future<Output = Result<(), Error>> {
+    fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), Error>> {
         run(config, listener, shutdown)
     }
 }
@@ -66,6 +78,7 @@ struct AppState {
     config: Config,
     server_id: String,
     hub: Hub,
+    history: History,
     stats: Arc<Stats>,
     connection_slots: Arc<Semaphore>,
     next_conn_id: AtomicU64,
@@ -90,6 +103,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let state = Arc::new(AppState {
         server_id,
         hub: Hub::new(config.queue_capacity),
+        history: History::new(Log::new(&config.redis_channel)),
         stats: Arc::new(Stats::new()),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
         next_conn_id: AtomicU64::new(1),

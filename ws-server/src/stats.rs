@@ -19,6 +19,14 @@ pub(crate) struct Stats {
     pub(crate) heartbeat_timeouts: Counter,
     pub(crate) send_failures: Counter,
     pub(crate) redis_reconnects: Counter,
+    pub(crate) gap_filled: Counter,
+    pub(crate) history_breaks: Counter,
+    pub(crate) resumes: Counter,
+    pub(crate) replayed_out: Counter,
+    pub(crate) snapshots: Counter,
+    pub(crate) resets: Counter,
+    pub(crate) conflations: Counter,
+    pub(crate) folded: Counter,
 }
 
 impl Stats {
@@ -36,6 +44,14 @@ impl Stats {
             heartbeat_timeouts: Counter::default(),
             send_failures: Counter::default(),
             redis_reconnects: Counter::default(),
+            gap_filled: Counter::default(),
+            history_breaks: Counter::default(),
+            resumes: Counter::default(),
+            replayed_out: Counter::default(),
+            snapshots: Counter::default(),
+            resets: Counter::default(),
+            conflations: Counter::default(),
+            folded: Counter::default(),
         }
     }
 }
@@ -65,6 +81,30 @@ impl Health for Stats {
             &self.send_failures,
         );
         out.counter("ws_redis_reconnects_total", "Redis subscriptions lost and retried.", &self.redis_reconnects);
+        out.counter(
+            "ws_gap_filled_events_total",
+            "Events this replica missed on the channel and read from the replay log.",
+            &self.gap_filled,
+        );
+        out.counter(
+            "ws_history_breaks_total",
+            "Holes the replica could not fill (Redis lost its history, or the log was trimmed).",
+            &self.history_breaks,
+        );
+        out.counter("ws_resumes_total", "Client resumes from a position (subscribe since, ?since=).", &self.resumes);
+        out.counter(
+            "ws_replayed_events_total",
+            "Event frames sent to clients from the replay log (resumes, catch-ups).",
+            &self.replayed_out,
+        );
+        out.counter("ws_snapshots_total", "Snapshots served.", &self.snapshots);
+        out.counter("ws_resets_total", "reset frames sent (and plain resumes closed with 4010).", &self.resets);
+        out.counter("ws_conflations_total", "Slow conflating clients sent a folded backlog.", &self.conflations);
+        out.counter(
+            "ws_conflated_events_total",
+            "Events left out by conflation (a later one replaced them).",
+            &self.folded,
+        );
         out.gauge("ws_redis_up", "Whether the Redis subscription is live.", i64::from(self.readiness.is_up(REDIS)));
     }
 }

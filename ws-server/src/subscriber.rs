@@ -1,12 +1,19 @@
 //! The replica's single Redis pub/sub session: SUBSCRIBE to the channel, validate each
-//! message once, hand it to the hub; reconnect with backoff and resubscribe when it breaks.
+//! message once, put it in order (the `sequencer`), hand it to the hub; reconnect with backoff
+//! and resubscribe when it breaks.
 //!
 //! redis-rs ends a pub/sub stream without an error when the connection drops, so the end
 //! of the stream counts as a disconnect; a PING every `keepalive_interval` catches a
 //! connection that is half-open. Messages published while this replica is not subscribed
-//! are not delivered by Redis pub/sub; the replay log is what fills that gap (docs/design.md).
+//! are not delivered by Redis pub/sub, and retrying alone never brings them back: after each
+//! SUBSCRIBE the sequencer reads them from the replay log, from the last position this
+//! replica saw, before it forwards live messages (docs/design.md).
 
-use std::time::{Duration, Instant};
+use std::{
+    borrow::Cow,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
@@ -14,20 +21,21 @@ use protocol::{
     event::Operation,
     retry::{Flow, Retry, Supervisor},
 };
+use redis::AsyncConnectionConfig;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{AppState, stats::REDIS};
+use crate::{AppState, history::LOG_TIMEOUT, hub::Event, sequencer::Sequencer, stats::REDIS};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a Redis subscription ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// Connecting, SUBSCRIBE or PING failed.
+    /// Connecting, SUBSCRIBE, PING or a log read failed.
     #[error("redis error")]
     Redis(#[from] redis::RedisError),
     /// The server closed the connection.
@@ -48,22 +56,38 @@ impl Retry for SessionError {
 pub(crate) async fn run(state: &AppState, shutdown: &CancellationToken) -> Result<(), SessionError> {
     let client = redis::Client::open(state.config.redis_url.as_str())?;
     let mut supervisor = Supervisor::new("redis", state.config.retry);
+    // Outlives sessions: the last position seen is where the next session catches up from.
+    let mut sequencer = Sequencer::new(state);
     loop {
         let started = Instant::now();
-        let ended = session(state, &client, shutdown).await;
+        let ended = session(state, &client, &mut sequencer, shutdown).await;
         if supervisor.after(started, ended, &state.stats.redis_reconnects, shutdown).await? == Flow::Stop {
             return Ok(());
         }
     }
 }
 
-async fn session(state: &AppState, client: &redis::Client, shutdown: &CancellationToken) -> Result<(), SessionError> {
+async fn session(
+    state: &AppState,
+    client: &redis::Client,
+    sequencer: &mut Sequencer<'_>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
     let channel = state.config.redis_channel.as_str();
     let mut pubsub = bounded(client.get_async_pubsub()).await??;
     bounded(pubsub.subscribe(channel)).await??;
+    let log_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(COMMAND_TIMEOUT))
+        .set_response_timeout(Some(LOG_TIMEOUT));
+    let mut conn = bounded(client.get_multiplexed_async_connection_with_config(&log_config)).await??;
     let (mut sink, mut stream) = pubsub.split();
+    let _lent = Lent::new(state, conn.clone());
     let _up = state.stats.readiness.up_while(REDIS);
     info!(channel, "subscribed to redis");
+
+    // Subscribed first, so everything published from now on reaches the stream; then the
+    // log fills in what was published before. The sequencer drops the overlap.
+    sequencer.catch_up(&mut conn).await?;
 
     let mut keepalive = tokio::time::interval(state.config.keepalive_interval);
     keepalive.reset();
@@ -71,46 +95,95 @@ async fn session(state: &AppState, client: &redis::Client, shutdown: &Cancellati
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
+            // Cancel-safe: the stream buffers messages; `next` takes one or none.
             msg = stream.next() => {
                 let msg = msg.ok_or(SessionError::Lost)?;
                 state.stats.messages_in.inc();
-                match validate(msg.get_payload_bytes()) {
-                    Ok(frame) => state.hub.publish(frame),
-                    Err(reason) => {
-                        state.stats.skipped.inc();
-                        let preview = String::from_utf8_lossy(&msg.get_payload_bytes()[..msg.get_payload_bytes().len().min(200)]).into_owned();
-                        warn!(%reason, payload = %preview, "skipping message that is not an event");
-                    }
+                match validate(msg.get_payload_bytes(), sequencer.epoch()) {
+                    // Not cancel-safe if cancelled mid-fill, but it runs inside this arm's
+                    // body, which `select!` never cancels.
+                    Ok(event) => sequencer.live(&mut conn, event).await?,
+                    Err(reason) => skip(state, msg.get_payload_bytes(), &reason),
                 }
                 keepalive.reset();
             }
             _ = keepalive.tick() => {
                 bounded(sink.ping::<redis::Value>()).await??;
+                bounded(redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await??;
                 debug!("redis ping ok");
             }
         }
     }
 }
 
+/// Lends the session's log connection to the replica's connections until the session ends.
+struct Lent<'a>(&'a AppState);
+
+impl<'a> Lent<'a> {
+    fn new(state: &'a AppState, conn: redis::aio::MultiplexedConnection) -> Self {
+        state.history.set_conn(Some(conn));
+        Self(state)
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        self.0.history.set_conn(None);
+    }
+}
+
+pub(crate) fn skip(state: &AppState, payload: &[u8], reason: &str) {
+    state.stats.skipped.inc();
+    let preview = String::from_utf8_lossy(&payload[..payload.len().min(200)]).into_owned();
+    warn!(%reason, payload = %preview, "skipping message that is not an event");
+}
+
 /// What the replica needs to know of an event; parsed once per event, never per client.
 #[derive(Deserialize)]
-struct Probe {
-    #[serde(rename = "type")]
-    kind: String,
+struct Probe<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pos: Option<u64>,
     #[allow(dead_code)] // Checked by deserializing; read by filters later.
     operation: Operation,
     #[allow(dead_code)]
     order: IgnoredAny,
 }
 
-/// Checks that a channel message is an event and turns it into the shared frame bytes.
-fn validate(payload: &[u8]) -> Result<Utf8Bytes, String> {
+/// Checks that a message is an event and turns it into the hub's item: the shared frame bytes
+/// (one copy of the payload) and its position. `epoch` is the current epoch, shared rather
+/// than allocated per event. A frame without both `epoch` and `pos` (a pre-log publisher, a
+/// hand-made PUBLISH) is forwarded without a position.
+pub(crate) fn validate(payload: &[u8], epoch: Option<&Arc<str>>) -> Result<Event, String> {
     let text = std::str::from_utf8(payload).map_err(|e| format!("not UTF-8: {e}"))?;
-    let probe: Probe = serde_json::from_str(text).map_err(|e| format!("not an event: {e}"))?;
+    let (epoch, pos) = probe(text, epoch)?;
+    Ok(Event { epoch, pos, frame: Utf8Bytes::from(text) })
+}
+
+/// [`validate`] for a frame read from the log, already owned: no copy.
+pub(crate) fn validate_owned(text: String, epoch: Option<&Arc<str>>) -> Result<Event, String> {
+    let (epoch, pos) = probe(&text, epoch)?;
+    Ok(Event { epoch, pos, frame: Utf8Bytes::from(text) })
+}
+
+fn probe(text: &str, epoch: Option<&Arc<str>>) -> Result<(Option<Arc<str>>, Option<u64>), String> {
+    let probe: Probe<'_> = serde_json::from_str(text).map_err(|e| format!("not an event: {e}"))?;
     if probe.kind != "event" {
         return Err(format!("type is {:?}, expected \"event\"", probe.kind));
     }
-    Ok(Utf8Bytes::from(text))
+    Ok(match (probe.epoch, probe.pos) {
+        (Some(name), Some(pos)) => {
+            let shared = match epoch {
+                Some(current) if **current == *name => current.clone(),
+                _ => Arc::from(name.as_ref()),
+            };
+            (Some(shared), Some(pos))
+        }
+        _ => (None, None),
+    })
 }
 
 async fn bounded<T>(fut: impl Future<Output = T>) -> Result<T, SessionError> {
@@ -124,11 +197,26 @@ mod tests {
     #[test]
     fn events_pass_and_foreign_messages_do_not() {
         let ok = br#"{"type":"event","id":1,"table":"orders","operation":"INSERT","order":{"id":1}}"#;
-        assert_eq!(validate(ok).unwrap().as_str().as_bytes(), ok);
+        let event = validate(ok, None).unwrap();
+        assert_eq!(event.frame.as_str().as_bytes(), ok);
+        assert_eq!((event.epoch, event.pos), (None, None), "a legacy frame has no position");
         for bad in
             [&b"hello"[..], b"{\"type\":\"event\"}", br#"{"type":"x","operation":"INSERT","order":{}}"#, b"\xff\xfe"]
         {
-            assert!(validate(bad).is_err(), "{bad:?}");
+            assert!(validate(bad, None).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn positions_are_read_once_and_the_epoch_is_shared() {
+        let current: Arc<str> = Arc::from("k3x");
+        let framed = br#"{"type":"event","epoch":"k3x","pos":42,"id":1,"operation":"INSERT","order":{"id":1}}"#;
+        let event = validate(framed, Some(&current)).unwrap();
+        assert_eq!(event.pos, Some(42));
+        assert!(Arc::ptr_eq(event.epoch.as_ref().unwrap(), &current), "no allocation for a known epoch");
+        let other = validate(framed, Some(&Arc::from("zzz"))).unwrap();
+        assert_eq!(other.epoch.as_deref(), Some("k3x"));
+        let half = br#"{"type":"event","epoch":"k3x","operation":"INSERT","order":{"id":1}}"#;
+        assert_eq!(validate(half, None).unwrap().pos, None, "no position without both fields");
     }
 }

@@ -116,7 +116,8 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     active(&publishers).await;
     publishers.push(start_publisher("publisher-b", &pg, &redis, dir.path()));
     let ports = [free_port(), free_port()];
-    let mut replicas = vec![start_replica("ws-1", ports[0], &redis, dir.path()), start_replica("ws-2", ports[1], &redis, dir.path())];
+    let mut replicas =
+        vec![start_replica("ws-1", ports[0], &redis, dir.path()), start_replica("ws-2", ports[1], &redis, dir.path())];
     for r in &replicas {
         r.wait_ready().await;
     }
@@ -211,7 +212,12 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
         results.push(f.await.expect("follower finished"));
     }
     let logs = || {
-        publishers.iter().chain(replicas.iter()).map(|p| format!("--- {} ---\n{}", p.name, p.log_tail())).collect::<Vec<_>>().join("\n")
+        publishers
+            .iter()
+            .chain(replicas.iter())
+            .map(|p| format!("--- {} ---\n{}", p.name, p.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     assert!(converged.is_ok(), "the Redis state never matched the table\n{}", logs());
     for f in &results {
