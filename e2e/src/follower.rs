@@ -73,7 +73,11 @@ impl Follower {
             drop.borrow_and_update();
             loop {
                 let frame = tokio::select! {
-                    _ = drop.changed() => break,
+                    _ = drop.changed() => {
+                        // Stay away long enough to miss events: the resume must bring them back.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        break;
+                    }
                     msg = timeout(Duration::from_millis(200), ws.next()) => match msg {
                         Err(_) if *stop.borrow() => break,
                         Err(_) => continue,

@@ -108,6 +108,20 @@ async fn active(publishers: &[Process]) -> usize {
     .await
 }
 
+/// SIGKILLs whichever publisher is active and starts it again (it becomes the standby).
+async fn kill_active_publisher(
+    publishers: &mut [Process],
+    pg: &PgServer,
+    redis: &RedisServer,
+    dir: &Path,
+    step: &impl Fn(&str),
+) {
+    let a = active(publishers).await;
+    step(&format!("SIGKILL the active publisher ({}); the standby takes over", publishers[a].name));
+    publishers[a].kill().await;
+    publishers[a] = start_publisher(&format!("{}-again", publishers[a].name), pg, redis, dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_while_everything_fails_in_turn() {
     let dir = tempfile::tempdir().expect("log dir");
@@ -140,48 +154,55 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     let step = |what: &str| eprintln!("chaos {:>5.1}s: {what}", started.elapsed().as_secs_f64());
     let at = |secs: u64| tokio::time::sleep_until((started + Duration::from_secs(secs)).into());
 
+    // Redis data loss first: each starts a new history and the clients re-snapshot, which
+    // would hide any earlier loss. Everything after the last one (at 6 s) must then arrive as
+    // events: two publisher kills, replica kills, cut subscriptions and dropped clients.
     at(2).await;
-    let a = active(&publishers).await;
-    step(&format!("SIGKILL the active publisher ({})", publishers[a].name));
-    publishers[a].kill().await;
-    publishers[a] = start_publisher(&format!("{}-again", publishers[a].name), &pg, &redis, dir.path());
+    step("restart Redis (it comes back empty: a new history)");
+    redis.stop().await;
+    redis.restart().await;
 
-    at(5).await;
+    at(4).await;
+    kill_active_publisher(&mut publishers, &pg, &redis, dir.path(), &step).await;
+
+    at(6).await;
+    step("SIGKILL Redis and restart it (empty again: the last new history)");
+    redis.kill().await;
+    redis.restart().await;
+
+    at(9).await;
+    kill_active_publisher(&mut publishers, &pg, &redis, dir.path(), &step).await;
+
+    at(11).await;
     step("SIGKILL replica ws-1; restart it on the same port");
     replicas[0].kill().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     replicas[0] = start_replica("ws-1-again", ports[0], &redis, dir.path());
 
-    at(8).await;
+    at(13).await;
     step("drop every client connection");
     drop_tx.send_modify(|n| *n += 1);
 
-    at(10).await;
-    step("restart Redis (it comes back empty: a new history)");
-    redis.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    redis.restart().await;
+    at(15).await;
+    step("cut every replica's Redis subscription (CLIENT KILL TYPE pubsub): they must fill the gap");
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let killed: i64 =
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.expect("kill");
+    step(&format!("cut {killed} subscriptions"));
 
-    at(14).await;
-    let a = active(&publishers).await;
-    step(&format!("SIGKILL the active publisher ({})", publishers[a].name));
-    publishers[a].kill().await;
-    publishers[a] = start_publisher(&format!("{}-again", publishers[a].name), &pg, &redis, dir.path());
+    at(17).await;
+    kill_active_publisher(&mut publishers, &pg, &redis, dir.path(), &step).await;
 
-    at(16).await;
+    at(19).await;
     step("SIGKILL replica ws-2; restart it on the same port");
     replicas[1].kill().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     replicas[1] = start_replica("ws-2-again", ports[1], &redis, dir.path());
 
-    at(18).await;
+    at(21).await;
     step("drop every client connection");
     drop_tx.send_modify(|n| *n += 1);
-
-    at(20).await;
-    step("SIGKILL Redis and restart it");
-    redis.kill().await;
-    redis.restart().await;
 
     tokio::time::sleep_until((started + WRITE_FOR).into()).await;
     step("stop the writers");
