@@ -42,6 +42,8 @@ use crate::{
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A `SELECT 1` that takes longer means a dead (half-open) connection.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a PostgreSQL session ended.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +179,7 @@ async fn session(
             _ = keepalive.tick() => {
                 // Doubles as the check that the session is alive, and as a catch-up should a
                 // notification ever go missing.
-                bounded(QUERY_TIMEOUT, sqlx::query("SELECT 1").execute(&mut pg)).await??;
+                bounded(KEEPALIVE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut pg)).await??;
                 redis.ping(shutdown).await?;
                 wake = true;
             }

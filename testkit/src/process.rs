@@ -100,6 +100,13 @@ where
 }
 
 impl ServerProcess {
+    /// Sends SIGSTOP (`frozen`) or SIGCONT: a frozen server keeps its connections open but
+    /// answers nothing, as behind a network partition (half-open connections).
+    pub(crate) fn freeze(&self, frozen: bool) {
+        let signal = if frozen { Signal::STOP } else { Signal::CONT };
+        rustix::process::kill_process(self.pid, signal).expect("signal the server");
+    }
+
     fn spawn(command: &mut Command, log_path: &Path) -> anyhow::Result<Self> {
         let log = OpenOptions::new()
             .create(true)

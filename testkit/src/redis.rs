@@ -80,6 +80,17 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, like a network
+    /// partition; [`RedisServer::thaw`] resumes it with its data.
+    pub fn freeze(&self) {
+        self.process.as_ref().expect("redis is running").freeze(true);
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.process.as_ref().expect("redis is running").freeze(false);
+    }
+
     /// Kills the server with SIGKILL and waits until it is gone. Does nothing if it is not running.
     pub async fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {

@@ -86,3 +86,23 @@ async fn publisher_notices_a_killed_postgres_and_recovers() {
     let event = client.next_json_within(Duration::from_secs(10)).await.expect("event after postgres was killed");
     assert_eq!(event["order"]["customer_name"], "After");
 }
+
+#[tokio::test]
+async fn a_frozen_redis_is_noticed_by_the_keepalive_and_recovered_from() {
+    let system = System::start(1).await;
+    let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
+
+    // Frozen: connections stay open and nothing answers, as behind a partition. Only a
+    // keepalive with a deadline notices; a reader waiting for messages would wait forever.
+    system.redis.freeze();
+    wait_until(WAIT, "both services report redis down", || async {
+        system.publisher.readyz().await == 503 && system.ws[0].readyz().await == 503
+    })
+    .await;
+    system.redis.thaw();
+    system.wait_ready().await;
+
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('After', 'Thaw')").await;
+    let event = client.next_json().await;
+    assert_eq!(event["order"]["customer_name"], "After");
+}
