@@ -41,8 +41,20 @@ impl WsClient {
         Self::open(url, true, Some(4096)).await
     }
 
+    /// Connects without a protocol, resuming with a `Last-Event-ID` header (the SSE way).
+    pub async fn connect_with_last_event_id(url: &str, last_event_id: &str) -> WsClient {
+        Self::open_with(url, false, None, Some(last_event_id)).await
+    }
+
     async fn open(url: &str, protocol: bool, recv_buffer: Option<u32>) -> WsClient {
+        Self::open_with(url, protocol, recv_buffer, None).await
+    }
+
+    async fn open_with(url: &str, protocol: bool, recv_buffer: Option<u32>, last_event_id: Option<&str>) -> WsClient {
         let mut request = url.into_client_request().expect("valid ws url");
+        if let Some(id) = last_event_id {
+            request.headers_mut().insert("Last-Event-ID", HeaderValue::from_str(id).expect("a header value"));
+        }
         if protocol {
             request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("orders.v1"));
         }

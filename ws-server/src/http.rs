@@ -1,6 +1,7 @@
 //! HTTP routes: WebSocket at `/ws` and `/` (clients of the original design connect to
 //! `ws://host:8080`), plus `/healthz`, `/readyz` and `/metrics`. The upgrade takes
-//! `?protocol=orders.v1` and `?since=EPOCH:POS` (resume at connect time).
+//! `?protocol=orders.v1` and `?since=EPOCH:POS` or a `Last-Event-ID: EPOCH:POS` header (resume
+//! at connect time).
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -10,7 +11,7 @@ use axum::{
         Query, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -47,6 +48,7 @@ struct Params {
 async fn upgrade(
     State(state): State<Arc<AppState>>,
     Query(params): Query<Params>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(ws) = ws else {
@@ -64,10 +66,13 @@ async fn upgrade(
             return (StatusCode::BAD_REQUEST, msg).into_response();
         }
     };
-    let since = match params.since.as_deref().map(Position::parse).transpose() {
+    // `?since=` wins; `Last-Event-ID` (the SSE convention, same EPOCH:POS form) also works.
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let requested = params.since.clone().or(last_event_id);
+    let since = match requested.as_deref().map(Position::parse).transpose() {
         Ok(since) => since,
         Err(why) => {
-            let msg = format!("invalid since {:?}: {why}\n", params.since.unwrap_or_default());
+            let msg = format!("invalid since / Last-Event-ID {:?}: {why}\n", requested.unwrap_or_default());
             return (StatusCode::BAD_REQUEST, msg).into_response();
         }
     };

@@ -193,6 +193,10 @@ async fn client_resumes_on_another_replica_without_gap_or_duplicate() {
     assert_eq!(positions(&[c.next_json().await]), [16]);
     assert_eq!(positions(&[plain.next_json().await]), [16]);
     assert_eq!(one.metric("ws_resumes_total").await + two.metric("ws_resumes_total").await, 3);
+
+    // A `Last-Event-ID` header (the SSE convention) resumes the same way.
+    let mut by_header = WsClient::connect_with_last_event_id(&one.ws_url(), &format!("{}:14", writer.epoch)).await;
+    assert_eq!(positions(&by_header.events(2).await), [15, 16]);
 }
 
 #[tokio::test]
