@@ -39,11 +39,13 @@ async fn main() {
     report("INSERT sent → client has event", &mut whole);
 
     let started = Instant::now();
-    sqlx::query("INSERT INTO orders (customer_name, product_name) SELECT 'burst' || g, 'p' FROM generate_series(1, $1) g")
-        .bind(burst as i64)
-        .execute(&mut db)
-        .await
-        .expect("burst insert");
+    sqlx::query(
+        "INSERT INTO orders (customer_name, product_name) SELECT 'burst' || g, 'p' FROM generate_series(1, $1) g",
+    )
+    .bind(burst as i64)
+    .execute(&mut db)
+    .await
+    .expect("burst insert");
     let committed = started.elapsed();
     for _ in 0..burst {
         client.next_json().await;
