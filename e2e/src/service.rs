@@ -106,9 +106,20 @@ impl Drop for Service {
     }
 }
 
+/// A listener on a port below the ephemeral range ([`testkit::free_port`]), so a test can stop
+/// a service and start another on the same port without another socket taking it meanwhile.
+async fn bind_free_port() -> TcpListener {
+    for _ in 0..10 {
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", testkit::free_port())).await {
+            return listener;
+        }
+    }
+    panic!("could not bind a free port on 127.0.0.1")
+}
+
 /// Starts a publisher in-process, its health endpoint on a free port.
 pub async fn spawn_publisher(config: publisher::Config) -> Service {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind health port");
+    let listener = bind_free_port().await;
     let addr = listener.local_addr().expect("bound");
     let token = CancellationToken::new();
     logs::init();
@@ -120,7 +131,7 @@ pub async fn spawn_publisher(config: publisher::Config) -> Service {
 
 /// Starts a ws-server in-process on a free port.
 pub async fn spawn_ws(config: ws_server::Config) -> Service {
-    spawn_ws_on(config, TcpListener::bind("127.0.0.1:0").await.expect("bind ws port"))
+    spawn_ws_on(config, bind_free_port().await)
 }
 
 /// Starts a ws-server in-process on `listener` (e.g. the port of a replica that stopped).

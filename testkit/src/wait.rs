@@ -1,21 +1,48 @@
 //! Waiting without fixed sleeps: free ports for servers under test, and polling a condition until
 //! it holds or a deadline passes (the panic then says what was awaited).
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
 
 /// How often [`wait_until`] and [`wait_for`] poll.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range.
 ///
-/// Binds port 0, reads the port the kernel chose and releases it. Another process can take it
-/// before the caller binds it, so servers started on it must retry on "address in use"
+/// Tests stop servers and restart them on the same port. A port from the ephemeral range (what
+/// binding port 0 returns) can be handed meanwhile to any other socket: another test's
+/// `bind(0)`, or the local end of an outgoing connection. Ports below the range are only ever
+/// taken on purpose, so a restart finds its port free. Candidates are spread by process id and
+/// a counter, and checked by binding; servers started on one still retry on "address in use"
 /// ([`PgServer::start`](crate::PgServer::start) and
 /// [`RedisServer::start`](crate::RedisServer::start) do).
 pub fn free_port() -> u16 {
-    let listener =
-        std::net::TcpListener::bind(("127.0.0.1", 0)).expect("failed to bind 127.0.0.1:0 to find a free port");
-    listener.local_addr().expect("a bound listener has a local address").port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = ephemeral_low().clamp(FIRST_PORT + 1000, 65_535);
+    let span = u32::from(low - FIRST_PORT);
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(97)) % span;
+        let port = FIRST_PORT + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST_PORT} and {low}")
+}
+
+/// The lowest port tests hand out.
+const FIRST_PORT: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Polls `f` every 25 ms until it returns true.
