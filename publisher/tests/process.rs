@@ -3,7 +3,6 @@
 
 use std::{
     net::SocketAddr,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -13,15 +12,7 @@ use tokio::process::{Child, Command};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn publisher(vars: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_publisher"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    testkit::service_command(env!("CARGO_BIN_EXE_publisher"), vars)
 }
 
 async fn readyz(port: u16) -> u16 {

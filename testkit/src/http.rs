@@ -37,3 +37,17 @@ pub fn kill(pid: u32) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a live child has a positive pid");
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("send SIGKILL");
 }
+
+/// A command for a service binary under test: only `vars` in its environment (nothing leaks
+/// in from the developer's shell or `.env`), no stdin, output discarded (a pipe nobody reads
+/// would block a chatty service; `output()` still captures both), killed when dropped.
+pub fn service_command(bin: &str, vars: &[(&str, String)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.env_clear()
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}

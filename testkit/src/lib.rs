@@ -7,7 +7,8 @@
 //! - `postgres`: [`PgServer`], a throwaway cluster (runs as the `postgres` user when we are root)
 //! - `redis`: [`RedisServer`], a `redis-server` without persistence
 //! - `wait`: [`free_port`], [`wait_until`], [`wait_for`]
-//! - `http`: [`http_get`] for ops endpoints, [`terminate`] and [`kill`] for service processes
+//! - `http`: [`http_get`] for ops endpoints; [`service_command`], [`terminate`] and [`kill`] for
+//!   service processes
 //! - `logging`: [`init_test_logging`], `tracing` output when `TEST_LOG=1`
 //!
 //! Every server gets its own temporary directory and port, so tests run in parallel, within one
@@ -22,7 +23,7 @@ mod process;
 mod redis;
 mod wait;
 
-pub use http::{http_get, kill, terminate};
+pub use http::{http_get, kill, service_command, terminate};
 pub use logging::init_test_logging;
 pub use postgres::PgServer;
 pub use redis::RedisServer;

@@ -2,7 +2,6 @@
 
 use std::{
     net::SocketAddr,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -14,14 +13,7 @@ use tokio_tungstenite::{connect_async, tungstenite::Message};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn ws_server(vars: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ws-server"));
-    cmd.env_clear()
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    testkit::service_command(env!("CARGO_BIN_EXE_ws-server"), vars)
 }
 
 #[tokio::test]
