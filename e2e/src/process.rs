@@ -4,11 +4,10 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Stdio,
 };
 
 use testkit::{http_get, wait_until};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::WAIT;
 
@@ -28,14 +27,9 @@ impl Process {
     pub fn start(bin: &str, name: &str, port: u16, env: &[(&str, String)], dir: &Path) -> Process {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log file");
-        let child = Command::new(bin)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        let child = testkit::service_command(bin, env)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(file)
-            .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
         Process { name: name.to_owned(), port, child, log }
