@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: [`Config`] from the environment
 //! - `migrate`: the embedded `sql/` migrations, applied at start
-//! - `relay`: the PostgreSQL session: standby/active election, drain, claim, seed
+//! - `relay`: the PostgreSQL session: standby/active election, LISTEN, wake-ups, keepalive
+//! - `active`: the active publisher's drain (outbox → replay log → marks) and claim/seed
 //! - `outbox`: the outbox queries (unpublished, mark, prune, snapshot)
 //! - `forward`: the Redis connection with reconnect
 //! - `stats`: readiness and metrics behind `/healthz`, `/readyz`, `/metrics`
@@ -12,6 +13,7 @@
 //! Redis has it, so a publisher that is down, disconnected, or killed loses nothing; the next
 //! active publisher continues from the outbox (docs/design.md, "Delivery guarantees").
 
+mod active;
 pub mod config;
 mod forward;
 mod migrate;

@@ -17,23 +17,20 @@
 //! notifications of the gap; here any error ends the session and a new one starts, which
 //! drains the outbox first. Nothing depends on a notification arriving: they only wake the drain.
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use protocol::{
-    event::{Change, Notification, parse_notification},
-    log::{Append, Claim, Log, StateChange, is_fenced},
+    log::Log,
     retry::{Flow, Retry, Supervisor},
 };
 use sqlx::{Connection, PgConnection, postgres::PgListener};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::{
+    active::{Active, Drained},
     config::Config,
     forward::{FatalError, Redis},
     migrate, outbox,
@@ -41,7 +38,7 @@ use crate::{
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A `SELECT 1` that takes longer means a dead (half-open) connection.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,17 +92,6 @@ pub(crate) async fn run(config: &Config, stats: &Stats, shutdown: &CancellationT
     }
 }
 
-/// What a drain did.
-#[derive(Debug, PartialEq, Eq)]
-enum Drained {
-    /// The outbox had no more than one batch: wait for the next wake-up.
-    All,
-    /// A full batch went out: drain again.
-    More,
-    /// Shutdown was requested.
-    Stopped,
-}
-
 async fn session(
     config: &Config,
     stats: &Stats,
@@ -151,7 +137,7 @@ async fn session(
     stats.leader.set(1);
     info!(channel = %config.pg_channel, "active publisher; listening on postgres");
 
-    let mut active = Active { claim: None, claimed_generation: 0, legacy: Vec::new() };
+    let mut active = Active::default();
     let mut keepalive = tokio::time::interval(config.keepalive_interval);
     keepalive.reset();
     let mut prune = tokio::time::interval(config.prune_interval);
@@ -194,180 +180,6 @@ async fn session(
     }
 }
 
-/// The active publisher's state within one session.
-struct Active {
-    claim: Option<Claim>,
-    claimed_generation: u64,
-    /// Changes from a hand-made legacy trigger: they exist only in the notification.
-    legacy: Vec<Change>,
-}
-
-impl Active {
-    /// Looks at one notification: the project's trigger's are wake-ups (the outbox has the
-    /// change); a legacy payload is kept to append; anything else is skipped with a log line.
-    fn note(&mut self, stats: &Stats, n: &sqlx::postgres::PgNotification) {
-        stats.notifications.inc();
-        match parse_notification(n.payload()) {
-            Ok(Notification::Change(change)) if change.id.is_none() => self.legacy.push(change),
-            Ok(_) => {}
-            Err(err) => {
-                let preview: String = n.payload().chars().take(200).collect();
-                warn!(error = %err, payload = %preview, "skipping malformed notification");
-                stats.skipped.inc();
-            }
-        }
-    }
-
-    async fn drain(
-        &mut self,
-        config: &Config,
-        stats: &Stats,
-        redis: &mut Redis<'_>,
-        log: &Log,
-        pg: &mut PgListener,
-        shutdown: &CancellationToken,
-    ) -> Result<Drained, SessionError> {
-        loop {
-            // Claim (again) on every new Redis connection: see the module docs.
-            if self.claim.is_none() || self.claimed_generation != redis.generation() {
-                let Some(claim) = self.claim(config, stats, redis, log, pg, shutdown).await? else {
-                    return Ok(Drained::Stopped);
-                };
-                self.claimed_generation = redis.generation();
-                self.claim = Some(claim);
-            }
-            let claim = self.claim.as_ref().expect("claimed above");
-
-            let rows = bounded(QUERY_TIMEOUT, outbox::unpublished(pg, config.batch_max)).await??;
-            let full = rows.len() == config.batch_max;
-            let recent: HashSet<i64> = claim.recent_event_ids.iter().copied().collect();
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut changes = Vec::with_capacity(rows.len() + self.legacy.len());
-            for (id, payload) in &rows {
-                ids.push(*id);
-                if recent.contains(id) {
-                    continue; // Appended by the previous holder of the log; only the mark is missing.
-                }
-                match parse_notification(payload) {
-                    Ok(Notification::Change(change)) => changes.push(change),
-                    _ => {
-                        warn!(event_id = id, "realtime_events row is not a change; skipped");
-                        stats.skipped.inc();
-                    }
-                }
-            }
-            changes.append(&mut self.legacy);
-            if changes.is_empty() && ids.is_empty() {
-                return Ok(Drained::All);
-            }
-
-            let bodies: Vec<(String, Option<String>)> =
-                changes.iter().map(|c| (c.to_log_body_rest(), c.row_key())).collect();
-            let appends: Vec<Append<'_>> = changes
-                .iter()
-                .zip(&bodies)
-                .map(|(c, (body, key))| Append {
-                    body_rest: body,
-                    event_id: c.id,
-                    state: match (key, c.operation) {
-                        (None, _) => StateChange::None,
-                        (Some(field), protocol::event::Operation::Delete) => StateChange::Delete { field },
-                        (Some(field), _) => StateChange::Set { field, row: c.order.get() },
-                    },
-                })
-                .collect();
-            if !appends.is_empty() {
-                let appended = {
-                    let Some(conn) = redis.connection(shutdown).await? else { return Ok(Drained::Stopped) };
-                    log.append(conn, claim.fence, config.log_maxlen, &appends).await
-                };
-                match appended {
-                    Ok(pos) => {
-                        stats.published.add(appends.len() as u64);
-                        stats.batches.inc();
-                        debug!(events = appends.len(), pos, "appended");
-                    }
-                    Err(e) if is_fenced(&e) => {
-                        // Redis lost its data, or another publisher claimed the log. We still
-                        // hold the lock if our session is alive: claim again (the next query
-                        // fails first if it is not).
-                        warn!(error = %e, "log claim lost; claiming again");
-                        self.legacy = changes.into_iter().filter(|c| c.id.is_none()).collect();
-                        self.claim = None;
-                        continue;
-                    }
-                    Err(e) => {
-                        self.legacy = changes.into_iter().filter(|c| c.id.is_none()).collect();
-                        if redis.failed(e, shutdown).await? == Flow::Stop {
-                            return Ok(Drained::Stopped);
-                        }
-                        continue;
-                    }
-                }
-            }
-            bounded(QUERY_TIMEOUT, outbox::mark_published(pg, &ids)).await??;
-            return Ok(if full { Drained::More } else { Drained::All });
-        }
-    }
-
-    /// Claims the log; seeds the state from the tables when the history is new.
-    async fn claim(
-        &mut self,
-        config: &Config,
-        stats: &Stats,
-        redis: &mut Redis<'_>,
-        log: &Log,
-        pg: &mut PgListener,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Claim>, SessionError> {
-        loop {
-            let claimed = {
-                let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
-                log.claim(conn, &new_epoch(), config.batch_max * 2).await
-            };
-            let claim = match claimed {
-                Ok(claim) => claim,
-                Err(e) => {
-                    if redis.failed(e, shutdown).await? == Flow::Stop {
-                        return Ok(None);
-                    }
-                    continue;
-                }
-            };
-            stats.claims.inc();
-            if claim.seeded {
-                info!(epoch = %claim.epoch, pos = claim.seq, fence = claim.fence, "claimed the replay log");
-                return Ok(Some(claim));
-            }
-            // A new history: its state starts as the tables are now.
-            let rows = bounded(QUERY_TIMEOUT, outbox::snapshot(pg, &config.snapshot_tables)).await??;
-            let chunks: Vec<&[(String, String)]> =
-                if rows.is_empty() { vec![&[]] } else { rows.chunks(1000).collect() };
-            let mut seeded = Ok(());
-            for (i, chunk) in chunks.iter().enumerate() {
-                let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
-                seeded = log.seed(conn, claim.fence, chunk, i == 0, i + 1 == chunks.len()).await;
-                if seeded.is_err() {
-                    break;
-                }
-            }
-            match seeded {
-                Ok(()) => {
-                    stats.seeded_rows.add(rows.len() as u64);
-                    info!(epoch = %claim.epoch, rows = rows.len(), "started a new history; state seeded from the tables");
-                    return Ok(Some(Claim { seeded: true, ..claim }));
-                }
-                Err(e) if is_fenced(&e) => continue,
-                Err(e) => {
-                    if redis.failed(e, shutdown).await? == Flow::Stop {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// The advisory lock that elects the active publisher of a channel.
 fn advisory_lock_key(channel: &str) -> i64 {
     // FNV-1a: stable across builds and platforms (std's hasher is not).
@@ -383,20 +195,7 @@ async fn try_lock(pg: &mut PgListener, key: i64) -> Result<bool, SessionError> {
         .await??)
 }
 
-/// A fresh epoch name: time and process id, base 36 (unique per claim that starts a history).
-fn new_epoch() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let mut n = nanos ^ (u128::from(std::process::id()) << 64);
-    let mut out = Vec::new();
-    while n > 0 {
-        out.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
-        n /= 36;
-    }
-    out.reverse();
-    String::from_utf8(out).expect("base 36 digits are ASCII")
-}
-
-async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T, SessionError> {
+pub(crate) async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> Result<T, SessionError> {
     timeout(limit, fut).await.map_err(|_| SessionError::Timeout(limit))
 }
 
@@ -408,10 +207,5 @@ mod tests {
     fn lock_key_is_stable_and_per_channel() {
         assert_eq!(advisory_lock_key("orders_channel"), advisory_lock_key("orders_channel"));
         assert_ne!(advisory_lock_key("orders_channel"), advisory_lock_key("other_channel"));
-    }
-
-    #[test]
-    fn epochs_differ() {
-        assert_ne!(new_epoch(), new_epoch());
     }
 }
