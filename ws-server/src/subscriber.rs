@@ -147,10 +147,11 @@ struct Probe<'a> {
     epoch: Option<Cow<'a, str>>,
     #[serde(default)]
     pos: Option<u64>,
-    #[allow(dead_code)] // Checked by deserializing; read by filters later.
-    operation: Operation,
-    #[allow(dead_code)]
-    order: IgnoredAny,
+    // Checked by deserializing (a message without them is not an event); not read yet.
+    #[serde(rename = "operation")]
+    _operation: Operation,
+    #[serde(rename = "order")]
+    _order: IgnoredAny,
 }
 
 /// Checks that a message is an event and turns it into the hub's item: the shared frame bytes
