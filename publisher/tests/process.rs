@@ -135,6 +135,7 @@ async fn a_standby_takes_over_within_seconds_when_the_active_publisher_is_killed
     active.wait().await.expect("reaped");
     wait_until(WAIT, "standby active", || async { metric(port_b, "publisher_active").await == Some(1) }).await;
     let takeover = killed_at.elapsed();
+    eprintln!("standby took over {takeover:?} after the SIGKILL");
     assert!(takeover < Duration::from_secs(3), "took over in {takeover:?}");
 
     writer.await.unwrap();
