@@ -1,6 +1,6 @@
 //! One open connection: reads frames, sends what the feed queued (a `subscribe`), and answers
 //! to timers (hello, unanswered subscribe, ping probe, silence). It reports what happened as
-//! [`Step`]s; what they mean for the stream is decided in the parent module.
+//! [`Step`]s; what they mean for the stream is decided in `resume`.
 
 use std::{collections::VecDeque, time::Duration};
 

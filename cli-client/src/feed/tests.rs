@@ -2,13 +2,19 @@
 
 use super::*;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use protocol::frames::ClientFrame;
+use protocol::{
+    frames::{ClientFrame, ResetReason},
+    retry::RetryPolicy,
+};
 use tokio::{net::TcpListener, sync::mpsc, time::timeout};
 use tokio_tungstenite::{
     WebSocketStream, accept_hdr_async,
