@@ -71,7 +71,7 @@ async fn watch_reconnects_after_the_replica_restarts() {
     // Replace the replica with a new one on the same port.
     let old = system.ws.remove(0);
     old.stop().await;
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("port free again");
+    let listener = protocol::service::listen(addr).expect("port free again");
     let replica = e2e::spawn_ws_on(e2e::ws_config(&system.redis.url()), listener);
 
     // The client reconnects with backoff; keep writing until an event shows up.

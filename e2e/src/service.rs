@@ -110,7 +110,7 @@ impl Drop for Service {
 /// a service and start another on the same port without another socket taking it meanwhile.
 async fn bind_free_port() -> TcpListener {
     for _ in 0..10 {
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", testkit::free_port())).await {
+        if let Ok(listener) = protocol::service::listen(([127, 0, 0, 1], testkit::free_port()).into()) {
             return listener;
         }
     }

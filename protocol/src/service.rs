@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, process::ExitCode};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::{env::ConfigErrors, retry::error_chain, shutdown, telemetry};
@@ -29,6 +29,15 @@ pub trait Daemon {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> impl Future<Output = Result<(), Self::Error>>;
+}
+
+/// Binds with SO_REUSEADDR, so a restarted server gets its port back at once even while the
+/// connections it closed linger in TIME_WAIT.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Runs daemon `D` as a process. Exit codes: 0 after a requested shutdown, 1 after a fatal
@@ -57,7 +66,7 @@ pub fn main<D: Daemon>() -> ExitCode {
     };
     runtime.block_on(async {
         let (addr, vars) = D::listen_addr(&config);
-        let listener = match TcpListener::bind(addr).await {
+        let listener = match listen(addr) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: cannot listen on {addr} ({vars}): {e}");
