@@ -55,9 +55,16 @@ async fn watch_json_prints_one_event_per_line_and_exits_0_on_sigterm() {
 
 #[tokio::test]
 async fn watch_reconnects_after_the_replica_restarts() {
-    let mut system = System::start(1).await;
-    let url = system.ws[0].ws_url();
-    let addr = system.ws[0].addr;
+    let system = System::start(0).await;
+    // The replica's listening socket, and a second handle on it: the replacement replica
+    // serves the same port without it ever being released (no bind race with anything else).
+    let socket = std::net::TcpListener::bind(("127.0.0.1", testkit::free_port())).expect("bind");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let spare = socket.try_clone().expect("clone the listening socket");
+    let listener = tokio::net::TcpListener::from_std(socket).expect("tokio listener");
+    let old = e2e::spawn_ws_on(e2e::ws_config(&system.redis.url()), listener);
+    old.wait_ready().await;
+    let url = old.ws_url();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cli-client"))
         .args(["watch", "--json", "--url", &url])
         .stdin(Stdio::null())
@@ -69,9 +76,8 @@ async fn watch_reconnects_after_the_replica_restarts() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
 
     // Replace the replica with a new one on the same port.
-    let old = system.ws.remove(0);
     old.stop().await;
-    let listener = protocol::service::listen(addr).expect("port free again");
+    let listener = tokio::net::TcpListener::from_std(spare).expect("tokio listener");
     let replica = e2e::spawn_ws_on(e2e::ws_config(&system.redis.url()), listener);
 
     // The client reconnects with backoff; keep writing until an event shows up.
