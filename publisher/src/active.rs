@@ -33,18 +33,25 @@ pub(crate) enum Drained {
 }
 
 /// The active publisher's state within one session.
-#[derive(Default)]
-pub(crate) struct Active {
+pub(crate) struct Active<'a> {
+    config: &'a Config,
+    stats: &'a Stats,
+    log: &'a Log,
     claim: Option<Claim>,
     claimed_generation: u64,
     /// Changes from a hand-made legacy trigger: they exist only in the notification.
     legacy: Vec<Change>,
 }
 
-impl Active {
+impl<'a> Active<'a> {
+    pub(crate) fn new(config: &'a Config, stats: &'a Stats, log: &'a Log) -> Self {
+        Self { config, stats, log, claim: None, claimed_generation: 0, legacy: Vec::new() }
+    }
+
     /// Looks at one notification: the project's trigger's are wake-ups (the outbox has the
     /// change); a legacy payload is kept to append; anything else is skipped with a log line.
-    pub(crate) fn note(&mut self, stats: &Stats, n: &PgNotification) {
+    pub(crate) fn note(&mut self, n: &PgNotification) {
+        let stats = self.stats;
         stats.notifications.inc();
         match parse_notification(n.payload()) {
             Ok(Notification::Change(change)) if change.id.is_none() => self.legacy.push(change),
@@ -59,17 +66,15 @@ impl Active {
 
     pub(crate) async fn drain(
         &mut self,
-        config: &Config,
-        stats: &Stats,
         redis: &mut Redis<'_>,
-        log: &Log,
         pg: &mut PgListener,
         shutdown: &CancellationToken,
     ) -> Result<Drained, SessionError> {
+        let (config, stats, log) = (self.config, self.stats, self.log);
         loop {
             // Claim (again) on every new Redis connection: see the module docs.
             if self.claim.is_none() || self.claimed_generation != redis.generation() {
-                let Some(claim) = self.claim(config, stats, redis, log, pg, shutdown).await? else {
+                let Some(claim) = self.claim(redis, pg, shutdown).await? else {
                     return Ok(Drained::Stopped);
                 };
                 self.claimed_generation = redis.generation();
@@ -152,13 +157,11 @@ impl Active {
     /// Claims the log; seeds the state from the tables when the history is new.
     async fn claim(
         &mut self,
-        config: &Config,
-        stats: &Stats,
         redis: &mut Redis<'_>,
-        log: &Log,
         pg: &mut PgListener,
         shutdown: &CancellationToken,
     ) -> Result<Option<Claim>, SessionError> {
+        let (config, stats, log) = (self.config, self.stats, self.log);
         loop {
             let claimed = {
                 let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };

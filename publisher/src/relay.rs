@@ -137,14 +137,14 @@ async fn session(
     stats.leader.set(1);
     info!(channel = %config.pg_channel, "active publisher; listening on postgres");
 
-    let mut active = Active::default();
+    let mut active = Active::new(config, stats, log);
     let mut keepalive = tokio::time::interval(config.keepalive_interval);
     keepalive.reset();
     let mut prune = tokio::time::interval(config.prune_interval);
     let mut wake = true; // Catch up with whatever committed while no session was active.
     loop {
         if wake {
-            match active.drain(config, stats, redis, log, &mut pg, shutdown).await? {
+            match active.drain(redis, &mut pg, shutdown).await? {
                 Drained::Stopped => return Ok(()),
                 Drained::More => continue,
                 Drained::All => wake = false,
@@ -155,10 +155,10 @@ async fn session(
             () = shutdown.cancelled() => return Ok(()),
             // Cancel-safe: sqlx buffers partial reads in the connection.
             received = pg.try_recv() => {
-                active.note(stats, &received?.ok_or(SessionError::Lost)?);
+                active.note(&received?.ok_or(SessionError::Lost)?);
                 // Take every notification already here: one drain serves them all.
                 while let Some(next) = pg.try_recv().now_or_never() {
-                    active.note(stats, &next?.ok_or(SessionError::Lost)?);
+                    active.note(&next?.ok_or(SessionError::Lost)?);
                 }
                 wake = true;
             }
