@@ -39,13 +39,15 @@ pub(crate) struct Active<'a> {
     log: &'a Log,
     claim: Option<Claim>,
     claimed_generation: u64,
+    /// The claim's recent event ids, as a set: built once per claim, not once per drain.
+    recent: HashSet<i64>,
     /// Changes from a hand-made legacy trigger: they exist only in the notification.
     legacy: Vec<Change>,
 }
 
 impl<'a> Active<'a> {
     pub(crate) fn new(config: &'a Config, stats: &'a Stats, log: &'a Log) -> Self {
-        Self { config, stats, log, claim: None, claimed_generation: 0, legacy: Vec::new() }
+        Self { config, stats, log, claim: None, claimed_generation: 0, recent: HashSet::new(), legacy: Vec::new() }
     }
 
     /// Looks at one notification: the project's trigger's are wake-ups (the outbox has the
@@ -78,18 +80,18 @@ impl<'a> Active<'a> {
                     return Ok(Drained::Stopped);
                 };
                 self.claimed_generation = redis.generation();
+                self.recent = claim.recent_event_ids.iter().copied().collect();
                 self.claim = Some(claim);
             }
             let claim = self.claim.as_ref().expect("claimed above");
 
             let rows = bounded(QUERY_TIMEOUT, outbox::unpublished(pg, config.batch_max)).await??;
             let full = rows.len() == config.batch_max;
-            let recent: HashSet<i64> = claim.recent_event_ids.iter().copied().collect();
             let mut ids = Vec::with_capacity(rows.len());
             let mut changes = Vec::with_capacity(rows.len() + self.legacy.len());
             for (id, payload) in &rows {
                 ids.push(*id);
-                if recent.contains(id) {
+                if self.recent.contains(id) {
                     continue; // Appended by the previous holder of the log; only the mark is missing.
                 }
                 match parse_notification(payload) {
