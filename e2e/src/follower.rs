@@ -1,6 +1,8 @@
 //! A client that keeps a copy of the orders the way a real dashboard would: snapshot first,
-//! then every event, resuming after each disconnect (on whichever replica answers) and taking a
-//! fresh snapshot when told its history is gone. It records every broken promise it sees.
+//! then every event, resuming after each disconnect (on whichever replica answers), moving to a
+//! new history when told it was `rebased`, and taking a fresh snapshot when told its history is
+//! gone. It records every broken promise it sees. [`PlainFollower`] is a client of the original
+//! design: one plain connection, every frame an event, folded into its copy.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -35,9 +37,12 @@ pub struct Follower {
     pub snapshots: usize,
     /// Times it resumed after a disconnect.
     pub resumes: usize,
+    /// Times it was moved into a new history (Redis lost its data) without a reset.
+    pub rebases: usize,
     /// Broken promises: gaps, repeats, events from an unannounced epoch.
     pub violations: Vec<String>,
-    seen: HashSet<(String, i64)>,
+    /// Event ids applied: an id is one committed change, whatever history carries it.
+    seen: HashSet<i64>,
     awaiting_snapshot: bool,
 }
 
@@ -47,8 +52,19 @@ impl Follower {
     pub async fn run(
         name: String,
         urls: Vec<String>,
+        drop: watch::Receiver<u64>,
+        stop: watch::Receiver<bool>,
+    ) -> Follower {
+        Self::run_reporting(name, urls, drop, stop, watch::Sender::new(None)).await
+    }
+
+    /// [`Follower::run`], publishing the last position applied on `progress`.
+    pub async fn run_reporting(
+        name: String,
+        urls: Vec<String>,
         mut drop: watch::Receiver<u64>,
         stop: watch::Receiver<bool>,
+        progress: watch::Sender<Option<Position>>,
     ) -> Follower {
         let mut me = Follower { name, ..Follower::default() };
         let mut attempt = 0usize;
@@ -87,7 +103,9 @@ impl Follower {
                     },
                 };
                 let frame: Value = serde_json::from_str(&frame).expect("frames are JSON");
-                if me.handle(&frame) == Next::Resnapshot && !me.request_snapshot(&mut ws).await {
+                let next = me.handle(&frame);
+                progress.send_replace(me.position.clone());
+                if next == Next::Resnapshot && !me.request_snapshot(&mut ws).await {
                     break;
                 }
             }
@@ -139,13 +157,22 @@ impl Follower {
                     }
                 }
                 if let Some(id) = frame["id"].as_i64()
-                    && !self.seen.insert((epoch.to_owned(), id))
+                    && !self.seen.insert(id)
                 {
-                    self.violations.push(format!("{}: event id {id} twice", self.name));
+                    self.violations.push(format!("{}: event id {id} twice (at {epoch}:{pos})", self.name));
                 }
                 apply(&mut self.state, frame);
                 self.events += 1;
                 self.position = Some(Position { epoch: epoch.to_owned(), pos });
+            }
+            Some("rebased") => {
+                let (from, to) = (position(&frame["from"]), position(&frame["position"]));
+                if from != self.position {
+                    self.violations
+                        .push(format!("{}: rebased from {from:?}, but it was at {:?}", self.name, self.position));
+                }
+                self.rebases += 1;
+                self.position = to;
             }
             Some("reset") => {
                 self.position = None;
@@ -172,4 +199,60 @@ async fn connect(url: &str) -> Option<Ws> {
     request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("orders.v1"));
     let (ws, _) = timeout(Duration::from_secs(2), connect_async(request)).await.ok()?.ok()?;
     Some(ws)
+}
+
+/// A client of the original design: one plain connection (no protocol, no resume), every
+/// frame an event folded into its copy of the rows.
+#[derive(Debug, Default)]
+pub struct PlainFollower {
+    /// Its name in messages.
+    pub name: String,
+    /// Its copy of the rows.
+    pub state: BTreeMap<String, Value>,
+    /// Events applied.
+    pub events: usize,
+    /// Broken promises: the connection dropped, an event twice.
+    pub violations: Vec<String>,
+    seen: HashSet<i64>,
+}
+
+impl PlainFollower {
+    /// Connects to `url` and folds every event until `stop` turns true; the last position seen
+    /// goes to `progress`. A plain client cannot resume, so the connection must last.
+    pub async fn run(
+        name: String,
+        url: String,
+        stop: watch::Receiver<bool>,
+        progress: watch::Sender<Option<Position>>,
+    ) -> PlainFollower {
+        let mut me = PlainFollower { name, ..PlainFollower::default() };
+        let Ok(Ok((mut ws, _))) = timeout(Duration::from_secs(5), connect_async(url.as_str())).await else {
+            me.violations.push(format!("{}: could not connect to {url}", me.name));
+            return me;
+        };
+        while !*stop.borrow() {
+            let text = match timeout(Duration::from_millis(200), ws.next()).await {
+                Err(_) => continue,
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                other => {
+                    me.violations.push(format!("{}: connection ended: {other:?}", me.name));
+                    return me;
+                }
+            };
+            let frame: Value = serde_json::from_str(&text).expect("frames are JSON");
+            if let Some(id) = frame["id"].as_i64()
+                && !me.seen.insert(id)
+            {
+                me.violations.push(format!("{}: event id {id} twice: {frame}", me.name));
+                continue;
+            }
+            apply(&mut me.state, &frame);
+            me.events += 1;
+            if let (Some(epoch), Some(pos)) = (frame["epoch"].as_str(), frame["pos"].as_u64()) {
+                progress.send_replace(Some(Position { epoch: epoch.to_owned(), pos }));
+            }
+        }
+        me
+    }
 }

@@ -5,7 +5,8 @@
 //! - [`System`]: the whole pipeline, with verbs for the faults tests inject
 //! - [`Service`]: one in-process service (its address, stop, `/readyz`, `/metrics`)
 //! - [`WsClient`]: a WebSocket client with bounded waits
-//! - [`Follower`]: a resuming client that keeps a copy of the rows and records broken promises
+//! - [`Follower`]: a resuming client that keeps a copy of the rows and records broken promises;
+//!   [`PlainFollower`]: the same for a plain connection that must last
 //! - [`Process`]: a service as a real process (for SIGKILL)
 //! - [`history`]: what reached Redis (the replay log, the state) and the table, to compare
 //! - `logs`: every service's log lines, read back with [`Service::logs`]
@@ -18,7 +19,7 @@ mod process;
 mod service;
 
 pub use client::WsClient;
-pub use follower::Follower;
+pub use follower::{Follower, PlainFollower};
 pub use process::Process;
 pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, spawn_ws_on, ws_config};
 pub use testkit::http_get;

@@ -70,6 +70,16 @@ pub enum ServerFrame {
         /// What happened and what to do.
         message: String,
     },
+    /// Redis lost its data and the publisher started a new history that re-offers the old
+    /// one's newest events: the connection's place `from` in the old history is `position` in
+    /// the new one, and the events after it follow, none missing, none twice. Resume from
+    /// positions of the new history from now on; no snapshot is needed.
+    Rebased {
+        /// The last position seen, in the old history.
+        from: Position,
+        /// The same place in the new history.
+        position: Position,
+    },
     /// Conflated delivery: events after `from` up to `to` were folded into the latest event per
     /// row, which follow this frame (in position order).
     Conflated {

@@ -5,7 +5,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{<channel>}:meta` | hash | `epoch` (names this history), `seq` (last position), `fence` (publisher leadership), `seeded` |
+//! | `{<channel>}:meta` | hash | `epoch` (names this history), `seq` (last position), `fence` (publisher leadership), `seeded`, and the [`Bridge`] from the previous history (`bridge_epoch`, `bridge_from`, `bridge_to`) |
 //! | `{<channel>}:log` | stream | one entry per event, id `<pos>-1`; fields `f` (the frame) and `e` (the event id) |
 //! | `{<channel>}:state` | hash | current row per `<table>:<row id>` (row JSON), for snapshots |
 //!
@@ -13,7 +13,11 @@
 //! `pos`) to the stream, updates the state, and PUBLISHes the same frame — one atomic step, so a
 //! position means the same event in the log, on the channel and in the state. The epoch is a
 //! random name chosen when the history starts (first start, or Redis restarted empty): a
-//! position is only meaningful within its epoch.
+//! position is only meaningful within its epoch, or through the new history's [`Bridge`].
+//!
+//! Every frame begins with [`frame_prefix`]: the publisher builds it, the script checks that
+//! the epoch in it is the current one and writes it verbatim, and replicas recognise a
+//! history's frames by it. One definition, tested against what the real script writes.
 
 use std::fmt;
 
@@ -71,6 +75,63 @@ impl fmt::Display for Position {
     }
 }
 
+/// How every frame of history `epoch` begins; the position and the event body follow
+/// (see [`frame`]).
+pub fn frame_prefix(epoch: &str) -> String {
+    format!(r#"{{"type":"event","epoch":"{epoch}","pos":"#)
+}
+
+/// The frame the publish script writes for the event with body `body_rest` (see
+/// [`Append::body_rest`]) at `pos` of `epoch`.
+pub fn frame(epoch: &str, pos: u64, body_rest: &str) -> String {
+    format!("{}{pos},{body_rest}", frame_prefix(epoch))
+}
+
+/// How a new history continues an old one: its positions `1..=to - from + 1` re-offer the old
+/// history's events at positions `from..=to`, in the same order. Written by the publisher
+/// when Redis lost its data, from the positions the outbox recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    /// The history the new one continues.
+    pub epoch: String,
+    /// The oldest old position re-offered.
+    pub from: u64,
+    /// The newest old position re-offered.
+    pub to: u64,
+}
+
+impl Bridge {
+    /// Where `old` (a position in the bridged history) stands in the new history, whose name
+    /// is `epoch`: everything up to the returned position was already seen at `old`. `None`
+    /// when `old` is of another history, or older than what the bridge re-offers.
+    pub fn translate(&self, epoch: &str, old: &Position) -> Option<Position> {
+        if old.epoch != self.epoch || old.pos + 1 < self.from || old.pos > self.to {
+            return None;
+        }
+        Some(Position { epoch: epoch.to_owned(), pos: old.pos + 1 - self.from })
+    }
+}
+
+/// The current history and, when it continues an older one, its bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The current epoch and its newest position.
+    pub position: Position,
+    /// The bridge from the previous history, if this one re-offers it.
+    pub bridge: Option<Bridge>,
+}
+
+impl Head {
+    /// `old` translated into the current history, if the bridge covers it (or it is already
+    /// of the current history).
+    pub fn translate(&self, old: &Position) -> Option<Position> {
+        if old.epoch == self.position.epoch {
+            return Some(old.clone());
+        }
+        self.bridge.as_ref()?.translate(&self.position.epoch, old)
+    }
+}
+
 /// One event to append: the frame body after `{`, and what it does to the state.
 #[derive(Debug, Clone)]
 pub struct Append<'a> {
@@ -101,17 +162,17 @@ pub enum StateChange<'a> {
     None,
 }
 
-/// `KEYS`: meta, log, state. `ARGV`: channel, fence, maxlen, then 5 per event: body rest,
-/// event id, state field, `S`/`D`/`-`, row.
+/// `KEYS`: meta, log, state. `ARGV`: channel, fence, maxlen, epoch, frame prefix (see
+/// [`frame_prefix`]), then 5 per event: body rest, event id, state field, `S`/`D`/`-`, row.
 const PUBLISH: &str = r#"
 local meta, log, state = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('HGET', meta, 'fence') ~= ARGV[2] then
+local current = redis.call('HMGET', meta, 'fence', 'epoch', 'seq')
+if current[1] ~= ARGV[2] or current[2] ~= ARGV[4] then
   return redis.error_reply('FENCED another publisher took over, or redis lost its data')
 end
-local epoch = redis.call('HGET', meta, 'epoch')
-local seq = tonumber(redis.call('HGET', meta, 'seq'))
-local prefix = '{"type":"event","epoch":"' .. epoch .. '","pos":'
-for i = 4, #ARGV, 5 do
+local seq = tonumber(current[3])
+local prefix = ARGV[5]
+for i = 6, #ARGV, 5 do
   seq = seq + 1
   local frame = prefix .. string.format('%d', seq) .. ',' .. ARGV[i]
   if ARGV[i + 1] ~= '' then
@@ -130,37 +191,62 @@ redis.call('HSET', meta, 'seq', string.format('%d', seq))
 return seq
 "#;
 
-/// `KEYS`: meta, log, state. `ARGV`: epoch to use if the history is new, tail length.
-/// Returns fence, epoch, seq, seeded, and the event ids of the last `tail` entries.
+/// `KEYS`: meta, log, state. `ARGV`: epoch to use if a new history starts, tail length, and
+/// `restart` to start a new history whatever Redis holds. A history whose building was
+/// interrupted (entries appended, never seeded) is replaced too: its positions may already
+/// have been seen, so it cannot simply be built again.
+/// Returns fence, epoch, seq, seeded, and (event id, position) pairs of the last `tail` entries.
 const CLAIM: &str = r#"
 local meta, log, state = KEYS[1], KEYS[2], KEYS[3]
 local fence = redis.call('HINCRBY', meta, 'fence', 1)
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
+local current = redis.call('HMGET', meta, 'epoch', 'seq', 'seeded')
+local epoch = current[1]
+if not epoch or ARGV[3] == 'restart' or (current[3] == '0' and current[2] ~= '0') then
   epoch = ARGV[1]
   redis.call('DEL', log, state)
+  redis.call('HDEL', meta, 'bridge_epoch', 'bridge_from', 'bridge_to')
   redis.call('HSET', meta, 'epoch', epoch, 'seq', '0', 'seeded', '0')
 end
-local ids = {}
+local tail = {}
 for _, entry in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', ARGV[2])) do
   local fields = entry[2]
   for j = 1, #fields, 2 do
-    if fields[j] == 'e' then table.insert(ids, fields[j + 1]) end
+    if fields[j] == 'e' then
+      table.insert(tail, fields[j + 1])
+      table.insert(tail, string.match(entry[1], '^(%d+)'))
+    end
   end
 end
-return {fence, epoch, redis.call('HGET', meta, 'seq'), redis.call('HGET', meta, 'seeded'), ids}
+return {fence, epoch, redis.call('HGET', meta, 'seq'), redis.call('HGET', meta, 'seeded'), tail}
 "#;
 
-/// `KEYS`: meta, state. `ARGV`: fence, flags (`F`: first chunk, clear the state; `D`: last
-/// chunk, mark seeded), then field/row pairs to add.
-const SEED: &str = r#"
-local meta, state = KEYS[1], KEYS[2]
-if redis.call('HGET', meta, 'fence') ~= ARGV[1] then
+/// `KEYS`: meta. `ARGV`: fence, epoch, bridged epoch, from, to. Only a history that has no
+/// entries yet can be given a bridge: its positions must all mean what the bridge says.
+const BRIDGE: &str = r#"
+local current = redis.call('HMGET', KEYS[1], 'fence', 'epoch', 'seq')
+if current[1] ~= ARGV[1] or current[2] ~= ARGV[2] or current[3] ~= '0' then
   return redis.error_reply('FENCED another publisher took over, or redis lost its data')
 end
-if string.find(ARGV[2], 'F') then redis.call('DEL', state) end
-if #ARGV > 2 then redis.call('HSET', state, unpack(ARGV, 3)) end
-if string.find(ARGV[2], 'D') then redis.call('HSET', meta, 'seeded', '1') end
+redis.call('HSET', KEYS[1], 'bridge_epoch', ARGV[3], 'bridge_from', ARGV[4], 'bridge_to', ARGV[5])
+return 1
+"#;
+
+/// `KEYS`: meta. Returns epoch, seq, and the bridge fields.
+const HEAD: &str = r#"
+return redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'bridge_epoch', 'bridge_from', 'bridge_to')
+"#;
+
+/// `KEYS`: meta, state. `ARGV`: fence, epoch, flags (`F`: first chunk, clear the state; `D`:
+/// last chunk, mark seeded), then field/row pairs to add.
+const SEED: &str = r#"
+local meta, state = KEYS[1], KEYS[2]
+local current = redis.call('HMGET', meta, 'fence', 'epoch')
+if current[1] ~= ARGV[1] or current[2] ~= ARGV[2] then
+  return redis.error_reply('FENCED another publisher took over, or redis lost its data')
+end
+if string.find(ARGV[3], 'F') then redis.call('DEL', state) end
+if #ARGV > 3 then redis.call('HSET', state, unpack(ARGV, 4)) end
+if string.find(ARGV[3], 'D') then redis.call('HSET', meta, 'seeded', '1') end
 return 1
 "#;
 
@@ -181,9 +267,9 @@ pub struct Claim {
     pub seq: u64,
     /// Whether the state hash was filled from the table for this epoch.
     pub seeded: bool,
-    /// Event ids of the newest log entries (what a crashed predecessor may have appended but
-    /// not marked as published).
-    pub recent_event_ids: Vec<i64>,
+    /// `(event id, position)` of the newest log entries, newest first (what a crashed
+    /// predecessor may have appended but not marked as published).
+    pub recent: Vec<(i64, u64)>,
 }
 
 /// A consistent view of the state: rows as of position `pos`.
@@ -209,6 +295,8 @@ pub struct Log {
     claim: Script,
     seed: Script,
     snapshot: Script,
+    bridge: Script,
+    head: Script,
 }
 
 /// Whether a Redis error is the publish script refusing a fenced-off publisher.
@@ -226,6 +314,8 @@ impl Log {
             claim: Script::new(CLAIM),
             seed: Script::new(SEED),
             snapshot: Script::new(SNAPSHOT),
+            bridge: Script::new(BRIDGE),
+            head: Script::new(HEAD),
         }
     }
 
@@ -235,23 +325,48 @@ impl Log {
     }
 
     /// Takes over appending: bumps the fence (a previous publisher's next append fails),
-    /// starting a new epoch named `new_epoch` if Redis has no history.
+    /// starting a new epoch named `new_epoch` if Redis has no (complete) history, or if
+    /// `restart` says the one it has cannot be trusted.
     pub async fn claim<C: ConnectionLike>(
         &self,
         conn: &mut C,
         new_epoch: &str,
         tail: usize,
+        restart: bool,
     ) -> redis::RedisResult<Claim> {
-        let (fence, epoch, seq, seeded, ids): (i64, String, u64, String, Vec<i64>) = self
+        let (fence, epoch, seq, seeded, flat): (i64, String, u64, String, Vec<u64>) = self
             .claim
             .key(&self.keys.meta)
             .key(&self.keys.log)
             .key(&self.keys.state)
             .arg(new_epoch)
             .arg(tail)
+            .arg(if restart { "restart" } else { "" })
             .invoke_async(conn)
             .await?;
-        Ok(Claim { fence, epoch, seq, seeded: seeded == "1", recent_event_ids: ids })
+        let recent = flat.chunks_exact(2).map(|pair| (pair[0] as i64, pair[1])).collect();
+        Ok(Claim { fence, epoch, seq, seeded: seeded == "1", recent })
+    }
+
+    /// Records that the new, still empty history `epoch` re-offers `bridge`.
+    ///
+    /// # Errors
+    /// A Redis error; [`is_fenced`] when the claim is stale or the history has entries already.
+    pub async fn set_bridge<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        claim: &Claim,
+        bridge: &Bridge,
+    ) -> redis::RedisResult<()> {
+        self.bridge
+            .key(&self.keys.meta)
+            .arg(claim.fence)
+            .arg(&claim.epoch)
+            .arg(&bridge.epoch)
+            .arg(bridge.from)
+            .arg(bridge.to)
+            .invoke_async::<()>(conn)
+            .await
     }
 
     /// Fills the state from the table, in chunks: `first` clears what a failed earlier attempt
@@ -259,14 +374,14 @@ impl Log {
     pub async fn seed<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        fence: i64,
+        claim: &Claim,
         rows: &[(String, String)],
         first: bool,
         last: bool,
     ) -> redis::RedisResult<()> {
         let flags = format!("{}{}-", if first { "F" } else { "" }, if last { "D" } else { "" });
         let mut call = self.seed.key(&self.keys.meta);
-        call.key(&self.keys.state).arg(fence).arg(flags);
+        call.key(&self.keys.state).arg(claim.fence).arg(&claim.epoch).arg(flags);
         for (field, row) in rows {
             call.arg(field).arg(row);
         }
@@ -280,12 +395,18 @@ impl Log {
     pub async fn append<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        fence: i64,
+        claim: &Claim,
         maxlen: usize,
         events: &[Append<'_>],
     ) -> redis::RedisResult<u64> {
         let mut call = self.publish.key(&self.keys.meta);
-        call.key(&self.keys.log).key(&self.keys.state).arg(&self.channel).arg(fence).arg(maxlen);
+        call.key(&self.keys.log)
+            .key(&self.keys.state)
+            .arg(&self.channel)
+            .arg(claim.fence)
+            .arg(maxlen)
+            .arg(&claim.epoch)
+            .arg(frame_prefix(&claim.epoch));
         for e in events {
             call.arg(e.body_rest).arg(e.event_id.map(|i| i.to_string()).unwrap_or_default());
             match e.state {
@@ -299,9 +420,19 @@ impl Log {
 
     /// The current epoch and last position, if a history exists.
     pub async fn head<C: ConnectionLike + Send>(&self, conn: &mut C) -> redis::RedisResult<Option<Position>> {
-        let (epoch, seq): (Option<String>, Option<u64>) =
-            redis::cmd("HMGET").arg(&self.keys.meta).arg("epoch").arg("seq").query_async(conn).await?;
-        Ok(epoch.map(|epoch| Position { epoch, pos: seq.unwrap_or(0) }))
+        Ok(self.head_with_bridge(conn).await?.map(|head| head.position))
+    }
+
+    /// The current epoch, its last position and its bridge from the previous history, read
+    /// together.
+    pub async fn head_with_bridge<C: ConnectionLike + Send>(&self, conn: &mut C) -> redis::RedisResult<Option<Head>> {
+        type Fields = (Option<String>, Option<u64>, Option<String>, Option<u64>, Option<u64>);
+        let (epoch, seq, bridge_epoch, from, to): Fields = self.head.key(&self.keys.meta).invoke_async(conn).await?;
+        let bridge = match (bridge_epoch, from, to) {
+            (Some(epoch), Some(from), Some(to)) => Some(Bridge { epoch, from, to }),
+            _ => None,
+        };
+        Ok(epoch.map(|epoch| Head { position: Position { epoch, pos: seq.unwrap_or(0) }, bridge }))
     }
 
     /// The oldest position still in the log, if any.
@@ -373,6 +504,31 @@ mod tests {
         for bad in ["1042", "k3:x", ":5", ""] {
             assert!(Position::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bridge_translates_the_positions_it_re_offers() {
+        // New positions 1..=5 re-offer old positions 96..=100.
+        let bridge = Bridge { epoch: "old".into(), from: 96, to: 100 };
+        let at = |pos| Position { epoch: "old".into(), pos };
+        let new = |pos| Some(Position { epoch: "new".into(), pos });
+        assert_eq!(bridge.translate("new", &at(95)), new(0), "saw everything before the bridge");
+        assert_eq!(bridge.translate("new", &at(98)), new(3));
+        assert_eq!(bridge.translate("new", &at(100)), new(5));
+        assert_eq!(bridge.translate("new", &at(94)), None, "event 95 is re-offered by nobody");
+        assert_eq!(bridge.translate("new", &at(101)), None, "beyond what the outbox recorded");
+        assert_eq!(bridge.translate("new", &Position { epoch: "other".into(), pos: 98 }), None);
+        let head = Head { position: Position { epoch: "new".into(), pos: 9 }, bridge: Some(bridge) };
+        assert_eq!(head.translate(&Position { epoch: "new".into(), pos: 4 }), new(4), "the current history as is");
+        assert_eq!(head.translate(&at(99)), new(4));
+    }
+
+    #[test]
+    fn frames_begin_with_their_history_prefix() {
+        let f = frame("k3x", 7, r#""id":1,"operation":"INSERT","order":{}}"#);
+        assert_eq!(f, r#"{"type":"event","epoch":"k3x","pos":7,"id":1,"operation":"INSERT","order":{}}"#);
+        assert!(f.starts_with(&frame_prefix("k3x")));
+        assert!(!f.starts_with(&frame_prefix("k3")));
     }
 
     #[test]

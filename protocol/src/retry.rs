@@ -111,13 +111,21 @@ pub enum Flow {
 #[derive(Debug)]
 pub struct Supervisor {
     what: &'static str,
+    server: String,
     backoff: Backoff,
 }
 
 impl Supervisor {
     /// A supervisor for sessions named `what` in logs.
     pub fn new(what: &'static str, policy: RetryPolicy) -> Self {
-        Self { what, backoff: policy.backoff() }
+        Self { what, server: String::new(), backoff: policy.backoff() }
+    }
+
+    /// Names the server in every log line (pass it through [`crate::env::redact_url`]): an
+    /// error such as a refused password then says which server refused it.
+    pub fn for_server(mut self, server: String) -> Self {
+        self.server = server;
+        self
     }
 
     /// Decides after a session that began at `started` ended with `ended`: stop on
@@ -139,7 +147,7 @@ impl Supervisor {
         let err = match ended {
             Ok(()) => return Ok(Flow::Stop),
             Err(err) if err.is_fatal() => {
-                error!(session = self.what, error = %error_chain(&err), "session failed; not retrying");
+                error!(session = self.what, server = %self.server, error = %error_chain(&err), "session failed; not retrying");
                 return Err(err);
             }
             Err(err) => err,
@@ -149,7 +157,10 @@ impl Supervisor {
         }
         reconnects.inc();
         let delay = self.backoff.next_delay(started);
-        warn!(session = self.what, delay_ms = delay.as_millis() as u64, error = %error_chain(&err), "session ended; reconnecting");
+        warn!(
+            session = self.what, server = %self.server, delay_ms = delay.as_millis() as u64, error = %error_chain(&err),
+            "session ended; reconnecting"
+        );
         tokio::select! {
             biased;
             () = shutdown.cancelled() => Ok(Flow::Stop),

@@ -3,7 +3,7 @@
 use futures_util::StreamExt;
 use protocol::{
     channel::ChannelName,
-    log::{Append, Log, StateChange, is_fenced},
+    log::{Append, Bridge, Log, Position, StateChange, frame, is_fenced},
 };
 use testkit::RedisServer;
 
@@ -22,11 +22,11 @@ async fn append_orders_publishes_logs_and_tracks_state_in_one_step() {
     pubsub.subscribe("orders_updates").await.unwrap();
     let mut messages = pubsub.into_on_message();
 
-    let claim = log.claim(&mut conn, "epochA", 10).await.unwrap();
+    let claim = log.claim(&mut conn, "epochA", 10, false).await.unwrap();
     assert_eq!((claim.fence, claim.epoch.as_str(), claim.seq, claim.seeded), (1, "epochA", 0, false));
-    log.seed(&mut conn, claim.fence, &[("orders:8".into(), r#"{"id":8}"#.into())], true, false).await.unwrap();
+    log.seed(&mut conn, &claim, &[("orders:8".into(), r#"{"id":8}"#.into())], true, false).await.unwrap();
     // A seed that starts over clears what an interrupted one left.
-    log.seed(&mut conn, claim.fence, &[("orders:9".into(), r#"{"id":9}"#.into())], true, true).await.unwrap();
+    log.seed(&mut conn, &claim, &[("orders:9".into(), r#"{"id":9}"#.into())], true, true).await.unwrap();
 
     let events = [
         append(
@@ -41,10 +41,14 @@ async fn append_orders_publishes_logs_and_tracks_state_in_one_step() {
         ),
         append(r#""id":3,"operation":"DELETE","order":{"id":9}}"#, 103, StateChange::Delete { field: "orders:9" }),
     ];
-    assert_eq!(log.append(&mut conn, claim.fence, 1000, &events).await.unwrap(), 3);
+    assert_eq!(log.append(&mut conn, &claim, 1000, &events).await.unwrap(), 3);
 
     let frames = log.read_after(&mut conn, 0, 10).await.unwrap();
     assert_eq!(frames.len(), 3);
+    // The one definition of the frame format is what the real script writes.
+    for ((pos, written), event) in frames.iter().zip(&events) {
+        assert_eq!(written, &frame("epochA", *pos, event.body_rest));
+    }
     assert_eq!(
         frames[0],
         (1, r#"{"type":"event","epoch":"epochA","pos":1,"id":1,"operation":"INSERT","order":{"id":1}}"#.to_owned())
@@ -61,18 +65,59 @@ async fn append_orders_publishes_logs_and_tracks_state_in_one_step() {
     assert_eq!(snapshot.rows, vec![("orders:1".to_owned(), r#"{"id":1,"s":2}"#.to_owned())]);
 
     // A second claim fences the first publisher off and sees what it appended.
-    let second = log.claim(&mut conn, "unused", 10).await.unwrap();
+    let second = log.claim(&mut conn, "unused", 10, false).await.unwrap();
     assert_eq!((second.fence, second.epoch.as_str(), second.seq, second.seeded), (2, "epochA", 3, true));
-    assert_eq!(second.recent_event_ids, vec![103, 102, 101]);
-    let err = log.append(&mut conn, claim.fence, 1000, &events[..1]).await.unwrap_err();
+    assert_eq!(second.recent, vec![(103, 3), (102, 2), (101, 1)]);
+    let err = log.append(&mut conn, &claim, 1000, &events[..1]).await.unwrap_err();
     assert!(is_fenced(&err), "{err}");
 
-    // Redis restarted empty: the next claim starts a new history.
+    // Redis restarted empty: the next claim starts a new history. The old claim's fence (2)
+    // comes round again in it, but its epoch does not: still fenced off.
     redis.restart().await;
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let err = log.append(&mut conn, second.fence, 1000, &events[..1]).await.unwrap_err();
+    let err = log.append(&mut conn, &second, 1000, &events[..1]).await.unwrap_err();
     assert!(is_fenced(&err), "{err}");
-    let fresh = log.claim(&mut conn, "epochB", 10).await.unwrap();
+    let fresh = log.claim(&mut conn, "epochB", 10, false).await.unwrap();
     assert_eq!((fresh.epoch.as_str(), fresh.seq, fresh.seeded), ("epochB", 0, false));
-    assert!(fresh.recent_event_ids.is_empty());
+    assert!(fresh.recent.is_empty());
+    let again = log.claim(&mut conn, "unused", 10, false).await.unwrap();
+    assert_eq!((again.fence, again.epoch.as_str()), (2, "epochB"), "same fence number as `second`");
+    let err = log.append(&mut conn, &second, 1000, &events[..1]).await.unwrap_err();
+    assert!(is_fenced(&err), "a stale claim with a recurring fence number: {err}");
+}
+
+#[tokio::test]
+async fn a_new_history_carries_its_bridge_and_an_interrupted_one_is_replaced() {
+    let redis = RedisServer::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log = Log::new(&ChannelName::parse("orders_updates").unwrap());
+
+    let claim = log.claim(&mut conn, "epochB", 10, false).await.unwrap();
+    let bridge = Bridge { epoch: "epochA".into(), from: 41, to: 42 };
+    log.set_bridge(&mut conn, &claim, &bridge).await.unwrap();
+    let head = log.head_with_bridge(&mut conn).await.unwrap().unwrap();
+    assert_eq!(head.bridge.as_ref(), Some(&bridge));
+    let old = Position { epoch: "epochA".into(), pos: 41 };
+    assert_eq!(head.translate(&old), Some(Position { epoch: "epochB".into(), pos: 1 }));
+
+    let rest = r#""id":7,"operation":"INSERT","order":{"id":1}}"#;
+    let event = Append { body_rest: rest, event_id: Some(7), state: StateChange::None };
+    log.append(&mut conn, &claim, 1000, std::slice::from_ref(&event)).await.unwrap();
+    let err = log.set_bridge(&mut conn, &claim, &bridge).await.unwrap_err();
+    assert!(is_fenced(&err), "a history with entries cannot be given a bridge: {err}");
+
+    // The publisher died before seeding: positions of epochB may have been seen, so the next
+    // claim starts another history rather than appending to this one again.
+    let next = log.claim(&mut conn, "epochC", 10, false).await.unwrap();
+    assert_eq!((next.epoch.as_str(), next.seq, next.seeded), ("epochC", 0, false));
+    assert_eq!(log.head_with_bridge(&mut conn).await.unwrap().unwrap().bridge, None);
+    assert!(log.read_after(&mut conn, 0, 10).await.unwrap().is_empty());
+
+    // `restart` replaces even a complete history (Redis came back with less than was appended).
+    log.seed(&mut conn, &next, &[], true, true).await.unwrap();
+    log.append(&mut conn, &next, 1000, std::slice::from_ref(&event)).await.unwrap();
+    assert_eq!(log.claim(&mut conn, "epochD", 10, false).await.unwrap().epoch, "epochC");
+    let restarted = log.claim(&mut conn, "epochD", 10, true).await.unwrap();
+    assert_eq!((restarted.epoch.as_str(), restarted.seq, restarted.seeded), ("epochD", 0, false));
 }

@@ -1,12 +1,12 @@
-//! The active publisher's work within one session: drain the outbox into the replay log,
-//! and claim the log (seeding the state when a new history starts). See `relay` for how a
-//! publisher becomes active and what a session is.
+//! The active publisher's work within one session: drain the outbox into the replay log, and
+//! claim the log (building a new history when Redis has none: see `history`). See `relay` for
+//! how a publisher becomes active and what a session is.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use protocol::{
-    event::{Change, Notification, Operation, parse_notification},
-    log::{Append, Claim, Log, StateChange, is_fenced},
+    event::{Change, Notification, parse_notification},
+    log::{Claim, Log, is_fenced},
     retry::Flow,
 };
 use sqlx::postgres::{PgListener, PgNotification};
@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    batch::Batch,
     config::Config,
     forward::Redis,
+    history::{self, Built},
     outbox,
     relay::{QUERY_TIMEOUT, SessionError, bounded},
     stats::Stats,
@@ -34,29 +36,70 @@ pub(crate) enum Drained {
 
 /// The active publisher's state within one session.
 pub(crate) struct Active<'a> {
-    config: &'a Config,
-    stats: &'a Stats,
-    log: &'a Log,
+    pub(crate) config: &'a Config,
+    pub(crate) stats: &'a Stats,
+    pub(crate) log: &'a Log,
     claim: Option<Claim>,
     claimed_generation: u64,
-    /// The claim's recent event ids, as a set: built once per claim, not once per drain.
-    recent: HashSet<i64>,
-    /// Changes from a hand-made legacy trigger: they exist only in the notification.
+    /// The claim's recent `event id → position`, built once per claim, not once per drain.
+    recent: HashMap<i64, u64>,
+    /// Changes from a hand-made legacy trigger (legacy mode only): they exist only in the
+    /// notification.
     legacy: Vec<Change>,
+    /// The newest position this publisher knows to be in the log of the claimed history.
+    appended: u64,
+    /// A batch whose append failed without an answer: Redis may have written and published it
+    /// (at the positions after `appended`) before it went away.
+    pub(crate) in_doubt: Option<InDoubt>,
+}
+
+/// An append whose outcome is unknown. If Redis comes back with its data, the claim shows
+/// whether the batch is in the log. If Redis lost its data, replicas may still have delivered
+/// the batch at these positions, so the new history's bridge re-offers it there.
+#[derive(Debug)]
+pub(crate) struct InDoubt {
+    pub(crate) epoch: String,
+    /// The position its first event would have had.
+    pub(crate) first: u64,
+    pub(crate) batch: Batch,
 }
 
 impl<'a> Active<'a> {
     pub(crate) fn new(config: &'a Config, stats: &'a Stats, log: &'a Log) -> Self {
-        Self { config, stats, log, claim: None, claimed_generation: 0, recent: HashSet::new(), legacy: Vec::new() }
+        Self {
+            config,
+            stats,
+            log,
+            claim: None,
+            claimed_generation: 0,
+            recent: HashMap::new(),
+            legacy: Vec::new(),
+            appended: 0,
+            in_doubt: None,
+        }
     }
 
-    /// Looks at one notification: the project's trigger's are wake-ups (the outbox has the
-    /// change); a legacy payload is kept to append; anything else is skipped with a log line.
+    /// Looks at one notification. The project's trigger's are wake-ups: the outbox row, written
+    /// in the same transaction, is the change, whatever the payload says. A payload without an
+    /// outbox id is not a committed change we can vouch for: kept only in legacy mode, and
+    /// otherwise rejected with a log line (anyone who may connect can `pg_notify`).
     pub(crate) fn note(&mut self, n: &PgNotification) {
         let stats = self.stats;
         stats.notifications.inc();
         match parse_notification(n.payload()) {
-            Ok(Notification::Change(change)) if change.id.is_none() => self.legacy.push(change),
+            Ok(Notification::Change(change)) if change.id.is_none() => {
+                if self.config.legacy_payloads {
+                    self.legacy.push(change);
+                } else {
+                    let preview: String = n.payload().chars().take(200).collect();
+                    warn!(
+                        payload = %preview,
+                        "rejected a notification that is not from the realtime_notify trigger (no outbox id); \
+                         set PUBLISHER_LEGACY_PAYLOADS=true only for a database with a hand-made legacy trigger"
+                    );
+                    stats.rejected.inc();
+                }
+            }
             Ok(_) => {}
             Err(err) => {
                 let preview: String = n.payload().chars().take(200).collect();
@@ -80,70 +123,75 @@ impl<'a> Active<'a> {
                     return Ok(Drained::Stopped);
                 };
                 self.claimed_generation = redis.generation();
-                self.recent = claim.recent_event_ids.iter().copied().collect();
+                self.recent = claim.recent.iter().copied().collect();
+                self.appended = claim.seq;
+                // The claim settled it: the history it names is complete, and its tail shows
+                // what of the batch reached it.
+                self.in_doubt = None;
                 self.claim = Some(claim);
             }
             let claim = self.claim.as_ref().expect("claimed above");
 
             let rows = bounded(QUERY_TIMEOUT, outbox::unpublished(pg, config.batch_max)).await??;
             let full = rows.len() == config.batch_max;
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut changes = Vec::with_capacity(rows.len() + self.legacy.len());
+            let mut marks = Vec::with_capacity(rows.len());
+            let mut batch = Batch::default();
             for (id, payload) in &rows {
-                ids.push(*id);
-                if self.recent.contains(id) {
-                    continue; // Appended by the previous holder of the log; only the mark is missing.
+                if let Some(&pos) = self.recent.get(id) {
+                    // Appended by the previous holder of the log; only the mark is missing.
+                    marks.push((*id, Some(pos)));
+                    continue;
                 }
                 match parse_notification(payload) {
-                    Ok(Notification::Change(change)) => changes.push(change),
+                    Ok(Notification::Change(change)) => batch.push(change),
                     _ => {
                         warn!(event_id = id, "realtime_events row is not a change; skipped");
                         stats.skipped.inc();
+                        marks.push((*id, None));
                     }
                 }
             }
-            changes.append(&mut self.legacy);
-            if changes.is_empty() && ids.is_empty() {
+            let legacy = std::mem::take(&mut self.legacy);
+            for change in &legacy {
+                let current = match change.row_key() {
+                    Some(key) => {
+                        let (table, id) = key.split_once(':').expect("row keys are table:id");
+                        bounded(QUERY_TIMEOUT, outbox::current_row(pg, table, id)).await??
+                    }
+                    None => None,
+                };
+                batch.push_verified(change.clone(), current);
+            }
+            if batch.is_empty() && marks.is_empty() {
                 return Ok(Drained::All);
             }
 
-            let bodies: Vec<(String, Option<String>)> =
-                changes.iter().map(|c| (c.to_log_body_rest(), c.row_key())).collect();
-            let appends: Vec<Append<'_>> = changes
-                .iter()
-                .zip(&bodies)
-                .map(|(c, (body, key))| Append {
-                    body_rest: body,
-                    event_id: c.id,
-                    state: match (key, c.operation) {
-                        (None, _) => StateChange::None,
-                        (Some(field), Operation::Delete) => StateChange::Delete { field },
-                        (Some(field), _) => StateChange::Set { field, row: c.order.get() },
-                    },
-                })
-                .collect();
-            if !appends.is_empty() {
+            if !batch.is_empty() {
                 let appended = {
                     let Some(conn) = redis.connection(shutdown).await? else { return Ok(Drained::Stopped) };
-                    log.append(conn, claim.fence, config.log_maxlen, &appends).await
+                    log.append(conn, claim, config.log_maxlen, &batch.appends()).await
                 };
                 match appended {
-                    Ok(pos) => {
-                        stats.published.add(appends.len() as u64);
+                    Ok(last) => {
+                        stats.published.add(batch.len() as u64);
                         stats.batches.inc();
-                        debug!(events = appends.len(), pos, "appended");
+                        debug!(events = batch.len(), pos = last, "appended");
+                        marks.extend(batch.marks(last));
+                        self.appended = last;
                     }
                     Err(e) if is_fenced(&e) => {
                         // Redis lost its data, or another publisher claimed the log. We still
                         // hold the lock if our session is alive: claim again (the next query
                         // fails first if it is not).
                         warn!(error = %e, "log claim lost; claiming again");
-                        self.legacy = changes.into_iter().filter(|c| c.id.is_none()).collect();
+                        self.legacy = legacy;
                         self.claim = None;
                         continue;
                     }
                     Err(e) => {
-                        self.legacy = changes.into_iter().filter(|c| c.id.is_none()).collect();
+                        self.legacy = legacy;
+                        let first = self.appended + 1;
+                        self.in_doubt = Some(InDoubt { epoch: claim.epoch.clone(), first, batch });
                         if redis.failed(e, shutdown).await? == Flow::Stop {
                             return Ok(Drained::Stopped);
                         }
@@ -151,12 +199,12 @@ impl<'a> Active<'a> {
                     }
                 }
             }
-            bounded(QUERY_TIMEOUT, outbox::mark_published(pg, &ids)).await??;
+            bounded(QUERY_TIMEOUT, outbox::mark_published(pg, &claim.epoch, &marks)).await??;
             return Ok(if full { Drained::More } else { Drained::All });
         }
     }
 
-    /// Claims the log; seeds the state from the tables when the history is new.
+    /// Claims the log; builds a new history when Redis has no complete one.
     async fn claim(
         &mut self,
         redis: &mut Redis<'_>,
@@ -164,10 +212,11 @@ impl<'a> Active<'a> {
         shutdown: &CancellationToken,
     ) -> Result<Option<Claim>, SessionError> {
         let (config, stats, log) = (self.config, self.stats, self.log);
+        let mut restart = false;
         loop {
             let claimed = {
                 let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
-                log.claim(conn, &new_epoch(), config.batch_max * 2).await
+                log.claim(conn, &new_epoch(), config.batch_max * 2, restart).await
             };
             let claim = match claimed {
                 Ok(claim) => claim,
@@ -179,34 +228,29 @@ impl<'a> Active<'a> {
                 }
             };
             stats.claims.inc();
+            restart = false;
             if claim.seeded {
+                let recorded = bounded(QUERY_TIMEOUT, outbox::recorded_head(pg, &claim.epoch)).await??;
+                if recorded.is_some_and(|pos| pos > claim.seq) {
+                    // Positions after `claim.seq` were seen by clients; appending there again
+                    // would give them other events. Only a new history is safe.
+                    warn!(
+                        epoch = %claim.epoch, redis = claim.seq, recorded = ?recorded,
+                        "redis holds less of the history than was appended (restored from an older save?); starting a new history"
+                    );
+                    restart = true;
+                    continue;
+                }
                 info!(epoch = %claim.epoch, pos = claim.seq, fence = claim.fence, "claimed the replay log");
                 return Ok(Some(claim));
             }
-            // A new history: its state starts as the tables are now.
-            let rows = bounded(QUERY_TIMEOUT, outbox::snapshot(pg, &config.snapshot_tables)).await??;
-            let chunks: Vec<&[(String, String)]> =
-                if rows.is_empty() { vec![&[]] } else { rows.chunks(1000).collect() };
-            let mut seeded = Ok(());
-            for (i, chunk) in chunks.iter().enumerate() {
-                let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
-                seeded = log.seed(conn, claim.fence, chunk, i == 0, i + 1 == chunks.len()).await;
-                if seeded.is_err() {
-                    break;
+            match history::build(self, redis, pg, claim, shutdown).await? {
+                Built::Ready(claim) => {
+                    self.in_doubt = None;
+                    return Ok(Some(claim));
                 }
-            }
-            match seeded {
-                Ok(()) => {
-                    stats.seeded_rows.add(rows.len() as u64);
-                    info!(epoch = %claim.epoch, rows = rows.len(), "started a new history; state seeded from the tables");
-                    return Ok(Some(Claim { seeded: true, ..claim }));
-                }
-                Err(e) if is_fenced(&e) => continue,
-                Err(e) => {
-                    if redis.failed(e, shutdown).await? == Flow::Stop {
-                        return Ok(None);
-                    }
-                }
+                Built::Again => {}
+                Built::Stopped => return Ok(None),
             }
         }
     }

@@ -24,6 +24,15 @@ pub struct Config {
     pub health_port: u16,
     /// Apply the embedded `sql/` migrations at start (`PUBLISHER_MIGRATE`, default true).
     pub migrate: bool,
+    /// Accept the original design's two-field NOTIFY payload (`{"operation","order"}`) from a
+    /// hand-made trigger, for a database the publisher may not migrate
+    /// (`PUBLISHER_LEGACY_PAYLOADS`, default false). Off, such payloads are rejected: with the
+    /// project's trigger a notification only wakes the publisher, and the outbox is the truth.
+    pub legacy_payloads: bool,
+    /// Newest events of the previous history re-offered when Redis lost its data
+    /// (`PUBLISHER_BRIDGE_EVENTS`, default 10000): replicas and clients up to this many events
+    /// behind continue in the new history without a reset.
+    pub bridge_events: usize,
     /// Largest number of events read from the outbox and appended to Redis in one step
     /// (`PUBLISHER_BATCH`, default 512).
     pub batch_max: usize,
@@ -60,6 +69,8 @@ impl fmt::Debug for Config {
             .field("redis_channel", &self.redis_channel.as_str())
             .field("health_port", &self.health_port)
             .field("migrate", &self.migrate)
+            .field("legacy_payloads", &self.legacy_payloads)
+            .field("bridge_events", &self.bridge_events)
             .field("batch_max", &self.batch_max)
             .field("log_maxlen", &self.log_maxlen)
             .field("outbox_retention", &self.outbox_retention)
@@ -95,6 +106,8 @@ impl Config {
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
             health_port: env.parse("HEALTH_PORT", 9100, "a port number (0-65535)"),
             migrate: env.flag("PUBLISHER_MIGRATE", true),
+            legacy_payloads: env.flag("PUBLISHER_LEGACY_PAYLOADS", false),
+            bridge_events: env.parse("PUBLISHER_BRIDGE_EVENTS", 10_000, "a whole number of events (0: no bridge)"),
             batch_max: env.positive("PUBLISHER_BATCH", 512),
             log_maxlen: env.positive("PUBLISHER_LOG_MAXLEN", 100_000),
             outbox_retention: env.duration("PUBLISHER_OUTBOX_RETENTION", Duration::from_secs(24 * 3600)),
@@ -107,7 +120,8 @@ impl Config {
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty())
                 .collect(),
-            keepalive_interval: Duration::from_secs(5),
+            // Short: a killed Redis is noticed within it (nothing else is sent to an idle one).
+            keepalive_interval: Duration::from_secs(1),
             retry: env.retry_policy(),
             shutdown_grace: env.duration("PUBLISHER_SHUTDOWN_GRACE", Duration::from_secs(5)),
             log_format: env.log_format(),
@@ -142,6 +156,8 @@ mod tests {
         assert_eq!(c.redis_channel.as_str(), "orders_updates");
         assert_eq!(c.health_port, 9100);
         assert!(c.migrate);
+        assert!(!c.legacy_payloads, "legacy payloads only when asked for");
+        assert_eq!(c.bridge_events, 10_000);
     }
 
     #[test]

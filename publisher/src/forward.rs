@@ -8,7 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::retry::{Flow, Retry, Supervisor};
+use protocol::{
+    env::redact_url,
+    retry::{Flow, Retry, Supervisor},
+};
 use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -44,7 +47,9 @@ impl std::error::Error for Failure {
 }
 impl Retry for Failure {
     fn is_fatal(&self) -> bool {
-        matches!(self.0.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig)
+        // Only a URL that cannot work is fatal. A refused password is retried: credentials are
+        // often rotated on the server first (the service stays up and not ready meanwhile).
+        matches!(self.0.kind(), redis::ErrorKind::InvalidClientConfig)
     }
 }
 
@@ -66,7 +71,7 @@ impl<'a> Redis<'a> {
             conn: None,
             connected_at: Instant::now(),
             generation: 0,
-            supervisor: Supervisor::new("redis", config.retry),
+            supervisor: Supervisor::new("redis", config.retry).for_server(redact_url(&config.redis_url)),
         })
     }
 

@@ -4,8 +4,10 @@
 //! - [`config`]: [`Config`] from the environment
 //! - `migrate`: the embedded `sql/` migrations, applied at start
 //! - `relay`: the PostgreSQL session: standby/active election, LISTEN, wake-ups, keepalive
-//! - `active`: the active publisher's drain (outbox → replay log → marks) and claim/seed
-//! - `outbox`: the outbox queries (unpublished, mark, prune, snapshot)
+//! - `active`: the active publisher's drain (outbox → replay log → marks) and claim
+//! - `history`: a new history when Redis has none: bridge, backlog, seed, in one snapshot
+//! - `batch`: changes serialized once on their way to the log, and the positions they got
+//! - `outbox`: the outbox queries (unpublished, mark with positions, prune, the snapshot reads)
 //! - `forward`: the Redis connection with reconnect
 //! - `stats`: readiness and metrics behind `/healthz`, `/readyz`, `/metrics`
 //!
@@ -14,8 +16,10 @@
 //! active publisher continues from the outbox (docs/design.md, "Delivery guarantees").
 
 mod active;
+mod batch;
 pub mod config;
 mod forward;
+mod history;
 mod migrate;
 mod outbox;
 mod relay;

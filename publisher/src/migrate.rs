@@ -18,6 +18,7 @@ const FILES: &[(i64, &str, &str)] = &[
     (2, "realtime events", include_str!("../../sql/0002_realtime_events.sql")),
     (3, "notify", include_str!("../../sql/0003_notify.sql")),
     (4, "published marks", include_str!("../../sql/0004_published_marks.sql")),
+    (5, "log positions", include_str!("../../sql/0005_log_positions.sql")),
 ];
 
 #[derive(Debug)]

@@ -1,5 +1,6 @@
-//! The outbox queries: read unpublished events in id order, mark them published, prune, and
-//! take the consistent table snapshot that seeds a new history's state.
+//! The outbox queries: read unpublished events in id order, mark them published (with the
+//! log position they were appended at), prune, and the reads that start a new history in one
+//! consistent snapshot (the previous history's newest events, the backlog, the tables).
 //!
 //! They run on the publisher's PostgreSQL session (the `PgListener` connection doubles as an
 //! executor; notifications that arrive during a query are buffered by sqlx, not lost).
@@ -22,16 +23,42 @@ pub(crate) async fn unpublished(conn: &mut PgListener, limit: usize) -> sqlx::Re
         .collect()
 }
 
-/// Marks events as published (they are in the Redis log).
-pub(crate) async fn mark_published(conn: &mut PgListener, ids: &[i64]) -> sqlx::Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("UPDATE realtime_events SET published_at = clock_timestamp() WHERE id = ANY($1)")
+/// Marks events as published (they are in the Redis log), recording the position each was
+/// appended at in history `epoch` (`None`: not appended, e.g. a row that is not a change).
+pub(crate) async fn mark_published(
+    conn: &mut PgListener,
+    epoch: &str,
+    marks: &[(i64, Option<u64>)],
+) -> sqlx::Result<()> {
+    // Bounded statements: a new history may mark a whole backlog at once.
+    for chunk in marks.chunks(10_000) {
+        let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+        let positions: Vec<Option<i64>> = chunk.iter().map(|(_, pos)| pos.map(|p| p as i64)).collect();
+        sqlx::query(
+            "UPDATE realtime_events e
+             SET published_at = clock_timestamp(),
+                 log_epoch = CASE WHEN m.pos IS NULL THEN NULL ELSE $1 END,
+                 log_pos = m.pos
+             FROM unnest($2::int8[], $3::int8[]) AS m(id, pos)
+             WHERE e.id = m.id",
+        )
+        .bind(epoch)
         .bind(ids)
+        .bind(positions)
         .execute(&mut *conn)
         .await?;
+    }
     Ok(())
+}
+
+/// The newest position the outbox recorded for history `epoch`, if any. More than Redis holds
+/// means Redis came back with less than was appended (restored from an older save).
+pub(crate) async fn recorded_head(conn: &mut PgListener, epoch: &str) -> sqlx::Result<Option<u64>> {
+    let pos: Option<i64> = sqlx::query_scalar("SELECT max(log_pos) FROM realtime_events WHERE log_epoch = $1")
+        .bind(epoch)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(pos.map(|p| p as u64))
 }
 
 /// Deletes published rows older than `retention`, and beyond the newest `max_rows` published,
@@ -62,12 +89,77 @@ pub(crate) async fn prune(conn: &mut PgListener, retention: Duration, max_rows: 
     Ok(deleted)
 }
 
-/// The rows of `tables` as `(<table>:<id>, row JSON)`, read in one REPEATABLE READ snapshot
-/// that also marks every event visible in it as published: those changes are already in the
-/// rows, so a new history starts from this state and continues with later events only.
-pub(crate) async fn snapshot(conn: &mut PgListener, tables: &[String]) -> sqlx::Result<Vec<(String, String)>> {
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ").execute(&mut *conn).await?;
-    let result = async {
+/// One REPEATABLE READ snapshot of the outbox and the tables, in which a new history is built:
+/// whatever it reads (the previous history's newest events, the backlog, the rows) is one
+/// moment of the database, so the seeded state is exactly the tables after those events.
+pub(crate) struct Snapshot<'c> {
+    conn: &'c mut PgListener,
+}
+
+impl<'c> Snapshot<'c> {
+    pub(crate) async fn begin(conn: &'c mut PgListener) -> sqlx::Result<Self> {
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ").execute(&mut *conn).await?;
+        Ok(Self { conn })
+    }
+
+    /// The connection, for statements that belong in the snapshot's transaction.
+    pub(crate) fn conn(&mut self) -> &mut PgListener {
+        self.conn
+    }
+
+    /// The history the most recently published events were appended to, other than `current`.
+    pub(crate) async fn previous_epoch(&mut self, current: &str) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT log_epoch FROM realtime_events
+             WHERE published_at IS NOT NULL AND log_epoch IS NOT NULL AND log_epoch <> $1
+             ORDER BY published_at DESC LIMIT 1",
+        )
+        .bind(current)
+        .fetch_optional(&mut *self.conn)
+        .await
+    }
+
+    /// The newest events recorded at consecutive positions of history `epoch`, at most
+    /// `limit`, oldest first: `(position, id, change JSON)`. A hole (a pruned row) ends the
+    /// run, so the positions returned are exactly `first..=last`.
+    pub(crate) async fn recorded_tail(&mut self, epoch: &str, limit: usize) -> sqlx::Result<Vec<(u64, i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT log_pos, id, payload::text FROM realtime_events
+             WHERE log_epoch = $1 AND log_pos IS NOT NULL ORDER BY log_pos DESC LIMIT $2",
+        )
+        .bind(epoch)
+        .bind(limit as i64)
+        .fetch_all(&mut *self.conn)
+        .await?;
+        let mut run: Vec<(u64, i64, String)> = Vec::with_capacity(rows.len());
+        for row in rows {
+            let pos = row.try_get::<i64, _>(0)? as u64;
+            if run.last().is_some_and(|(newer, ..)| *newer != pos + 1) {
+                break;
+            }
+            run.push((pos, row.try_get(1)?, row.try_get(2)?));
+        }
+        run.reverse();
+        Ok(run)
+    }
+
+    /// Up to `limit` unpublished events with ids above `after`, oldest id first. Paging by
+    /// id is exact here: the snapshot does not change between pages.
+    pub(crate) async fn unpublished_after(&mut self, after: i64, limit: usize) -> sqlx::Result<Vec<(i64, String)>> {
+        sqlx::query(
+            "SELECT id, payload::text FROM realtime_events WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&mut *self.conn)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+    }
+
+    /// The rows of `tables` as `(<table>:<id>, row JSON)`.
+    pub(crate) async fn rows(&mut self, tables: &[String]) -> sqlx::Result<Vec<(String, String)>> {
         let mut rows = Vec::new();
         for table in tables {
             // Table names are validated at startup (a-z, 0-9, _); quote them anyway.
@@ -75,25 +167,28 @@ pub(crate) async fn snapshot(conn: &mut PgListener, tables: &[String]) -> sqlx::
                 "SELECT $1 || ':' || (row_to_json(t)->>'id'), row_to_json(t)::text FROM \"{table}\" t
                  WHERE row_to_json(t)->>'id' IS NOT NULL"
             );
-            for row in sqlx::query(&sql).bind(table).fetch_all(&mut *conn).await? {
+            for row in sqlx::query(&sql).bind(table).fetch_all(&mut *self.conn).await? {
                 rows.push((row.try_get(0)?, row.try_get(1)?));
             }
         }
-        sqlx::query("UPDATE realtime_events SET published_at = clock_timestamp() WHERE published_at IS NULL")
-            .execute(&mut *conn)
-            .await?;
-        Ok::<_, sqlx::Error>(rows)
+        Ok(rows)
     }
-    .await;
-    match result {
-        Ok(rows) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(rows)
-        }
-        Err(e) => {
-            // The session is about to be dropped on this error anyway; roll back politely.
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-            Err(e)
-        }
+
+    pub(crate) async fn commit(self) -> sqlx::Result<()> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        Ok(())
     }
+
+    pub(crate) async fn rollback(self) {
+        // On an error path: the session is dropped if the connection is broken anyway.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+    }
+}
+
+/// The current row of a legacy change (`table:id`), read to verify what a legacy payload
+/// claims before it touches the snapshot state: `None` when no such row exists.
+pub(crate) async fn current_row(conn: &mut PgListener, table: &str, id: &str) -> sqlx::Result<Option<String>> {
+    // Table names come from the config's validated list (a-z, 0-9, _); quoted anyway.
+    let sql = format!("SELECT row_to_json(t)::text FROM \"{table}\" t WHERE (row_to_json(t)->>'id') = $1");
+    sqlx::query_scalar(&sql).bind(id).fetch_optional(&mut *conn).await
 }

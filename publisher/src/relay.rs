@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use protocol::{
+    env::redact_url,
     log::Log,
     retry::{Flow, Retry, Supervisor},
 };
@@ -39,8 +40,9 @@ use crate::{
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// A `SELECT 1` that takes longer means a dead (half-open) connection.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A `SELECT 1` that takes longer means a dead (half-open) connection or a frozen server.
+/// With the 1 s keepalive interval a frozen PostgreSQL is noticed within about 3 s.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a PostgreSQL session ended.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +68,10 @@ impl Retry for SessionError {
     fn is_fatal(&self) -> bool {
         use sqlx::migrate::MigrateError as M;
         match self {
-            // Wrong password/user or missing database: a person has to fix the URL.
-            Self::Sql(sqlx::Error::Database(e)) => matches!(e.code().as_deref(), Some("28P01" | "28000" | "3D000")),
+            // A missing database needs a person. A wrong password or role is retried:
+            // credentials are often rotated on the server first, and the service should
+            // recover by itself once they match (it stays up and not ready meanwhile).
+            Self::Sql(sqlx::Error::Database(e)) => matches!(e.code().as_deref(), Some("3D000")),
             // An applied migration was edited, or the database is ahead of this binary.
             Self::Migrate(M::VersionMismatch(_) | M::VersionMissing(_) | M::Dirty(_)) => true,
             Self::Redis(_) => true,
@@ -81,7 +85,7 @@ pub(crate) async fn run(config: &Config, stats: &Stats, shutdown: &CancellationT
     let mut redis = Redis::new(config, stats)?;
     let log = Log::new(&config.redis_channel);
     let mut migrated = !config.migrate;
-    let mut supervisor = Supervisor::new("postgres", config.retry);
+    let mut supervisor = Supervisor::new("postgres", config.retry).for_server(redact_url(&config.database_url));
     loop {
         let started = Instant::now();
         let ended = session(config, stats, &mut redis, &log, &mut migrated, shutdown).await;
@@ -205,7 +209,10 @@ mod tests {
 
     #[test]
     fn lock_key_is_stable_and_per_channel() {
-        assert_eq!(advisory_lock_key("orders_channel"), advisory_lock_key("orders_channel"));
+        // Pinned: a changed key would let an old and a new version both be active at once.
+        assert_eq!(advisory_lock_key("orders_channel"), PINNED_ORDERS_CHANNEL_KEY);
         assert_ne!(advisory_lock_key("orders_channel"), advisory_lock_key("other_channel"));
     }
+
+    const PINNED_ORDERS_CHANNEL_KEY: i64 = 6_025_432_767_938_846_510;
 }

@@ -10,6 +10,8 @@ pub(crate) struct Stats {
     pub(crate) readiness: Readiness,
     pub(crate) notifications: Counter,
     pub(crate) skipped: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) reoffered: Counter,
     pub(crate) published: Counter,
     pub(crate) batches: Counter,
     pub(crate) claims: Counter,
@@ -32,6 +34,8 @@ impl Stats {
             readiness: Readiness::new(&[POSTGRES, REDIS]),
             notifications: Counter::default(),
             skipped: Counter::default(),
+            rejected: Counter::default(),
+            reoffered: Counter::default(),
             published: Counter::default(),
             batches: Counter::default(),
             claims: Counter::default(),
@@ -52,6 +56,16 @@ impl Health for Stats {
     fn metrics(&self, out: &mut Exposition) {
         out.counter("publisher_notifications_total", "Notifications received from PostgreSQL.", &self.notifications);
         out.counter("publisher_skipped_total", "Malformed or foreign payloads skipped.", &self.skipped);
+        out.counter(
+            "publisher_notifications_rejected_total",
+            "Notifications without an outbox row (not from the realtime_notify trigger), dropped.",
+            &self.rejected,
+        );
+        out.counter(
+            "publisher_events_reoffered_total",
+            "Events of a previous history appended again when Redis lost its data (the bridge).",
+            &self.reoffered,
+        );
         out.counter("publisher_events_published_total", "Events appended to the log and published.", &self.published);
         out.counter("publisher_batches_total", "Atomic appends to Redis (one per batch).", &self.batches);
         out.counter("publisher_claims_total", "Claims of the replay log (takeovers, reconnects).", &self.claims);

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use protocol::log::Log;
+use protocol::log::{Log, frame_prefix};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
@@ -66,9 +66,8 @@ impl History {
         after: u64,
     ) -> redis::RedisResult<Page> {
         let mut frames = self.log.read_after(conn, after, PAGE).await?;
-        // The publish script writes `epoch` right after `type`; an entry of another history
-        // means Redis was emptied and refilled between our reads.
-        let prefix = epoch_prefix(epoch);
+        // An entry of another history means Redis was emptied and refilled between our reads.
+        let prefix = frame_prefix(epoch);
         if let Some(other) = frames.iter().position(|(_, frame)| !frame.starts_with(&prefix)) {
             if other == 0 {
                 return Ok(Page::OtherEpoch);
@@ -80,22 +79,5 @@ impl History {
             return Ok(Page::Trimmed { first });
         }
         Ok(Page::Frames(frames))
-    }
-}
-
-/// How every frame of `epoch` in the log begins.
-fn epoch_prefix(epoch: &str) -> String {
-    format!(r#"{{"type":"event","epoch":"{epoch}","pos":"#)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_prefix_matches_what_the_publish_script_writes() {
-        let frame = r#"{"type":"event","epoch":"k3x","pos":7,"id":1,"operation":"INSERT","order":{}}"#;
-        assert!(frame.starts_with(&epoch_prefix("k3x")));
-        assert!(!frame.starts_with(&epoch_prefix("k3")));
     }
 }

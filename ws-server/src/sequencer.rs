@@ -8,14 +8,23 @@
 //! something) is preceded by the missing events, read from the log. A fresh replica starts at
 //! the head of the log: it owes nothing to anyone yet.
 //!
+//! When Redis lost its data, the publisher's new history re-offers the newest events of the old
+//! one and says which old positions they stand for (`protocol::log::Bridge`): the replica
+//! translates its last position into the new history and goes on filling from there, so it
+//! forwards what it missed and nothing twice, and connections do the same translation.
+//!
 //! Two holes cannot be filled, and both are announced in the hub as a [`Break`] rather than
-//! skipped silently: Redis lost its data (a new epoch: the old positions mean nothing now; the
-//! new history is forwarded from its oldest retained event), or the log was trimmed past the
-//! last position seen (the replica was away longer than retention).
+//! skipped silently: a new history whose bridge does not reach back to the last position seen
+//! (the old positions mean nothing now; the new history is forwarded from its oldest retained
+//! event), or the log was trimmed past the last position seen (the replica was away longer than
+//! retention).
 
 use std::sync::Arc;
 
-use protocol::{frames::ResetReason, log::Position};
+use protocol::{
+    frames::ResetReason,
+    log::{Head, Position},
+};
 use redis::aio::MultiplexedConnection;
 use tracing::{debug, info, warn};
 
@@ -45,18 +54,18 @@ impl<'a> Sequencer<'a> {
 
     /// Called right after SUBSCRIBE: forwards what was appended since the last position.
     pub(crate) async fn catch_up(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionError> {
-        let Some(head) = self.state.history.log.head(conn).await? else {
+        let Some(head) = self.state.history.log.head_with_bridge(conn).await? else {
             debug!("no history in redis yet; live events will start it");
             return Ok(());
         };
         match &self.last {
             None => {
-                info!(position = %head, "starting at the head of the replay log");
-                self.last = Some(head.into());
+                info!(position = %head.position, "starting at the head of the replay log");
+                self.last = Some(head.position.into());
             }
-            Some(last) if *last.epoch == head.epoch => self.fill(conn).await?,
+            Some(last) if *last.epoch == head.position.epoch => self.fill(conn).await?,
             Some(_) => {
-                self.history_lost(conn, head).await?;
+                self.other_history(conn, head).await?;
                 self.fill(conn).await?;
             }
         }
@@ -73,8 +82,9 @@ impl<'a> Sequencer<'a> {
         match &self.last {
             None => {}
             Some(last) if last.epoch != at.epoch => {
-                let head = self.state.history.log.head(conn).await?.unwrap_or_else(|| at.to_position());
-                self.history_lost(conn, head).await?;
+                let head = self.state.history.log.head_with_bridge(conn).await?;
+                let head = head.unwrap_or_else(|| Head { position: at.to_position(), bridge: None });
+                self.other_history(conn, head).await?;
                 self.fill(conn).await?;
             }
             Some(last) if at.pos > last.pos + 1 => {
@@ -146,6 +156,22 @@ impl<'a> Sequencer<'a> {
     }
 
     /// Redis holds another history than the one this replica followed: its data was lost.
+    /// Continue in the new one where its bridge re-offers our last position; announce a break
+    /// where it does not.
+    async fn other_history(&mut self, conn: &mut MultiplexedConnection, head: Head) -> Result<(), SessionError> {
+        let last = self.last.as_ref().map(Cursor::to_position);
+        if let Some(last) = last
+            && let Some(to) = head.translate(&last)
+        {
+            info!(from = %last, to = %to, "redis lost its history; the new one re-offers what this replica missed");
+            self.state.stats.rebases.inc();
+            self.last = Some(to.into());
+            return Ok(());
+        }
+        self.history_lost(conn, head.position).await
+    }
+
+    /// The new history does not reach back to what this replica saw: tell connections.
     async fn history_lost(&mut self, conn: &mut MultiplexedConnection, head: Position) -> Result<(), SessionError> {
         // Forward the new history from its oldest retained event: nothing of it was seen yet.
         let first = self.state.history.log.first_pos(conn).await?;

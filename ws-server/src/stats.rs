@@ -21,6 +21,7 @@ pub(crate) struct Stats {
     pub(crate) redis_reconnects: Counter,
     pub(crate) gap_filled: Counter,
     pub(crate) history_breaks: Counter,
+    pub(crate) rebases: Counter,
     pub(crate) resumes: Counter,
     pub(crate) replayed_out: Counter,
     pub(crate) snapshots: Counter,
@@ -46,6 +47,7 @@ impl Stats {
             redis_reconnects: Counter::default(),
             gap_filled: Counter::default(),
             history_breaks: Counter::default(),
+            rebases: Counter::default(),
             resumes: Counter::default(),
             replayed_out: Counter::default(),
             snapshots: Counter::default(),
@@ -67,6 +69,11 @@ impl Health for Stats {
         out.counter("ws_connections_rejected_total", "Connections refused at WS_MAX_CONNECTIONS.", &self.rejected_full);
         out.counter("ws_messages_in_total", "Messages received from Redis.", &self.messages_in);
         out.counter("ws_messages_out_total", "Event frames sent to clients.", &self.messages_out);
+        out.counter(
+            "ws_history_rebases_total",
+            "New histories (Redis lost its data) this replica continued through their bridge.",
+            &self.rebases,
+        );
         out.counter("ws_skipped_total", "Redis messages that were not events, skipped.", &self.skipped);
         out.counter("ws_bad_client_frames_total", "Client frames answered with an error frame.", &self.bad_frames);
         out.counter("ws_dropped_slow_total", "Connections closed as slow consumers (4008).", &self.slow_consumers);

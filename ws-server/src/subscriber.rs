@@ -48,14 +48,17 @@ pub enum SessionError {
 
 impl Retry for SessionError {
     fn is_fatal(&self) -> bool {
-        matches!(self, Self::Redis(e) if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig))
+        // Only a URL that cannot work is fatal. A refused password is retried: credentials are
+        // often rotated on the server first (the replica stays up and not ready meanwhile).
+        matches!(self, Self::Redis(e) if e.kind() == redis::ErrorKind::InvalidClientConfig)
     }
 }
 
 /// Runs Redis subscriptions until shutdown.
 pub(crate) async fn run(state: &AppState, shutdown: &CancellationToken) -> Result<(), SessionError> {
     let client = redis::Client::open(state.config.redis_url.as_str())?;
-    let mut supervisor = Supervisor::new("redis", state.config.retry);
+    let mut supervisor =
+        Supervisor::new("redis", state.config.retry).for_server(protocol::env::redact_url(&state.config.redis_url));
     // Outlives sessions: the last position seen is where the next session catches up from.
     let mut sequencer = Sequencer::new(state);
     loop {
@@ -154,10 +157,11 @@ struct Probe<'a> {
     _order: IgnoredAny,
 }
 
-/// Checks that a message is an event and turns it into the hub's item: the shared frame bytes
-/// (one copy of the payload) and its position. `epoch` is the current epoch, shared rather
-/// than allocated per event. A frame without both `epoch` and `pos` (a pre-log publisher, a
-/// hand-made PUBLISH) is forwarded without a position.
+/// Checks that a message is an event in the publisher's format and turns it into the hub's
+/// item: the shared frame bytes (one copy of the payload) and its position. `epoch` is the
+/// current epoch, shared rather than allocated per event. Anything else on the channel (a
+/// hand-made PUBLISH, another program's messages) is not relayed: only the publisher writes
+/// frames with a place in the history.
 pub(crate) fn validate(payload: &[u8], epoch: Option<&Arc<str>>) -> Result<Event, String> {
     let text = std::str::from_utf8(payload).map_err(|e| format!("not UTF-8: {e}"))?;
     let (epoch, pos) = probe(text, epoch)?;
@@ -175,16 +179,14 @@ fn probe(text: &str, epoch: Option<&Arc<str>>) -> Result<(Option<Arc<str>>, Opti
     if probe.kind != "event" {
         return Err(format!("type is {:?}, expected \"event\"", probe.kind));
     }
-    Ok(match (probe.epoch, probe.pos) {
-        (Some(name), Some(pos)) => {
-            let shared = match epoch {
-                Some(current) if **current == *name => current.clone(),
-                _ => Arc::from(name.as_ref()),
-            };
-            (Some(shared), Some(pos))
-        }
-        _ => (None, None),
-    })
+    let (Some(name), Some(pos)) = (probe.epoch, probe.pos) else {
+        return Err("not written by the publisher (no \"epoch\" and \"pos\"); not relayed".into());
+    };
+    let shared = match epoch {
+        Some(current) if **current == *name => current.clone(),
+        _ => Arc::from(name.as_ref()),
+    };
+    Ok((Some(shared), Some(pos)))
 }
 
 async fn bounded<T>(fut: impl Future<Output = T>) -> Result<T, SessionError> {
@@ -197,13 +199,19 @@ mod tests {
 
     #[test]
     fn events_pass_and_foreign_messages_do_not() {
-        let ok = br#"{"type":"event","id":1,"table":"orders","operation":"INSERT","order":{"id":1}}"#;
+        let ok =
+            br#"{"type":"event","epoch":"k3x","pos":1,"id":1,"table":"orders","operation":"INSERT","order":{"id":1}}"#;
         let event = validate(ok, None).unwrap();
         assert_eq!(event.frame.as_str().as_bytes(), ok);
-        assert_eq!((event.epoch, event.pos), (None, None), "a legacy frame has no position");
-        for bad in
-            [&b"hello"[..], b"{\"type\":\"event\"}", br#"{"type":"x","operation":"INSERT","order":{}}"#, b"\xff\xfe"]
-        {
+        assert_eq!((event.epoch.as_deref(), event.pos), (Some("k3x"), Some(1)));
+        let hand_made = br#"{"type":"event","id":1,"table":"orders","operation":"INSERT","order":{"id":1}}"#;
+        for bad in [
+            &b"hello"[..],
+            b"{\"type\":\"event\"}",
+            br#"{"type":"x","operation":"INSERT","order":{}}"#,
+            b"\xff\xfe",
+            hand_made,
+        ] {
             assert!(validate(bad, None).is_err(), "{bad:?}");
         }
     }
@@ -218,6 +226,6 @@ mod tests {
         let other = validate(framed, Some(&Arc::from("zzz"))).unwrap();
         assert_eq!(other.epoch.as_deref(), Some("k3x"));
         let half = br#"{"type":"event","epoch":"k3x","operation":"INSERT","order":{"id":1}}"#;
-        assert_eq!(validate(half, None).unwrap().pos, None, "no position without both fields");
+        assert!(validate(half, None).is_err(), "no position without both fields: not the publisher's");
     }
 }

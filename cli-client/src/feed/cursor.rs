@@ -205,6 +205,17 @@ impl Cursor {
         AfterReset::Subscribe(next)
     }
 
+    /// Redis lost its data and the server moved this connection into the new history: `from`
+    /// (where we are, in the old one) is `to` there. Nothing was missed; resume from `to`.
+    pub(crate) fn rebased(&mut self, from: &Position, to: Position) {
+        if self.position.as_ref() == Some(from) {
+            tracing::info!(%from, %to, "redis lost its history; continuing in the new one");
+            self.position = Some(to);
+        } else {
+            tracing::debug!(%from, %to, position = ?self.position, "rebase for another position ignored");
+        }
+    }
+
     /// The `subscribe` was refused (an `error` frame) or never answered: carry on with the
     /// live stream as it is. Returns what had been asked for.
     pub(crate) fn give_up_waiting(&mut self, out: &mut VecDeque<FeedItem>) -> Option<Subscribe> {

@@ -47,6 +47,14 @@ pub(crate) enum Inbound {
         /// The server's explanation.
         message: String,
     },
+    /// Redis lost its data; the new history continues the old one from `position` (`from` in
+    /// the old history).
+    Rebased {
+        /// The last position seen, in the old history.
+        from: Position,
+        /// The same place in the new history.
+        position: Position,
+    },
     /// Events were folded into the latest per row.
     Conflated {
         /// Last position delivered before folding.
@@ -100,11 +108,12 @@ pub(crate) fn classify(text: &str, protocol: Protocol) -> Inbound {
             code: text_field(&value, "code").unwrap_or_default(),
             message: text_field(&value, "message").unwrap_or_default(),
         },
-        "subscribed" | "snapshot" | "reset" | "conflated" => match serde_json::from_value(value) {
+        "subscribed" | "snapshot" | "reset" | "rebased" | "conflated" => match serde_json::from_value(value) {
             Ok(ServerFrame::Subscribed { position }) => Inbound::Subscribed { position },
             Ok(ServerFrame::Snapshot { position, rows }) => Inbound::Snapshot { position, rows },
             Ok(ServerFrame::Reset { reason, position, message }) => Inbound::Reset { reason, position, message },
             Ok(ServerFrame::Conflated { from, to, folded }) => Inbound::Conflated { from, to, folded },
+            Ok(ServerFrame::Rebased { from, position }) => Inbound::Rebased { from, position },
             Ok(other) => Inbound::Malformed { problem: format!("unexpected frame {other:?}") },
             Err(e) => Inbound::Malformed { problem: format!("invalid {kind:?} frame: {e}") },
         },

@@ -159,6 +159,7 @@ fn frame(
                 }
             }
         }
+        Inbound::Rebased { from, position } => cursor.rebased(&from, position),
         Inbound::Conflated { from, to, folded } => pending.push_back(FeedItem::Conflated { from, to, folded }),
         Inbound::ServerError { code, message } => {
             if cursor.awaiting().is_some() {

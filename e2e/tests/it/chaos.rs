@@ -2,13 +2,16 @@
 //! the publisher, Redis, ws-server replicas and client connections are killed and restarted
 //! on a schedule. Afterwards every client's copy of the rows (its snapshot plus the events it
 //! received) must equal `SELECT * FROM orders`, with no position skipped and no event twice.
+//! Plain clients of the original design, connected once to a replica that is never killed,
+//! must fold every change exactly once through it all, Redis losing its data included.
 
 use std::{
     path::Path,
     time::{Duration, Instant},
 };
 
-use e2e::{Follower, Process, WAIT, history::table};
+use e2e::{Follower, PlainFollower, Process, WAIT, history::table};
+use protocol::{channel::ChannelName, log::Log};
 use sqlx::{Connection, PgConnection};
 use testkit::{PgServer, RedisServer, free_port};
 use tokio::sync::watch;
@@ -131,19 +134,33 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     publishers.push(start_publisher("publisher-b", &pg, &redis, dir.path()));
     let ports = [free_port(), free_port()];
     let mut replicas =
-        vec![start_replica("ws-1", ports[0], &redis, dir.path()), start_replica("ws-2", ports[1], &redis, dir.path())];
-    for r in &replicas {
+        [start_replica("ws-1", ports[0], &redis, dir.path()), start_replica("ws-2", ports[1], &redis, dir.path())];
+    // The replica plain clients stay connected to: never killed, but its Redis goes away too.
+    let steady_port = free_port();
+    let steady = start_replica("ws-steady", steady_port, &redis, dir.path());
+    for r in replicas.iter().chain([&steady]) {
         r.wait_ready().await;
     }
     let urls: Vec<String> = ports.iter().map(|p| format!("ws://127.0.0.1:{p}/ws")).collect();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drop_tx, drop_rx) = watch::channel(0u64);
+    let mut progress = Vec::new();
     let followers: Vec<_> = (0..4)
         .map(|i| {
             let mut urls = urls.clone();
             urls.rotate_left(i % 2);
-            tokio::spawn(Follower::run(format!("client-{i}"), urls, drop_rx.clone(), stop_rx.clone()))
+            let (tx, rx) = watch::channel(None);
+            progress.push(rx);
+            tokio::spawn(Follower::run_reporting(format!("client-{i}"), urls, drop_rx.clone(), stop_rx.clone(), tx))
+        })
+        .collect();
+    let plain: Vec<_> = (0..2)
+        .map(|i| {
+            let (tx, rx) = watch::channel(None);
+            progress.push(rx);
+            let url = format!("ws://127.0.0.1:{steady_port}/ws");
+            tokio::spawn(PlainFollower::run(format!("plain-{i}"), url, stop_rx.clone(), tx))
         })
         .collect();
     let (writers_stop_tx, writers_stop_rx) = watch::channel(false);
@@ -154,9 +171,10 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     let step = |what: &str| eprintln!("chaos {:>5.1}s: {what}", started.elapsed().as_secs_f64());
     let at = |secs: u64| tokio::time::sleep_until((started + Duration::from_secs(secs)).into());
 
-    // Redis data loss first: each starts a new history and the clients re-snapshot, which
-    // would hide any earlier loss. Everything after the last one (at 6 s) must then arrive as
-    // events: two publisher kills, replica kills, cut subscriptions and dropped clients.
+    // Redis data loss early, while clients hold positions of the old history: each new history
+    // must carry what was committed meanwhile as events and re-offer what replicas may have
+    // missed, so nobody re-snapshots (which would hide a loss). Then two publisher kills,
+    // replica kills, cut subscriptions and dropped clients.
     at(2).await;
     step("restart Redis (it comes back empty: a new history)");
     redis.stop().await;
@@ -176,6 +194,7 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     at(11).await;
     step("SIGKILL replica ws-1; restart it on the same port");
     replicas[0].kill().await;
+    // Away long enough for events to pass it by: the restarted replica must fill the gap.
     tokio::time::sleep(Duration::from_millis(500)).await;
     replicas[0] = start_replica("ws-1-again", ports[0], &redis, dir.path());
 
@@ -197,6 +216,7 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     at(19).await;
     step("SIGKILL replica ws-2; restart it on the same port");
     replicas[1].kill().await;
+    // As above.
     tokio::time::sleep(Duration::from_millis(500)).await;
     replicas[1] = start_replica("ws-2-again", ports[1], &redis, dir.path());
 
@@ -213,41 +233,59 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     }
     step(&format!("{committed} transactions committed; waiting for every client to catch up"));
 
-    // Converged: every follower's copy equals the table (bounded wait), then stop them.
+    // Converged: the Redis state equals the table and every client has applied the newest
+    // position (bounded waits on those conditions), then stop them.
     let expected = table(&pg).await;
     let converged = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let head = e2e::history::state(&redis.url()).await;
-            if head == expected {
-                break;
-            }
+        while e2e::history::state(&redis.url()).await != expected {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
-    // Give followers the same bounded time to apply the tail, then stop them.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = Log::new(&ChannelName::parse("orders_updates").expect("valid channel"));
+    let redis_client = redis::Client::open(redis.url()).expect("redis url");
+    let mut head_conn = redis_client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let head = log.head(&mut head_conn).await.expect("read the head");
+    let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+        for rx in &mut progress {
+            // A follower that stalls fails the assertions below with its own story.
+            let _ = rx.wait_for(|p| *p == head).await;
+        }
+    })
+    .await;
+    step(&format!("head {head:?}; every client caught up: {}", caught_up.is_ok()));
     stop_tx.send_replace(true);
     let mut results = Vec::new();
     for f in followers {
         results.push(f.await.expect("follower finished"));
     }
+    let mut plain_results = Vec::new();
+    for f in plain {
+        plain_results.push(f.await.expect("plain follower finished"));
+    }
     let logs = || {
         publishers
             .iter()
             .chain(replicas.iter())
+            .chain([&steady])
             .map(|p| format!("--- {} ---\n{}", p.name, p.log_tail()))
             .collect::<Vec<_>>()
             .join("\n")
     };
     assert!(converged.is_ok(), "the Redis state never matched the table\n{}", logs());
+    for f in &plain_results {
+        step(&format!("{}: {} events", f.name, f.events));
+        assert!(f.violations.is_empty(), "{} saw broken promises: {:#?}\n{}", f.name, f.violations, logs());
+        assert_eq!(f.state, expected, "{}'s folded events differ from SELECT * FROM orders\n{}", f.name, logs());
+    }
     for f in &results {
         step(&format!(
-            "{}: {} events, {} snapshots, {} resumes, at {:?}",
-            f.name, f.events, f.snapshots, f.resumes, f.position
+            "{}: {} events, {} snapshots, {} resumes, {} rebases, at {:?}",
+            f.name, f.events, f.snapshots, f.resumes, f.rebases, f.position
         ));
         assert!(f.violations.is_empty(), "{} saw broken promises: {:#?}\n{}", f.name, f.violations, logs());
         assert!(f.events > 100 && f.resumes >= 2, "{} was not exercised: {f:?}", f.name);
+        assert_eq!(f.snapshots, 1, "{} was told to start over although the outbox held everything: {f:?}", f.name);
         assert_eq!(f.state, expected, "{}'s copy differs from SELECT * FROM orders\n{}", f.name, logs());
     }
     assert!(committed > 200, "the writers committed only {committed} transactions");

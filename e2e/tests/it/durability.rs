@@ -139,7 +139,7 @@ async fn concurrent_writers_lose_nothing_and_duplicate_nothing() {
 }
 
 #[tokio::test]
-async fn redis_losing_its_data_starts_a_new_epoch_seeded_from_the_table() {
+async fn redis_losing_its_data_starts_a_new_history_that_carries_the_old_one_and_the_backlog() {
     let (pg, mut redis) = tokio::join!(PgServer::start(), RedisServer::start());
     let publisher = spawn_publisher(publisher_config(&pg.url(), &redis.url())).await;
     publisher.wait_ready().await;
@@ -149,14 +149,37 @@ async fn redis_losing_its_data_starts_a_new_epoch_seeded_from_the_table() {
     )
     .await;
     let before = wait_for_log(&redis, 5).await;
+    let recorded = pg.psql("postgres", "SELECT string_agg(log_pos::text, ',' ORDER BY id) FROM realtime_events").await;
+    assert_eq!(recorded, "1,2,3,4,5", "the outbox records where each event went");
 
+    // Committed while Redis is gone: in the outbox only.
+    redis.stop().await;
+    pg.psql("postgres", "UPDATE orders SET status = 'during' WHERE id IN (2, 4)").await;
     redis.restart().await; // empty: no persistence
-    wait_until(WAIT, "state seeded again", || async { state(&redis.url()).await.len() == 5 }).await;
+    wait_for_log(&redis, 7).await;
+    wait_until(WAIT, "state seeded again", || async { state(&redis.url()).await == table(&pg).await }).await;
     pg.psql("postgres", "UPDATE orders SET status = 'done' WHERE id = 3").await;
-    let after = wait_for_log(&redis, 1).await;
+    let after = wait_for_log(&redis, 8).await;
+
     assert_ne!(after[0]["epoch"], before[0]["epoch"], "a new history has a new epoch");
-    assert_eq!(after[0]["pos"], 1, "and starts over");
+    assert_positions_consecutive(&after);
+    // The old history's events come first, in their old order (the bridge), then the backlog,
+    // then live changes: every committed change is an event, none was folded into the seed.
+    assert_eq!(event_ids(&after[..5]), event_ids(&before), "the bridge re-offers the old history");
+    assert_eq!(after[5]["order"]["status"], "during");
+    assert_eq!(after[6]["order"]["status"], "during");
+    assert_eq!(after[7]["order"]["status"], "done");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log = protocol::log::Log::new(&protocol::channel::ChannelName::parse("orders_updates").unwrap());
+    let head = log.head_with_bridge(&mut conn).await.unwrap().expect("a history");
+    let bridge = head.bridge.expect("the new history says what it re-offers");
+    assert_eq!((bridge.epoch.as_str(), bridge.from), (before[0]["epoch"].as_str().unwrap(), 1));
+    // 7 when the publisher had tried to append the backlog as Redis went away: that try may
+    // have reached replicas at old positions 6 and 7, so the bridge re-offers it there.
+    assert!(bridge.to == 5 || bridge.to == 7, "{bridge:?}");
     assert_eq!(state(&redis.url()).await, table(&pg).await);
+    assert_eq!(publisher.metric("publisher_events_reoffered_total").await, bridge.to as i64);
     drop(publisher);
 }
 

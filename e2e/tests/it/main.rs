@@ -7,3 +7,4 @@ mod pipeline;
 mod resume;
 mod shutdown;
 mod websocket;
+mod wipe;

@@ -130,14 +130,71 @@ async fn a_hand_made_database_from_the_original_design_is_upgraded_in_place() {
         "no second, legacy-shaped event"
     );
 
-    // A legacy two-field payload (a trigger the migration does not own) is still accepted.
+    // With the project's trigger installed, a two-field payload is no committed change: dropped.
     pg.psql(
         "legacy",
         r#"SELECT pg_notify('orders_channel', '{"operation": "DELETE", "order": {"id": 2, "status": "shipped"}}')"#,
     )
     .await;
-    let legacy = client.next_json().await;
-    assert_eq!((legacy["operation"].as_str(), legacy["order"]["id"].as_i64()), (Some("DELETE"), Some(2)));
+    pg.psql("legacy", "UPDATE orders SET status = 'after' WHERE id = 2").await;
+    let next = client.next_json().await;
+    assert_eq!((next["operation"].as_str(), next["order"]["status"].as_str()), (Some("UPDATE"), Some("after")));
+    assert_eq!(publisher.metric("publisher_notifications_rejected_total").await, 1);
+    drop(ws);
+    drop(publisher);
+}
+
+#[tokio::test]
+async fn a_notify_that_is_not_a_committed_change_never_becomes_a_row() {
+    let system = System::start(1).await;
+    let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Real', 'Row')").await;
+    assert_eq!(client.next_json().await["order"]["customer_name"], "Real");
+
+    // Anyone who may connect can NOTIFY; the outbox is what the trigger wrote in the transaction.
+    let forged = r#"{"operation":"INSERT","order":{"id":998,"customer_name":"Forged"}}"#;
+    system.sql(&format!("SELECT pg_notify('orders_channel', '{forged}')")).await;
+    let with_id = r#"{"id":999999,"table":"orders","operation":"INSERT","order":{"id":997,"customer_name":"Forged"}}"#;
+    system.sql(&format!("SELECT pg_notify('orders_channel', '{with_id}')")).await;
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Next', 'Row')").await;
+
+    let next = client.next_json().await;
+    assert_eq!(next["order"]["customer_name"], "Next", "nothing forged reached the client: {next}");
+    let publisher = &system.publisher;
+    assert_eq!(publisher.metric("publisher_notifications_rejected_total").await, 1);
+    assert_eq!(publisher.logs(&["rejected a notification", "Forged"]).len(), 1);
+    let state = e2e::history::state(&system.redis.url()).await;
+    assert_eq!(state, e2e::history::table(&system.pg).await, "the snapshot state is the table: {state:?}");
+}
+
+#[tokio::test]
+async fn legacy_mode_relays_two_field_payloads_but_the_state_follows_the_table() {
+    let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
+    let mut config = publisher_config(&pg.url(), &redis.url());
+    config.legacy_payloads = true;
+    let publisher = spawn_publisher(config).await;
+    publisher.wait_ready().await;
+    let ws = e2e::spawn_ws(e2e::ws_config(&redis.url())).await;
+    ws.wait_ready().await;
+    let mut client = WsClient::connect(&ws.ws_url()).await;
+    pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('Ann', 'Widget')").await;
+    assert_eq!(client.next_json().await["order"]["customer_name"], "Ann");
+
+    // A hand-made trigger's payloads: relayed (legacy mode trusts NOTIFY), but a row the table
+    // does not have never enters snapshots, and a row it has enters as the table holds it.
+    let forged = r#"{"operation":"INSERT","order":{"id":998,"customer_name":"Ghost"}}"#;
+    pg.psql("postgres", &format!("SELECT pg_notify('orders_channel', '{forged}')")).await;
+    let stale = r#"{"operation":"UPDATE","order":{"id":1,"customer_name":"Stale"}}"#;
+    pg.psql("postgres", &format!("SELECT pg_notify('orders_channel', '{stale}')")).await;
+    let events = client.events(2).await;
+    assert_eq!(events[0]["order"]["customer_name"], "Ghost");
+    assert_eq!(events[1]["order"]["customer_name"], "Stale");
+    wait_until(WAIT, "both legacy events appended", || async {
+        e2e::history::log_frames(&redis.url()).await.len() == 3
+    })
+    .await;
+    let state = e2e::history::state(&redis.url()).await;
+    assert_eq!(state, e2e::history::table(&pg).await, "the state follows the table, not the payloads: {state:?}");
     drop(ws);
     drop(publisher);
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use e2e::{WAIT, WsClient, spawn_ws, ws_config};
 use protocol::{
     channel::ChannelName,
-    log::{Append, Log, StateChange},
+    log::{Append, Claim, Log, StateChange},
 };
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
@@ -25,7 +25,7 @@ enum Change {
 struct Writer {
     conn: MultiplexedConnection,
     log: Log,
-    fence: i64,
+    claim: Claim,
     epoch: String,
     next_id: i64,
     maxlen: usize,
@@ -36,12 +36,12 @@ impl Writer {
         let client = redis::Client::open(redis.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let log = Log::new(&ChannelName::parse("orders_updates").unwrap());
-        let claim = log.claim(&mut conn, epoch, 10).await.unwrap();
+        let claim = log.claim(&mut conn, epoch, 10, false).await.unwrap();
         if !claim.seeded {
             // As the publisher does for a new history: the state starts as the tables are.
-            log.seed(&mut conn, claim.fence, &[], true, true).await.unwrap();
+            log.seed(&mut conn, &claim, &[], true, true).await.unwrap();
         }
-        Writer { conn, log, fence: claim.fence, epoch: claim.epoch, next_id: 1, maxlen: 100_000 }
+        Writer { conn, log, epoch: claim.epoch.clone(), claim, next_id: 1, maxlen: 100_000 }
     }
 
     /// Appends `changes` in one atomic step; returns the last position.
@@ -74,7 +74,7 @@ impl Writer {
                 },
             })
             .collect();
-        self.log.append(&mut self.conn, self.fence, self.maxlen, &appends).await.unwrap()
+        self.log.append(&mut self.conn, &self.claim, self.maxlen, &appends).await.unwrap()
     }
 
     /// Appends `n` updates of distinct rows; returns the last position.
@@ -287,7 +287,9 @@ async fn resume_from_another_epoch_gets_history_lost() {
     let mut plain = WsClient::connect(&format!("{}?since=forgotten:2", ws.ws_url())).await;
     let (code, reason) = plain.expect_close(WAIT).await;
     assert_eq!(code, 4010, "{reason}");
-    assert!(reason.contains("history lost"), "{reason}");
+    assert!(reason.contains("not in redis") && reason.contains("without since"), "{reason}");
+    // An unknown epoch is not evidence that Redis restarted: the reason must not claim it.
+    assert!(!reason.contains("restarted"), "{reason}");
 }
 
 #[tokio::test]
@@ -296,7 +298,7 @@ async fn snapshot_then_live_has_no_gap_or_double_apply_under_concurrent_appends(
     let mut writer = Writer::claim(&redis, "snap").await;
     let seed: Vec<(String, String)> =
         (1..=5).map(|row| (format!("orders:{row}"), json!({"id": row, "v": 0}).to_string())).collect();
-    writer.log.seed(&mut writer.conn, writer.fence, &seed, true, true).await.unwrap();
+    writer.log.seed(&mut writer.conn, &writer.claim, &seed, true, true).await.unwrap();
     let ws = spawn_ws(ws_config(&redis.url())).await;
     ws.wait_ready().await;
 
@@ -473,9 +475,9 @@ async fn a_snapshot_waits_until_a_new_history_is_seeded() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let log = Log::new(&ChannelName::parse("orders_updates").unwrap());
-    let claim = log.claim(&mut conn, "seeding", 10).await.unwrap();
+    let claim = log.claim(&mut conn, "seeding", 10, false).await.unwrap();
     let first: Vec<(String, String)> = vec![("orders:1".into(), json!({"id": 1}).to_string())];
-    log.seed(&mut conn, claim.fence, &first, true, false).await.unwrap();
+    log.seed(&mut conn, &claim, &first, true, false).await.unwrap();
 
     let (mut c, _) = WsClient::connect_protocol(&ws.ws_url()).await;
     c.send_json(&json!({"type": "subscribe", "snapshot": true})).await;
@@ -483,7 +485,7 @@ async fn a_snapshot_waits_until_a_new_history_is_seeded() {
     assert!(c.next_json_within(Duration::from_millis(300)).await.is_none(), "no snapshot of a half-seeded state");
 
     let last: Vec<(String, String)> = vec![("orders:2".into(), json!({"id": 2}).to_string())];
-    log.seed(&mut conn, claim.fence, &last, false, true).await.unwrap();
+    log.seed(&mut conn, &claim, &last, false, true).await.unwrap();
     let snapshot = c.next_json().await;
     assert_eq!(snapshot["type"], "snapshot");
     assert_eq!(snapshot["rows"].as_array().unwrap().len(), 2, "every seeded row: {snapshot}");

@@ -16,9 +16,11 @@ async fn publish(redis: &RedisServer, payloads: impl IntoIterator<Item = String>
     let () = pipe.query_async(&mut conn).await.unwrap();
 }
 
+/// An event frame as the publisher writes it (ws-server relays nothing else), at position `n`.
 fn event(n: usize, padding: usize) -> String {
-    json!({"type":"event","id":n,"table":"orders","operation":"INSERT","order":{"id":n,"pad":"p".repeat(padding)}})
-        .to_string()
+    json!({"type":"event","epoch":"test","pos":n,"id":n,"table":"orders","operation":"INSERT",
+           "order":{"id":n,"pad":"p".repeat(padding)}})
+    .to_string()
 }
 
 #[tokio::test]

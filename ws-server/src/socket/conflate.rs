@@ -25,12 +25,13 @@ impl Conn<'_> {
         let mut conn = self.log_conn().await?;
         let state = self.state;
         let history = &state.history;
-        let Some(head) = self.redis(history.log.head(&mut conn).await).await? else { return Ok(()) };
+        let Some(current) = self.redis(history.log.head_with_bridge(&mut conn).await).await? else { return Ok(()) };
         let mut cursor = match &self.cursor {
-            Some(c) if *c.epoch == head.epoch => c.clone(),
-            Some(_) => self.adopt_epoch(&mut conn, &head).await?,
-            None => Cursor::new(head.epoch.as_str().into(), 0),
+            Some(c) if *c.epoch == current.position.epoch => c.clone(),
+            Some(_) => self.adopt_epoch(&mut conn, &current).await?,
+            None => Cursor::new(current.position.epoch.as_str().into(), 0),
         };
+        let head = current.position;
         let mut folder = Folder::new(cursor.pos);
         while cursor.pos < head.pos {
             match self.redis(history.page(&mut conn, &cursor.epoch, cursor.pos).await).await? {

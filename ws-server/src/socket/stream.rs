@@ -8,13 +8,17 @@
 //! skipping what the replay sent. When the receiver is empty the connection is live, and only
 //! then is `subscribed` sent. A receiver that lags during the replay just means more replay.
 //!
+//! When Redis lost its data, a cursor (or a `since`) of the old history is translated through
+//! the new history's bridge where it reaches back that far: the connection goes on from the
+//! same place, and a protocol client is told its new position with a `rebased` frame.
+//!
 //! What cannot be served is said, never skipped: a protocol client gets a `reset` frame and
 //! keeps its connection; a plain one that asked for `?since=` is closed with 4010.
 
 use axum::extract::ws::Message;
 use protocol::{
     frames::{CLOSE_HISTORY_LOST, ResetReason, ServerFrame},
-    log::Position,
+    log::{Head, Position},
 };
 use redis::aio::MultiplexedConnection;
 use tokio::{sync::broadcast::error::TryRecvError, time::Instant};
@@ -153,12 +157,13 @@ impl Conn<'_> {
         let mut conn = self.log_conn().await?;
         let state = self.state;
         let history = &state.history;
-        let Some(head) = self.redis(history.log.head(&mut conn).await).await? else {
+        let Some(head) = self.redis(history.log.head_with_bridge(&mut conn).await).await? else {
             return Ok(()); // Redis holds no history now; the hub announces the next one
         };
-        if *cursor.epoch != head.epoch {
+        if *cursor.epoch != head.position.epoch {
             cursor = self.adopt_epoch(&mut conn, &head).await?;
         }
+        let head = head.position;
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(self.going_away().await);
@@ -191,22 +196,40 @@ impl Conn<'_> {
         }
     }
 
-    /// The log holds another history than the cursor's: say so, and continue in the new one
-    /// from its oldest retained event.
-    pub(super) async fn adopt_epoch(
-        &mut self,
-        conn: &mut MultiplexedConnection,
-        head: &Position,
-    ) -> Result<Cursor, End> {
+    /// The log holds another history than the cursor's. Continue from the same place in it
+    /// where its bridge reaches back to the cursor; otherwise say so, and continue in it from
+    /// its oldest retained event.
+    pub(super) async fn adopt_epoch(&mut self, conn: &mut MultiplexedConnection, head: &Head) -> Result<Cursor, End> {
+        let from = self.cursor.as_ref().map(Cursor::to_position);
+        if let Some(from) = from
+            && let Some(to) = head.translate(&from)
+        {
+            self.rebased(from, to.clone()).await?;
+            let cursor = Cursor::from(to);
+            self.jump(cursor.clone(), None);
+            return Ok(cursor);
+        }
         let message = format!(
-            "redis lost the history {} belongs to (restarted empty); subscribe with \"snapshot\": true",
+            "redis lost the history {} belongs to, and the new one does not reach back to it; subscribe with \"snapshot\": true",
             self.cursor.as_ref().map_or_else(String::new, |c| c.to_position().to_string())
         );
+        let head = &head.position;
         self.cannot_serve(ResetReason::HistoryLost, Some(head.clone()), message).await?;
         let first = self.redis(self.state.history.log.first_pos(conn).await).await?;
         let cursor = Cursor::new(head.epoch.as_str().into(), first.map_or(head.pos, |f| f.saturating_sub(1)));
         self.jump(cursor.clone(), None);
         Ok(cursor)
+    }
+
+    /// Tells a protocol client where it stands in the new history (a plain one just gets the
+    /// events that follow).
+    async fn rebased(&mut self, from: Position, position: Position) -> Result<(), End> {
+        self.state.stats.rebases.inc();
+        debug!(conn_id = self.conn_id, %from, to = %position, "continuing in the new history");
+        if self.mode == Mode::Protocol {
+            self.send_frame(&ServerFrame::Rebased { from, position }).await?;
+        }
+        Ok(())
     }
 
     /// A client `subscribe` (or a `?since=` at connect): reposition, catch up, confirm.
@@ -221,12 +244,16 @@ impl Conn<'_> {
         if snapshot {
             self.snapshot(&mut conn).await?;
         } else if let Some(since) = since {
-            if let Err((reason, head, message)) = self.check_since(&mut conn, &since).await? {
+            let resume = match self.check_since(&mut conn, &since).await? {
+                Ok(resume) => resume,
                 // The connection stays as it was (protocol); the client decides what next.
-                return self.cannot_serve(reason, head, message).await;
+                Err((reason, head, message)) => return self.cannot_serve(reason, head, message).await,
+            };
+            if resume != since {
+                self.rebased(since, resume.clone()).await?;
             }
             self.state.stats.resumes.inc();
-            self.resume_from(since);
+            self.resume_from(resume);
         } else if self.cursor.is_none()
             && let Some(head) = self.redis(self.state.history.log.head(&mut conn).await).await?
         {
@@ -241,15 +268,17 @@ impl Conn<'_> {
         Ok(())
     }
 
-    /// Whether the log can serve every event after `since`.
+    /// Whether the log can serve every event after `since`, and from which position of the
+    /// current history (`since` itself, or translated through the bridge of a new history).
     async fn check_since(
         &mut self,
         conn: &mut MultiplexedConnection,
         since: &Position,
-    ) -> Result<Result<(), (ResetReason, Option<Position>, String)>, End> {
+    ) -> Result<Result<Position, (ResetReason, Option<Position>, String)>, End> {
         let state = self.state;
         let log = &state.history.log;
-        let head = self.redis(log.head(conn).await).await?;
+        let current = self.redis(log.head_with_bridge(conn).await).await?;
+        let head = current.as_ref().map(|h| h.position.clone());
         let lost = |why: String| {
             Err((
                 ResetReason::HistoryLost,
@@ -257,12 +286,25 @@ impl Conn<'_> {
                 format!("cannot resume from {since}: {why}; subscribe with \"snapshot\": true"),
             ))
         };
-        let Some(newest) = &head else { return Ok(lost("redis holds no history now (it lost its data)".into())) };
+        let Some(current) = &current else {
+            return Ok(lost("redis holds no history now (it lost its data; the publisher starts a new one)".into()));
+        };
+        let newest = &current.position;
         if newest.epoch != since.epoch {
-            return Ok(lost(format!(
-                "the history is {} now (redis lost its data, or the position is unknown)",
-                newest.epoch
-            )));
+            if let Some(resume) = current.translate(since) {
+                return Ok(Ok(resume));
+            }
+            return Ok(lost(match &current.bridge {
+                Some(bridge) if bridge.epoch == since.epoch => format!(
+                    "redis lost its data; the new history {} re-offers positions {}..={} of {}, not the events after {}",
+                    newest.epoch, bridge.from, bridge.to, bridge.epoch, since.pos
+                ),
+                _ => format!(
+                    "{:?} is neither the current history ({newest}) nor one it continues (from before an earlier \
+                     loss of redis data, or mistyped)",
+                    since.epoch
+                ),
+            }));
         }
         if since.pos > newest.pos {
             return Ok(lost(format!("it is ahead of the newest position {newest}")));
@@ -277,7 +319,7 @@ impl Conn<'_> {
                 return Ok(Err((ResetReason::BeyondRetention, head, message)));
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(since.clone()))
     }
 
     /// Points the cursor at a `since` the log can serve, never sending a position twice
@@ -317,8 +359,11 @@ impl Conn<'_> {
         }
         self.state.stats.resets.inc();
         info!(conn_id = self.conn_id, ?reason, %message, "cannot resume a plain connection; closing");
+        // Close reasons are short (123 bytes at most); the log line above has the details.
         let close = match reason {
-            ResetReason::HistoryLost => "cannot resume: history lost (redis restarted empty); reconnect without since",
+            ResetReason::HistoryLost => {
+                "cannot resume: the position's history is not in redis (unknown, or lost); reconnect without since"
+            }
             ResetReason::BeyondRetention => {
                 "cannot resume: position beyond the log's retention; reconnect without since"
             }
