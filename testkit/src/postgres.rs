@@ -151,6 +151,30 @@ impl PgServer {
         self.dir.path().join("postgres.log")
     }
 
+    /// Freezes the server and its session processes (SIGSTOP): connections stay open and
+    /// nothing answers, as behind a network partition. [`PgServer::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.process.as_ref().expect("postgres is running").freeze_all(true);
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.process.as_ref().expect("postgres is running").freeze_all(false);
+    }
+
+    /// Makes `role` log in over TCP with its password (SCRAM) instead of `trust`, and reloads
+    /// the configuration; psql and other roles keep trust. For tests of refused credentials.
+    pub async fn require_password_for(&self, role: &str) {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let current = std::fs::read_to_string(&hba).expect("pg_hba.conf is readable");
+        // First match wins: the role's line goes above initdb's trust lines.
+        let line = format!("host all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} ::1/128 scram-sha-256\n");
+        // Writing the existing file keeps its owner (the cluster's user) and mode.
+        std::fs::write(&hba, format!("{line}{current}")).expect("pg_hba.conf is writable");
+        let reloaded = self.psql("postgres", "SELECT pg_reload_conf()").await;
+        assert_eq!(reloaded.trim(), "t", "configuration reloaded");
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

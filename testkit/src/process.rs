@@ -107,6 +107,17 @@ impl ServerProcess {
         rustix::process::kill_process(self.pid, signal).expect("signal the server");
     }
 
+    /// [`ServerProcess::freeze`] for the server and every process it forked (PostgreSQL
+    /// serves each session from a child process: freezing the postmaster alone would leave
+    /// open sessions answering).
+    pub(crate) fn freeze_all(&self, frozen: bool) {
+        let signal = if frozen { Signal::STOP } else { Signal::CONT };
+        for pid in std::iter::once(self.pid).chain(children(self.pid)) {
+            // A child may exit between the scan and the signal; that one needs no freezing.
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
     fn spawn(command: &mut Command, log_path: &Path) -> anyhow::Result<Self> {
         let log = OpenOptions::new()
             .create(true)
@@ -272,6 +283,21 @@ fn log_since(path: &Path, start: u64) -> String {
         // Only used to spot "Address already in use"; an unreadable log just means "no".
         Err(_) => String::new(),
     }
+}
+
+/// The processes whose parent is `parent`, read from `/proc/<pid>/stat`.
+fn children(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so split after
+            // the last ')'.
+            let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent.as_raw_pid()).then(|| Pid::from_raw(pid)).flatten()
+        })
+        .collect()
 }
 
 #[cfg(test)]

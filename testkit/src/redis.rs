@@ -34,6 +34,8 @@ pub struct RedisServer {
     process: Option<ServerProcess>,
     port: u16,
     dir: TempDir,
+    /// `requirepass` of the default user, kept across restarts.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -41,11 +43,21 @@ impl RedisServer {
     ///
     /// Panics, with the server log, when the binary is missing or the server does not start.
     pub async fn start() -> RedisServer {
+        Self::start_with(None).await
+    }
+
+    /// [`RedisServer::start`] with `requirepass password`: clients must authenticate
+    /// (`redis://:password@…`, see [`RedisServer::url_with_password`]).
+    pub async fn start_with_password(password: &str) -> RedisServer {
+        Self::start_with(Some(password.to_owned())).await
+    }
+
+    async fn start_with(password: Option<String>) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("testkit-redis-")
             .tempdir()
             .expect("failed to create a temporary directory for Redis");
-        let mut server = RedisServer { process: None, port: 0, dir };
+        let mut server = RedisServer { process: None, port: 0, dir, password };
         for attempt in 1..=PORT_ATTEMPTS {
             // Another test can take the port between `free_port` and the bind: pick another one.
             let port = free_port();
@@ -67,9 +79,17 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:{port}`.
+    /// `redis://127.0.0.1:{port}`, with the password when the server requires one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => self.url_with_password(password),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `redis://:{password}@127.0.0.1:{port}` (right or wrong: tests of refused credentials).
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("redis://:{password}@127.0.0.1:{}", self.port)
     }
 
     /// Shuts the server down cleanly (SIGTERM) and waits for it to exit. Nothing is saved.
@@ -133,7 +153,11 @@ impl RedisServer {
             .arg(self.dir.path())
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
-        launch("redis-server", command, &self.log_path(), READY_TIMEOUT, |pid| answers(port, pid)).await
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let password = self.password.as_deref();
+        launch("redis-server", command, &self.log_path(), READY_TIMEOUT, |pid| answers(port, pid, password)).await
     }
 }
 
@@ -146,17 +170,22 @@ impl Drop for RedisServer {
 
 /// True when the server on `port` answers `PING` with `+PONG` and is the process `pid`: another
 /// test's Redis on a port we also picked would answer `PING` as well.
-async fn answers(port: u16, pid: Pid) -> bool {
+async fn answers(port: u16, pid: Pid, password: Option<&str>) -> bool {
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        if let Some(password) = password {
+            let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
+            stream.write_all(auth.as_bytes()).await.ok()?;
+        }
         // QUIT makes the server close the connection, so the whole reply can be read to the end.
         stream.write_all(b"PING\r\nINFO server\r\nQUIT\r\n").await.ok()?;
         let mut reply = Vec::new();
         stream.read_to_end(&mut reply).await.ok()?;
         Some(String::from_utf8_lossy(&reply).into_owned())
     };
+    let expected = if password.is_some() { "+OK\r\n+PONG\r\n" } else { "+PONG\r\n" };
     match tokio::time::timeout(PROBE_TIMEOUT, exchange).await {
-        Ok(Some(reply)) => reply.starts_with("+PONG\r\n") && info_process_id(&reply) == Some(pid.as_raw_pid()),
+        Ok(Some(reply)) => reply.starts_with(expected) && info_process_id(&reply) == Some(pid.as_raw_pid()),
         // Not listening yet, or too slow this time: the caller polls again.
         Ok(None) | Err(_) => false,
     }

@@ -106,3 +106,112 @@ async fn a_frozen_redis_is_noticed_by_the_keepalive_and_recovered_from() {
     let event = client.next_json().await;
     assert_eq!(event["order"]["customer_name"], "After");
 }
+
+#[tokio::test]
+async fn the_publisher_notices_a_killed_redis_within_about_a_second() {
+    let mut system = System::start(1).await;
+    system.redis.kill().await;
+    let killed = std::time::Instant::now();
+    // Nothing is written meanwhile: only the keepalive (1 s) can notice.
+    wait_until(WAIT, "publisher reports redis down", || async { system.publisher.readyz().await == 503 }).await;
+    let noticed = killed.elapsed();
+    assert!(noticed < Duration::from_millis(2500), "noticed after {noticed:?}");
+}
+
+#[tokio::test]
+async fn a_frozen_postgres_is_noticed_by_the_keepalive_and_recovered_from() {
+    let system = System::start(1).await;
+    let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
+
+    // Frozen (postmaster and session processes): the connection stays open, nothing answers.
+    system.pg.freeze();
+    let frozen = std::time::Instant::now();
+    wait_until(WAIT, "publisher reports postgres down", || async { system.publisher.readyz().await == 503 }).await;
+    let noticed = frozen.elapsed();
+    assert!(noticed < Duration::from_secs(5), "a frozen postgres noticed after {noticed:?}");
+    system.pg.thaw();
+    system.publisher.wait_ready().await;
+
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('After', 'Thaw')").await;
+    let event = client.next_json().await;
+    assert_eq!(event["order"]["customer_name"], "After");
+}
+
+#[tokio::test]
+async fn a_refused_redis_password_keeps_both_services_up_and_retrying_until_the_server_accepts_it() {
+    let pg = testkit::PgServer::start().await;
+    let redis = testkit::RedisServer::start_with_password("old-secret");
+    let redis = redis.await;
+    // Credentials are rotated on the server first: the services already have the new one.
+    let url = redis.url_with_password("new-secret");
+    let publisher = e2e::spawn_publisher(e2e::publisher_config(&pg.url(), &url)).await;
+    let ws = e2e::spawn_ws(e2e::ws_config(&url)).await;
+    wait_until(WAIT, "both services retry the refused password", || async {
+        retry_delays(&publisher, "redis").len() >= 2 && retry_delays(&ws, "redis").len() >= 2
+    })
+    .await;
+    assert_eq!((publisher.readyz().await, ws.readyz().await), (503, 503), "up, and not ready");
+    for service in [&publisher, &ws] {
+        let refused = service.logs(&["session ended; reconnecting", "authentication failed"]);
+        let line = refused.first().expect("the refusal is logged");
+        assert!(line.contains(&format!("127.0.0.1:{}", redis.port())), "names the server: {line}");
+        assert!(!line.contains("new-secret"), "never the password: {line}");
+    }
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("CONFIG").arg("SET").arg("requirepass").arg("new-secret").query_async(&mut conn).await.unwrap();
+    publisher.wait_ready().await;
+    ws.wait_ready().await;
+    let mut client = WsClient::connect(&ws.ws_url()).await;
+    pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('After', 'Rotation')").await;
+    assert_eq!(client.next_json().await["order"]["customer_name"], "After");
+}
+
+#[tokio::test]
+async fn an_acl_user_limited_to_the_pipelines_keys_and_channel_is_enough() {
+    let pg = testkit::PgServer::start().await;
+    let redis = testkit::RedisServer::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // The README's example: the log's keys (one hash tag), the channel, and no admin commands.
+    let acl =
+        "on >orders-secret resetkeys ~{orders_updates}:* resetchannels &orders_updates +@all -@admin -@dangerous +info";
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER").arg("orders");
+    for part in acl.split(' ') {
+        setuser.arg(part);
+    }
+    let () = setuser.query_async(&mut conn).await.unwrap();
+    let url = format!("redis://orders:orders-secret@127.0.0.1:{}", redis.port());
+    let publisher = e2e::spawn_publisher(e2e::publisher_config(&pg.url(), &url)).await;
+    let ws = e2e::spawn_ws(e2e::ws_config(&url)).await;
+    publisher.wait_ready().await;
+    ws.wait_ready().await;
+    let (mut client, _) = WsClient::connect_protocol(&ws.ws_url()).await;
+    client.send_json(&serde_json::json!({"type": "subscribe", "snapshot": true})).await;
+    assert_eq!(client.frames_until("subscribed").await[0]["type"], "snapshot");
+    pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('Scoped', 'User')").await;
+    assert_eq!(client.events(1).await[0]["order"]["customer_name"], "Scoped");
+}
+
+#[tokio::test]
+async fn a_refused_postgres_password_keeps_the_publisher_up_and_retrying_until_it_matches() {
+    let pg = testkit::PgServer::start().await;
+    let redis = testkit::RedisServer::start().await;
+    pg.psql("postgres", "CREATE ROLE app LOGIN SUPERUSER PASSWORD 'old-secret'").await;
+    pg.require_password_for("app").await;
+    let url = format!("postgres://app:new-secret@127.0.0.1:{}/postgres", pg.port());
+    let publisher = e2e::spawn_publisher(e2e::publisher_config(&url, &redis.url())).await;
+    wait_until(WAIT, "the publisher retries the refused password", || async {
+        retry_delays(&publisher, "postgres").len() >= 2
+    })
+    .await;
+    assert_eq!(publisher.readyz().await, 503, "up, and not ready");
+    let refused = publisher.logs(&["session ended; reconnecting", "password authentication failed"]);
+    let line = refused.first().expect("the refusal is logged");
+    assert!(line.contains(&format!("127.0.0.1:{}", pg.port())) && !line.contains("new-secret"), "{line}");
+
+    pg.psql("postgres", "ALTER ROLE app PASSWORD 'new-secret'").await;
+    publisher.wait_ready().await;
+}
