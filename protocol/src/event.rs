@@ -225,6 +225,16 @@ mod tests {
     }
 
     #[test]
+    fn the_log_frame_is_the_event_with_its_position_in_front() {
+        let c = change(r#"{"id":7,"table":"orders","operation":"DELETE","order":{"id":3},"ts":"t"}"#);
+        let frame: Value = serde_json::from_str(&crate::log::frame("k3x", 12, &c.to_log_body_rest())).unwrap();
+        let mut event: Value = serde_json::from_str(&c.to_event_json()).unwrap();
+        event["epoch"] = json!("k3x");
+        event["pos"] = json!(12);
+        assert_eq!(frame, event);
+    }
+
+    #[test]
     fn legacy_two_field_payload_is_accepted() {
         let c = change(r#"{"operation": "DELETE", "order": {"id": 3, "amount": 19.99}}"#);
         assert_eq!(c.operation, Operation::Delete);
