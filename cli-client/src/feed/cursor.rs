@@ -322,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn a_rebase_moves_the_resume_point_into_the_new_history() {
+        let mut cursor = Cursor::new(&Start::Live);
+        cursor.opened(Some(at("old", 40)));
+        feed(&mut cursor, &[("old", 41)]);
+        cursor.rebased(&at("old", 40), at("new", 7));
+        assert_eq!(cursor.position(), Some(&at("old", 41)), "a rebase of another position is not ours");
+        cursor.rebased(&at("old", 41), at("new", 8));
+        assert_eq!(cursor.position(), Some(&at("new", 8)));
+        assert_eq!(feed(&mut cursor, &[("new", 8), ("new", 9)]), ["new:9"], "the re-offered event is no repeat");
+    }
+
+    #[test]
     fn events_without_a_position_always_pass() {
         let mut cursor = Cursor::new(&Start::Live);
         let mut out = VecDeque::new();
