@@ -21,6 +21,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Close code: a frame was larger than the hard limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: a text frame was not valid UTF-8.
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 /// Close code: the client fell behind the live stream and its queue overflowed.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code: the replica lost its Redis history mid-stream (Redis restarted empty);

@@ -25,8 +25,12 @@ pub struct Config {
     /// The host name (`HOSTNAME`); without `WS_SERVER_ID` the id is `HOSTNAME:port`.
     pub hostname: Option<String>,
     /// Events a connection may fall behind before it is closed as a slow consumer
-    /// (`WS_QUEUE_CAPACITY`, default 1024).
+    /// (`WS_QUEUE_CAPACITY`, default 1024). Exact: not rounded.
     pub queue_capacity: usize,
+    /// Bytes of event frames a connection may fall behind before it is closed as a slow
+    /// consumer (`WS_QUEUE_BYTES`, default 16 MiB); one event always fits, whatever its size.
+    /// It is also the most the replica holds for its ring, however many clients lag.
+    pub queue_bytes: usize,
     /// Concurrent WebSocket connections (`WS_MAX_CONNECTIONS`, default 10000).
     pub max_connections: usize,
     /// Largest client frame answered normally (`WS_MAX_FRAME_BYTES`, default 65536); larger
@@ -56,6 +60,7 @@ impl fmt::Debug for Config {
             .field("redis_channel", &self.redis_channel.as_str())
             .field("server_id", &self.server_id)
             .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
             .field("max_connections", &self.max_connections)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("heartbeat_interval", &self.heartbeat_interval)
@@ -91,6 +96,9 @@ impl Config {
             server_id: lookup("WS_SERVER_ID").filter(|s| !s.trim().is_empty()),
             hostname: lookup("HOSTNAME").filter(|s| !s.trim().is_empty()),
             queue_capacity: env.positive("WS_QUEUE_CAPACITY", 1024),
+            // A publisher batch (512 events) arrives at once; 16 MiB lets a client that keeps up
+            // take a batch of 32 KB rows without being closed.
+            queue_bytes: env.positive("WS_QUEUE_BYTES", 16 * 1024 * 1024),
             max_connections: env.positive("WS_MAX_CONNECTIONS", 10_000),
             max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 * 1024),
             heartbeat_interval: env.duration("WS_HEARTBEAT_INTERVAL", Duration::from_secs(20)),
@@ -126,13 +134,14 @@ mod tests {
         let vars: HashMap<&str, &str> = [
             ("PORT", "http"),
             ("WS_QUEUE_CAPACITY", "0"),
+            ("WS_QUEUE_BYTES", "4MB"),
             ("WS_HEARTBEAT_INTERVAL", "20"),
             ("REDIS_URL", "localhost:6379"),
         ]
         .into_iter()
         .collect();
         let err = Config::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap_err().to_string();
-        for var in ["PORT", "WS_QUEUE_CAPACITY", "WS_HEARTBEAT_INTERVAL", "REDIS_URL"] {
+        for var in ["PORT", "WS_QUEUE_CAPACITY", "WS_QUEUE_BYTES", "WS_HEARTBEAT_INTERVAL", "REDIS_URL"] {
             assert!(err.contains(var), "{var} not in {err}");
         }
     }
@@ -140,6 +149,6 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::with_redis("redis://127.0.0.1:1");
-        assert_eq!((c.port, c.queue_capacity, c.max_frame_bytes), (8080, 1024, 65536));
+        assert_eq!((c.port, c.queue_capacity, c.queue_bytes, c.max_frame_bytes), (8080, 1024, 16 << 20, 65536));
     }
 }

@@ -15,10 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use protocol::{
-    frames::{CLOSE_TOO_BIG, SUBPROTOCOL},
-    log::Position,
-};
+use protocol::{frames::SUBPROTOCOL, log::Position};
 use serde::Deserialize;
 
 use crate::{
@@ -28,9 +25,11 @@ use crate::{
 
 /// Per-connection buffer sizes: small, so tens of thousands of idle connections stay cheap.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Each frame is written to the socket at once; what the socket does not take stays in
+/// tungstenite's buffer, and the connection sends nothing more until it is flushed.
 const WRITE_BUFFER_BYTES: usize = 0;
 /// Client frames over `max_frame_bytes` get an error frame; over this many times it, the
-/// connection is closed (1009) rather than buffering arbitrary amounts.
+/// connection is closed with 1009 (`socket`), before the payload is read.
 const HARD_LIMIT_FACTOR: usize = 16;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
@@ -89,7 +88,11 @@ async fn upgrade(
         .protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(hard_limit.max(16 * 1024 * 1024))
+        // Not a bound that matters: a connection waits for each frame to be flushed before the
+        // next (`socket`), so the buffer holds one frame and a control frame at most, and the
+        // hub bounds what waits (WS_QUEUE_CAPACITY, WS_QUEUE_BYTES). A finite cap here would
+        // only refuse events larger than it.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit);
     let mode = if query_protocol || ws.selected_protocol().is_some() { Mode::Protocol } else { Mode::Plain };
@@ -106,6 +109,3 @@ async fn upgrade(
         state.stats.connections.add(-1);
     })
 }
-
-// The hard limit's close code is tungstenite's; keep the documented constant honest.
-const _: () = assert!(CLOSE_TOO_BIG == 1009);

@@ -5,7 +5,8 @@
 //! - `sequencer`: the replica's position in the history: gap filling from the replay log,
 //!   dedupe of the overlap, announcing holes it cannot fill
 //! - `history`: the replay log as the replica reads it (shared connection, paged reads)
-//! - `hub`: the broadcast ring every connection reads from (shared bytes and positions, bounded lag)
+//! - `hub`: the ring every connection reads from (shared bytes and positions) and each
+//!   connection's queue bound, in events and bytes
 //! - `socket`: one connection's lifecycle: events out, client frames in, heartbeat, close codes;
 //!   resume, snapshot, dedupe and conflation per connection
 //! - `http`: routes (`/ws`, `/`, `/healthz`, `/readyz`, `/metrics`)
@@ -102,7 +103,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     });
     let state = Arc::new(AppState {
         server_id,
-        hub: Hub::new(config.queue_capacity),
+        hub: Hub::new(hub::Bound { events: config.queue_capacity as u64, bytes: config.queue_bytes as u64 }),
         history: History::new(Log::new(&config.redis_channel)),
         stats: Arc::new(Stats::new()),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),

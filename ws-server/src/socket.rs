@@ -8,39 +8,47 @@
 //! | close | when | client should |
 //! |---|---|---|
 //! | 1001 | the replica shuts down | reconnect (any replica) and resume |
+//! | 1007 | a client text frame is not valid UTF-8 | send UTF-8 JSON |
 //! | 1009 | a client frame exceeded the hard size limit | send smaller frames |
 //! | 1013 | Redis is unreachable while a resume, snapshot or catch-up needs the log | reconnect and resume |
-//! | 4008 | the client fell `WS_QUEUE_CAPACITY` events behind (default policy) | reconnect and resume |
+//! | 4008 | more than `WS_QUEUE_CAPACITY` events or `WS_QUEUE_BYTES` bytes wait for the client (default policy) | reconnect and resume |
 //! | 4009 | no frame or pong for two heartbeat intervals | reconnect and resume |
 //! | 4010 | a plain connection's `?since=` cannot be served | reconnect without `since` |
 //!
-//! A client whose socket accepts nothing for `WS_SEND_TIMEOUT` is dropped without a close
-//! frame (none could reach it).
+//! **Slow consumers.** A live send watches the connection's queue in the hub while the socket
+//! is blocked, so a client that stopped reading is noticed as soon as its queue passes a bound,
+//! not when `WS_SEND_TIMEOUT` runs out. The close frame is then queued behind the frame being
+//! written: a client that reads again gets that frame, then the 4008 close. Only one frame is
+//! ever in the socket's write buffer, so the hub's bound is what bounds memory. Sends from the
+//! replay log (resume, gap fill, snapshot, conflation) are paced by the socket instead, and
+//! the queue bound does not apply to them.
+//!
+//! A client whose socket accepts nothing for `WS_SEND_TIMEOUT` while its queue stays within
+//! the bounds (or during a replay) is dropped without a close frame: none could reach it.
 
 mod conflate;
 mod snapshot;
 mod stream;
 
-use std::time::Duration;
+use std::{future::poll_fn, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
 use protocol::{
     frames::{
-        CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_SLOW_CONSUMER, CLOSE_TRY_AGAIN_LATER, ClientFrame, ErrorCode,
-        PROTOCOL_VERSION, ServerFrame,
+        CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_PAYLOAD, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
+        CLOSE_TRY_AGAIN_LATER, ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame,
     },
     log::Position,
 };
-use tokio::{
-    sync::broadcast::{self, error::RecvError},
-    time::{Instant, timeout},
-};
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::{self, error::CapacityError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
     AppState,
-    hub::{Cursor, Item},
+    hub::{Cursor, Feed, Item, Lag},
 };
 
 /// Which frames the client gets.
@@ -57,10 +65,23 @@ pub(crate) enum Mode {
 enum End {
     ClientClosed,
     Shutdown,
-    SlowConsumer(u64),
+    /// Closed with 4008 (the queue passed a bound).
+    SlowConsumer(Lag),
+    /// The queue passed a bound during a live send; the slow-consumer policy decides what
+    /// follows (close, or conflate and continue). Never the end of a connection by itself.
+    /// `frame_queued`: the frame being sent went into the socket's buffer, ahead of anything
+    /// sent next, so it counts as sent.
+    Overflow {
+        lag: Lag,
+        frame_queued: bool,
+    },
     HeartbeatTimeout,
     SendFailed(&'static str),
     ReadFailed(String),
+    /// A client frame over the hard limit (closed with 1009).
+    FrameTooLarge,
+    /// A client text frame that is not UTF-8 (closed with 1007).
+    InvalidUtf8,
     /// A plain connection's resume could not be served (closed with 4010).
     CannotResume,
     /// Redis did not answer a log read (closed with 1013).
@@ -75,7 +96,7 @@ struct Conn<'a> {
     state: &'a AppState,
     sender: Sender,
     shutdown: CancellationToken,
-    rx: broadcast::Receiver<Item>,
+    rx: Feed<'a>,
     /// The last position sent, covered by a snapshot, or skipped because the client said it
     /// had it. Nothing at or before it is sent again.
     cursor: Option<Cursor>,
@@ -114,9 +135,9 @@ pub(crate) async fn serve(
     };
     let end = conn.run(since).await;
     match &end {
-        End::SlowConsumer(missed) => {
-            state.stats.slow_consumers.inc();
-            warn!(conn_id, missed, "closed slow consumer");
+        End::SlowConsumer(lag) => {
+            // Counted when noticed (`close_slow`); the close may have waited for the client.
+            info!(conn_id, events = lag.events, bytes = lag.bytes, "slow consumer closed");
         }
         End::SendFailed(why) => {
             state.stats.send_failures.inc();
@@ -150,7 +171,7 @@ impl Conn<'_> {
             }
         }
         if let Some(since) = since
-            && let Err(end) = self.subscribe(Some(since), false, false).await
+            && let Err(end) = self.subscribe_live(Some(since), false, false).await
         {
             return end;
         }
@@ -162,14 +183,14 @@ impl Conn<'_> {
             let step = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Err(self.going_away().await),
-                // Cancel-safe: a broadcast receiver loses nothing when the recv future is dropped.
+                // Cancel-safe: the feed takes nothing until it returns an item.
                 item = self.rx.recv() => self.on_hub(item).await,
                 // Cancel-safe: tungstenite keeps partial frames in its own buffer.
                 inbound = self.ws.recv() => {
                     self.last_heard = Instant::now();
                     match inbound {
                         None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
-                        Some(Err(e)) => Err(End::ReadFailed(e.to_string())),
+                        Some(Err(e)) => Err(self.on_read_error(e).await),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                         Some(Ok(msg)) => self.answer(msg).await,
                     }
@@ -179,9 +200,13 @@ impl Conn<'_> {
                         self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals").await;
                         Err(End::HeartbeatTimeout)
                     } else {
-                        self.send(Message::Ping(Default::default())).await
+                        self.send_live(Message::Ping(Default::default())).await
                     }
                 }
+            };
+            let step = match step {
+                Err(End::Overflow { lag, .. }) => self.on_overflow(lag).await,
+                other => other,
             };
             if let Err(end) = step {
                 return end;
@@ -189,17 +214,81 @@ impl Conn<'_> {
         }
     }
 
-    async fn on_hub(&mut self, item: Result<Item, RecvError>) -> Result<(), End> {
+    async fn on_hub(&mut self, item: Result<Item, Lag>) -> Result<(), End> {
         match item {
             Ok(Item::Event(event)) => self.deliver(event).await,
             Ok(Item::Break(brk)) => self.on_break(&brk).await,
-            Err(RecvError::Lagged(missed)) if self.conflate => self.conflate_backlog(missed).await,
-            Err(RecvError::Lagged(missed)) => {
-                let reason = format!("slow consumer: fell {missed} events behind; reconnect");
-                self.close(CLOSE_SLOW_CONSUMER, &reason).await;
-                Err(End::SlowConsumer(missed))
+            Err(lag) => self.on_overflow(lag).await,
+        }
+    }
+
+    /// The slow-consumer policy, once the queue passed a bound: fold the backlog and continue
+    /// (`conflate: true`), or close with 4008.
+    async fn on_overflow(&mut self, lag: Lag) -> Result<(), End> {
+        if !self.conflate {
+            return Err(self.close_slow(lag).await);
+        }
+        // What the feed skips is in the log, which the fold reads after this point; what is
+        // pushed from now on the feed still yields (at or before the fold's end it is skipped).
+        self.rx.skip_to_newest();
+        self.conflate_backlog(lag.events).await
+    }
+
+    async fn close_slow(&mut self, lag: Lag) -> End {
+        // Counted now: the close frame may wait behind a blocked frame for the client to read.
+        self.state.stats.slow_consumers.inc();
+        warn!(conn_id = self.conn_id, events = lag.events, bytes = lag.bytes, "slow consumer; closing with 4008");
+        let reason = format!("slow consumer: fell {} events ({} bytes) behind; reconnect", lag.events, lag.bytes);
+        self.close(CLOSE_SLOW_CONSUMER, &reason).await;
+        End::SlowConsumer(lag)
+    }
+
+    /// A `subscribe` (frame or `?since=`) under the slow-consumer policy: a client that
+    /// overflows while catching up is closed, or, if it conflates, gets the fold and is then
+    /// confirmed as live.
+    async fn subscribe_live(&mut self, since: Option<Position>, snapshot: bool, conflate: bool) -> Result<(), End> {
+        match self.subscribe(since, snapshot, conflate).await {
+            Err(End::Overflow { lag, .. }) => {
+                self.on_overflow(lag).await?;
+                if self.mode == Mode::Protocol {
+                    let position = self.cursor.as_ref().map(Cursor::to_position);
+                    self.send_frame(&ServerFrame::Subscribed { position }).await?;
+                }
+                Ok(())
             }
-            Err(RecvError::Closed) => Err(End::Shutdown),
+            other => other,
+        }
+    }
+
+    /// A read that failed: close with the code the protocol promises when there is one.
+    async fn on_read_error(&mut self, error: axum::Error) -> End {
+        let error = match error.into_inner().downcast::<tungstenite::Error>() {
+            Ok(error) => *error,
+            Err(other) => return End::ReadFailed(other.to_string()),
+        };
+        match error {
+            // Raised from the frame header (or a fragment that would exceed the message limit),
+            // before the payload is read: nothing more is read, the close still goes out.
+            // Counted and logged before the close goes out, so whoever sees the close sees them.
+            tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                self.state.stats.frames_too_large.inc();
+                info!(
+                    conn_id = self.conn_id,
+                    size,
+                    limit = max_size,
+                    "client frame over the hard limit; closing with 1009"
+                );
+                let reason = format!("frame of {size} bytes exceeds the limit of {max_size} bytes");
+                self.close(CLOSE_TOO_BIG, &reason).await;
+                End::FrameTooLarge
+            }
+            tungstenite::Error::Utf8(error) => {
+                self.state.stats.invalid_utf8.inc();
+                info!(conn_id = self.conn_id, %error, "client text frame is not UTF-8; closing with 1007");
+                self.close(CLOSE_INVALID_PAYLOAD, "text frame is not valid UTF-8").await;
+                End::InvalidUtf8
+            }
+            other => End::ReadFailed(other.to_string()),
         }
     }
 
@@ -218,7 +307,7 @@ impl Conn<'_> {
             Message::Text(text) => match ClientFrame::parse(&text) {
                 Ok(ClientFrame::Ping { id }) => ServerFrame::Pong { id },
                 Ok(ClientFrame::Subscribe { since, snapshot, conflate }) => {
-                    return self.subscribe(since, snapshot, conflate).await;
+                    return self.subscribe_live(since, snapshot, conflate).await;
                 }
                 Err((code, message)) => error_frame(code, message),
             },
@@ -231,15 +320,22 @@ impl Conn<'_> {
         if matches!(reply, ServerFrame::Error { .. }) {
             self.state.stats.bad_frames.inc();
         }
-        self.send_frame(&reply).await
+        self.send_live(Message::Text(reply.to_json().into())).await
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
         self.send(Message::Text(frame.to_json().into())).await
     }
 
+    /// Sends a frame paced by the socket (replay, snapshot, control frames around them).
     async fn send(&mut self, msg: Message) -> Result<(), End> {
         self.sender.send(&mut self.ws, msg).await
+    }
+
+    /// Sends a frame of the live stream, watching the queue while the socket is blocked:
+    /// `End::Overflow` as soon as it passes a bound.
+    async fn send_live(&mut self, msg: Message) -> Result<(), End> {
+        self.sender.send_watching(&mut self.ws, &self.rx, msg).await
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
@@ -271,10 +367,32 @@ struct Sender {
 
 impl Sender {
     async fn send(&self, ws: &mut WebSocket, msg: Message) -> Result<(), End> {
-        match timeout(self.send_timeout, ws.send(msg)).await {
+        match tokio::time::timeout(self.send_timeout, ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::SendFailed("write failed")),
             Err(_) => Err(End::SendFailed("send timed out")),
+        }
+    }
+
+    /// [`Self::send`], returning `End::Overflow` as soon as `rx` overflows while the socket
+    /// is blocked. The send's steps are taken one by one to know whether the frame went into
+    /// the socket's buffer before that happened.
+    async fn send_watching(&self, ws: &mut WebSocket, rx: &Feed<'_>, msg: Message) -> Result<(), End> {
+        let deadline = Instant::now() + self.send_timeout;
+        // Giving up in the first step leaves the frame unsent; in the second, it stays in
+        // tungstenite's buffer and goes out before anything sent after it.
+        let ready = tokio::select! {
+            biased;
+            ready = poll_fn(|cx| ws.poll_ready_unpin(cx)) => ready,
+            lag = rx.overflowed() => return Err(End::Overflow { lag, frame_queued: false }),
+            () = sleep_until(deadline) => return Err(End::SendFailed("send timed out")),
+        };
+        ready.and_then(|()| ws.start_send_unpin(msg)).map_err(|_| End::SendFailed("write failed"))?;
+        tokio::select! {
+            biased;
+            flushed = poll_fn(|cx| ws.poll_flush_unpin(cx)) => flushed.map_err(|_| End::SendFailed("write failed")),
+            lag = rx.overflowed() => Err(End::Overflow { lag, frame_queued: true }),
+            () = sleep_until(deadline) => Err(End::SendFailed("send timed out")),
         }
     }
 }

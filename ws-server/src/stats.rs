@@ -28,6 +28,8 @@ pub(crate) struct Stats {
     pub(crate) resets: Counter,
     pub(crate) conflations: Counter,
     pub(crate) folded: Counter,
+    pub(crate) frames_too_large: Counter,
+    pub(crate) invalid_utf8: Counter,
 }
 
 impl Stats {
@@ -54,6 +56,8 @@ impl Stats {
             resets: Counter::default(),
             conflations: Counter::default(),
             folded: Counter::default(),
+            frames_too_large: Counter::default(),
+            invalid_utf8: Counter::default(),
         }
     }
 }
@@ -111,6 +115,16 @@ impl Health for Stats {
             "ws_conflated_events_total",
             "Events left out by conflation (a later one replaced them).",
             &self.folded,
+        );
+        out.counter(
+            "ws_closed_frame_too_large_total",
+            "Connections closed with 1009 (a client frame over the hard limit).",
+            &self.frames_too_large,
+        );
+        out.counter(
+            "ws_closed_invalid_utf8_total",
+            "Connections closed with 1007 (a text frame that is not UTF-8).",
+            &self.invalid_utf8,
         );
         out.gauge("ws_redis_up", "Whether the Redis subscription is live.", i64::from(self.readiness.is_up(REDIS)));
     }

@@ -1,10 +1,12 @@
 //! End-to-end tests: real PostgreSQL and Redis servers, the real publisher and ws-server.
 
 mod chaos;
+mod close_codes;
 mod durability;
 mod faults;
 mod pipeline;
 mod resume;
 mod shutdown;
+mod slow;
 mod websocket;
 mod wipe;

@@ -102,8 +102,8 @@ async fn a_client_that_stops_reading_is_closed_with_4008_while_a_fast_client_kee
             assert_eq!(fast.next_json().await["id"], *n);
         }
     }
-    // Its task is blocked writing to the full socket; once the client reads again, the
-    // server finds it fell behind and closes it, after what was already in flight.
+    // Its task is blocked writing to the full socket; it notices its queue passing 32 events
+    // meanwhile and queues the close behind what was in flight, which the client reads now.
     let (code, reason) = slow.expect_close(WAIT).await;
     assert_eq!(code, 4008, "{reason}");
     assert!(reason.contains("slow consumer"), "{reason}");

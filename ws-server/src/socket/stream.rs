@@ -72,12 +72,15 @@ impl Conn<'_> {
 
     async fn send_event(&mut self, event: Event) -> Result<(), End> {
         let at = event.cursor();
-        self.send(Message::Text(event.frame)).await?;
-        self.state.stats.messages_out.inc();
-        if let Some(at) = at {
-            self.advance(at);
+        let sent = self.send_live(Message::Text(event.frame)).await;
+        // A frame already in the socket's buffer when the queue overflowed counts as sent.
+        if matches!(sent, Ok(()) | Err(End::Overflow { frame_queued: true, .. })) {
+            self.state.stats.messages_out.inc();
+            if let Some(at) = at {
+                self.advance(at);
+            }
         }
-        Ok(())
+        sent
     }
 
     fn advance(&mut self, at: Cursor) {
