@@ -51,3 +51,23 @@ pub fn apply(state: &mut BTreeMap<String, Value>, event: &Value) {
         state.insert(key, event["order"].clone());
     }
 }
+
+/// An event frame in the publisher's format (a ws-server relays nothing else) at position
+/// `pos` of a test history, its row padded by `padding` bytes: for tests of a ws-server alone.
+pub fn event_frame(pos: u64, padding: usize) -> String {
+    serde_json::json!({"type":"event","epoch":"test","pos":pos,"id":pos,"table":"orders","operation":"INSERT",
+                       "order":{"id":pos,"pad":"p".repeat(padding)}})
+    .to_string()
+}
+
+/// PUBLISHes `frames` on the channel in one pipeline, as the publisher's script would.
+pub async fn publish_frames(redis_url: &str, frames: impl IntoIterator<Item = String>) {
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut pipe = redis::pipe();
+    for frame in frames {
+        pipe.publish(protocol::channel::DEFAULT_REDIS_CHANNEL, frame).ignore();
+    }
+    let publish = pipe.query_async::<()>(&mut conn);
+    tokio::time::timeout(crate::WAIT, publish).await.expect("publish in time").expect("publish");
+}

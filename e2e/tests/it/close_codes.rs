@@ -4,7 +4,6 @@
 
 use e2e::{Service, WAIT, WsClient, spawn_ws, ws_config};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
 use testkit::RedisServer;
 use tokio::{net::TcpStream, time::timeout};
 use tokio_tungstenite::{
@@ -43,13 +42,7 @@ async fn close_of(raw: &mut Raw) -> (u16, String) {
 }
 
 async fn publish_one(redis: &RedisServer, id: u64) {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let event = json!({"type":"event","id":id,"table":"orders","operation":"INSERT","order":{"id":id}}).to_string();
-    let _: i64 = timeout(WAIT, redis::cmd("PUBLISH").arg("orders_updates").arg(event).query_async(&mut conn))
-        .await
-        .expect("publish in time")
-        .unwrap();
+    e2e::history::publish_frames(&redis.url(), [e2e::history::event_frame(id, 0)]).await;
 }
 
 #[tokio::test]

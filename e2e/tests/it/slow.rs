@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use e2e::{Service, WAIT, WsClient, spawn_ws, ws_config};
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use testkit::RedisServer;
 use tokio::{
     net::{TcpSocket, TcpStream},
@@ -22,19 +22,10 @@ use tokio_tungstenite::{
     tungstenite::{Message, protocol::CloseFrame},
 };
 
-fn event(n: u64, padding: usize) -> String {
-    json!({"type":"event","id":n,"table":"orders","operation":"INSERT","order":{"id":n,"pad":"p".repeat(padding)}})
-        .to_string()
-}
+use e2e::history::event_frame as event;
 
-async fn publish(redis: &RedisServer, payloads: impl IntoIterator<Item = String>) {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut pipe = redis::pipe();
-    for p in payloads {
-        pipe.publish("orders_updates", p).ignore();
-    }
-    let () = timeout(WAIT, pipe.query_async(&mut conn)).await.expect("publish in time").unwrap();
+async fn publish(redis: &RedisServer, frames: impl IntoIterator<Item = String>) {
+    e2e::history::publish_frames(&redis.url(), frames).await;
 }
 
 /// A plain client with a tiny receive buffer that reads nothing until told to.

@@ -6,21 +6,12 @@ use e2e::{WAIT, WsClient, spawn_ws, ws_config};
 use serde_json::json;
 use testkit::{RedisServer, wait_until};
 
-async fn publish(redis: &RedisServer, payloads: impl IntoIterator<Item = String>) {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut pipe = redis::pipe();
-    for p in payloads {
-        pipe.publish("orders_updates", p).ignore();
-    }
-    let () = pipe.query_async(&mut conn).await.unwrap();
+async fn publish(redis: &RedisServer, frames: impl IntoIterator<Item = String>) {
+    e2e::history::publish_frames(&redis.url(), frames).await;
 }
 
-/// An event frame as the publisher writes it (ws-server relays nothing else), at position `n`.
 fn event(n: usize, padding: usize) -> String {
-    json!({"type":"event","epoch":"test","pos":n,"id":n,"table":"orders","operation":"INSERT",
-           "order":{"id":n,"pad":"p".repeat(padding)}})
-    .to_string()
+    e2e::history::event_frame(n as u64, padding)
 }
 
 #[tokio::test]
