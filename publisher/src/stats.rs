@@ -1,6 +1,6 @@
 //! Readiness and metrics of one publisher instance.
 
-use protocol::ops::{Counter, Exposition, Gauge, Health, Readiness};
+use protocol::ops::{Counter, Gauge, Health, Readiness, Registry};
 
 pub(crate) const POSTGRES: &str = "postgres";
 pub(crate) const REDIS: &str = "redis";
@@ -49,7 +49,8 @@ impl Health for Stats {
         &self.readiness
     }
 
-    fn metrics(&self, out: &mut Exposition) {
+    fn metrics(&self, out: &mut Registry) {
+        out.build_info("publisher", env!("CARGO_PKG_VERSION"));
         out.counter("publisher_notifications_total", "Notifications received from PostgreSQL.", &self.notifications);
         out.counter("publisher_skipped_total", "Malformed or foreign payloads skipped.", &self.skipped);
         out.counter("publisher_events_published_total", "Events appended to the log and published.", &self.published);
@@ -63,12 +64,12 @@ impl Health for Stats {
             &self.pg_reconnects,
         );
         out.counter("publisher_redis_reconnects_total", "Redis sessions lost and retried.", &self.redis_reconnects);
-        out.gauge("publisher_active", "1 on the active publisher, 0 on a standby.", self.leader.get());
-        for (name, up) in [(POSTGRES, self.readiness.is_up(POSTGRES)), (REDIS, self.readiness.is_up(REDIS))] {
+        out.gauge("publisher_active", "1 on the active publisher, 0 on a standby.", &self.leader);
+        for name in [POSTGRES, REDIS] {
             out.gauge(
                 &format!("publisher_{name}_up"),
                 &format!("Whether the {name} session is connected."),
-                i64::from(up),
+                self.readiness.gauge(name),
             );
         }
     }

@@ -1,6 +1,6 @@
 //! Readiness and metrics of one ws-server replica.
 
-use protocol::ops::{Counter, Exposition, Gauge, Health, Readiness};
+use protocol::ops::{Counter, Gauge, Health, Readiness, Registry};
 
 pub(crate) const REDIS: &str = "redis";
 
@@ -61,8 +61,9 @@ impl Health for Stats {
         &self.readiness
     }
 
-    fn metrics(&self, out: &mut Exposition) {
-        out.gauge("ws_connections", "WebSocket connections open now.", self.connections.get());
+    fn metrics(&self, out: &mut Registry) {
+        out.build_info("ws", env!("CARGO_PKG_VERSION"));
+        out.gauge("ws_open_connections", "WebSocket connections open now.", &self.connections);
         out.counter("ws_connections_total", "WebSocket connections accepted.", &self.accepted);
         out.counter("ws_connections_rejected_total", "Connections refused at WS_MAX_CONNECTIONS.", &self.rejected_full);
         out.counter("ws_messages_in_total", "Messages received from Redis.", &self.messages_in);
@@ -105,6 +106,6 @@ impl Health for Stats {
             "Events left out by conflation (a later one replaced them).",
             &self.folded,
         );
-        out.gauge("ws_redis_up", "Whether the Redis subscription is live.", i64::from(self.readiness.is_up(REDIS)));
+        out.gauge("ws_redis_up", "Whether the Redis subscription is live.", self.readiness.gauge(REDIS));
     }
 }
