@@ -1,6 +1,6 @@
 //! Readiness and metrics of one publisher instance.
 
-use protocol::ops::{Counter, Gauge, Health, Readiness, Registry};
+use protocol::ops::{Counter, Gauge, Health, Histogram, Readiness, Registry};
 
 pub(crate) const POSTGRES: &str = "postgres";
 pub(crate) const REDIS: &str = "redis";
@@ -18,6 +18,9 @@ pub(crate) struct Stats {
     pub(crate) pg_reconnects: Counter,
     pub(crate) redis_reconnects: Counter,
     pub(crate) leader: Gauge,
+    /// Seconds from a change's `ts` to its append to the replay log:
+    /// `stats.append_latency.observe_since(committed_at)` once per appended event.
+    pub(crate) append_latency: Histogram,
 }
 
 impl std::fmt::Debug for Stats {
@@ -40,6 +43,7 @@ impl Stats {
             pg_reconnects: Counter::default(),
             redis_reconnects: Counter::default(),
             leader: Gauge::default(),
+            append_latency: Histogram::latency(),
         }
     }
 }
@@ -65,12 +69,42 @@ impl Health for Stats {
         );
         out.counter("publisher_redis_reconnects_total", "Redis sessions lost and retried.", &self.redis_reconnects);
         out.gauge("publisher_active", "1 on the active publisher, 0 on a standby.", &self.leader);
+        out.histogram(
+            "publisher_append_latency_seconds",
+            "Seconds from a change's commit (its ts, taken by the trigger) to its append to the Redis log.",
+            &self.append_latency,
+        );
         for name in [POSTGRES, REDIS] {
             out.gauge(
                 &format!("publisher_{name}_up"),
                 &format!("Whether the {name} session is connected."),
                 self.readiness.gauge(name),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use protocol::ops::{Format, registry};
+
+    use super::*;
+
+    #[test]
+    fn append_latency_renders_as_a_histogram_in_seconds() {
+        let stats = Stats::new();
+        stats.append_latency.observe(0.004);
+        stats.append_latency.observe_since(SystemTime::now() - Duration::from_secs(2));
+        let text = registry(&stats).encode(Format::Text);
+        for expected in [
+            "# TYPE publisher_append_latency_seconds histogram\n",
+            "publisher_append_latency_seconds_bucket{le=\"0.005\"} 1\n",
+            "publisher_append_latency_seconds_bucket{le=\"2.5\"} 2\n",
+            "publisher_append_latency_seconds_count 2\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
         }
     }
 }

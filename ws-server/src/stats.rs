@@ -1,6 +1,6 @@
 //! Readiness and metrics of one ws-server replica.
 
-use protocol::ops::{Counter, Gauge, Health, Readiness, Registry};
+use protocol::ops::{Counter, Gauge, Health, Histogram, Readiness, Registry};
 
 pub(crate) const REDIS: &str = "redis";
 
@@ -27,6 +27,8 @@ pub(crate) struct Stats {
     pub(crate) resets: Counter,
     pub(crate) conflations: Counter,
     pub(crate) folded: Counter,
+    /// Seconds from an event's `ts` to its live frame sent to a client.
+    pub(crate) delivery_latency: Histogram,
 }
 
 impl Stats {
@@ -52,6 +54,7 @@ impl Stats {
             resets: Counter::default(),
             conflations: Counter::default(),
             folded: Counter::default(),
+            delivery_latency: Histogram::latency(),
         }
     }
 }
@@ -105,6 +108,11 @@ impl Health for Stats {
             "ws_conflated_events_total",
             "Events left out by conflation (a later one replaced them).",
             &self.folded,
+        );
+        out.histogram(
+            "ws_delivery_latency_seconds",
+            "Seconds from a change's commit (its ts, taken by the trigger) to its live frame sent to a client.",
+            &self.delivery_latency,
         );
         out.gauge("ws_redis_up", "Whether the Redis subscription is live.", self.readiness.gauge(REDIS));
     }

@@ -70,6 +70,9 @@ impl Conn<'_> {
         let at = event.cursor();
         self.send(Message::Text(event.frame)).await?;
         self.state.stats.messages_out.inc();
+        if let Some(changed_at) = event.changed_at {
+            self.state.stats.delivery_latency.observe_since(changed_at);
+        }
         if let Some(at) = at {
             self.advance(at);
         }
