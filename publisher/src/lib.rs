@@ -7,6 +7,7 @@
 //! - `active`: the active publisher's drain (outbox → replay log → marks) and claim/seed
 //! - `outbox`: the outbox queries (unpublished, mark, prune, snapshot)
 //! - `forward`: the Redis connection with reconnect
+//! - `backlog`: the outbox backlog gauges, read on a connection of their own
 //! - `stats`: readiness and metrics behind `/healthz`, `/readyz`, `/metrics`
 //!
 //! Nothing is held only in memory: an event leaves the outbox's unpublished set only after
@@ -14,6 +15,7 @@
 //! active publisher continues from the outbox (docs/design.md, "Delivery guarantees").
 
 mod active;
+mod backlog;
 pub mod config;
 mod forward;
 mod migrate;
@@ -91,7 +93,9 @@ pub async fn run(config: Config, health: TcpListener, shutdown: CancellationToke
         token.cancel();
         result.map_err(Error::Relay)
     };
-    let (relayed, served) = tokio::join!(relay, http);
+    // Never stops the others: it retries what is transient, and a fatal error ends the relay too.
+    let backlog = backlog::run(&config, &stats, &token);
+    let (relayed, served, ()) = tokio::join!(relay, http, backlog);
     info!("publisher stopped");
     relayed.and(served)
 }

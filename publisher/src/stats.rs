@@ -1,6 +1,6 @@
 //! Readiness and metrics of one publisher instance.
 
-use protocol::ops::{Counter, Gauge, Health, Histogram, Readiness, Registry};
+use protocol::ops::{Counter, FloatGauge, Gauge, Health, Histogram, Readiness, Registry};
 
 pub(crate) const POSTGRES: &str = "postgres";
 pub(crate) const REDIS: &str = "redis";
@@ -21,6 +21,10 @@ pub(crate) struct Stats {
     /// Seconds from a change's `ts` to its append to the replay log:
     /// `stats.append_latency.observe_since(committed_at)` once per appended event.
     pub(crate) append_latency: Histogram,
+    /// Outbox rows not yet published, as of the last `backlog` refresh.
+    pub(crate) backlog: Gauge,
+    /// Age of the oldest of them in seconds (0 without any), as of the last refresh.
+    pub(crate) backlog_age: FloatGauge,
 }
 
 impl std::fmt::Debug for Stats {
@@ -44,6 +48,8 @@ impl Stats {
             redis_reconnects: Counter::default(),
             leader: Gauge::default(),
             append_latency: Histogram::latency(),
+            backlog: Gauge::default(),
+            backlog_age: FloatGauge::default(),
         }
     }
 }
@@ -73,6 +79,16 @@ impl Health for Stats {
             "publisher_append_latency_seconds",
             "Seconds from a change's commit (its ts, taken by the trigger) to its append to the Redis log.",
             &self.append_latency,
+        );
+        out.gauge(
+            "publisher_outbox_backlog",
+            "Committed changes not yet published (realtime_events rows without published_at).",
+            &self.backlog,
+        );
+        out.float_gauge(
+            "publisher_outbox_backlog_age_seconds",
+            "Age of the oldest unpublished change, 0 when there is none.",
+            &self.backlog_age,
         );
         for name in [POSTGRES, REDIS] {
             out.gauge(
