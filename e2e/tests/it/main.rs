@@ -3,6 +3,7 @@
 mod chaos;
 mod durability;
 mod faults;
+mod metrics;
 mod pipeline;
 mod resume;
 mod shutdown;
