@@ -77,7 +77,7 @@ impl Health for Stats {
         out.gauge("publisher_active", "1 on the active publisher, 0 on a standby.", &self.leader);
         out.histogram(
             "publisher_append_latency_seconds",
-            "Seconds from a change's commit (its ts, taken by the trigger) to its append to the Redis log.",
+            "Seconds from a change's ts (the trigger's clock, at the write) to its append to the Redis log.",
             &self.append_latency,
         );
         out.gauge(

@@ -111,7 +111,7 @@ impl Health for Stats {
         );
         out.histogram(
             "ws_delivery_latency_seconds",
-            "Seconds from a change's commit (its ts, taken by the trigger) to its live frame sent to a client.",
+            "Seconds from a change's ts (the trigger's clock, at the write) to its live frame sent to a client.",
             &self.delivery_latency,
         );
         out.gauge("ws_redis_up", "Whether the Redis subscription is live.", self.readiness.gauge(REDIS));
