@@ -66,6 +66,8 @@ async fn session(config: &Config, stats: &Stats, shutdown: &CancellationToken) -
     // that create the table on a fresh database.
     let period = config.keepalive_interval;
     let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    // A slow read pushes the next one back rather than bunching reads up behind it.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let read = async {
             every.tick().await;
