@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ensure the tools that building, running and testing the workspace need are present:
-# PostgreSQL server binaries, redis-server, a C linker and cargo; with --browser also chromium
-# and chromedriver (for the dashboard's headless-browser tests).
+# PostgreSQL server binaries, redis-server, promtool, a C linker and cargo; with --browser also
+# chromium and chromedriver (for the dashboard's headless-browser tests).
 #
 #   bash scripts/install-deps.sh [--browser]
 #
@@ -92,6 +92,10 @@ ensure_deps() {
 
     pg_bin_dir >/dev/null || missing+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || [[ -x "${REDIS_SERVER_BIN:-}" ]] || missing+=(redis-server)
+    # The e2e tests pipe each service's /metrics through `promtool check metrics`. Debian ships
+    # promtool only in `prometheus`, which also brings the Prometheus server: enabled as a
+    # service on a systemd host (Docker images' policy-rc.d keeps it from starting).
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     # rustc links through the system C compiler.
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
     if ((browser)); then

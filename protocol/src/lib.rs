@@ -7,6 +7,7 @@
 //! - [`retry`]: the reconnect policy (`backon` exponential schedule with jitter, never giving up)
 //! - [`env`]: configuration from the environment, reporting every problem at once
 //! - [`ops`]: readiness, Prometheus metrics and the `/healthz` `/readyz` `/metrics` router
+//! - [`timestamp`]: an event's `ts` as a `SystemTime` (for the latency histograms)
 //! - [`service`]: the daemons' shared `main` (env, config, logging, bind, signals, exit code)
 //! - [`telemetry`], [`shutdown`]: logging setup and the SIGINT/SIGTERM future
 
@@ -20,3 +21,4 @@ pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod timestamp;

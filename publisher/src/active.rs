@@ -176,6 +176,9 @@ impl<'a> Active<'a> {
                         stats.published.add(batch.len() as u64);
                         stats.batches.inc();
                         debug!(events = batch.len(), pos = last, "appended");
+                        for at in batch.changed_at() {
+                            stats.append_latency.observe_since(at);
+                        }
                         marks.extend(batch.marks(last));
                         self.appended = last;
                     }

@@ -1,6 +1,8 @@
 //! A batch of changes on its way to the replay log: each serialized once, with what it does to
 //! the snapshot state, and the positions the append gave it.
 
+use std::time::SystemTime;
+
 use protocol::{
     event::{Change, Operation},
     log::{Append, StateChange},
@@ -18,6 +20,8 @@ enum Row {
 #[derive(Debug)]
 struct Entry {
     id: Option<i64>,
+    /// The change's `ts` (the trigger's clock), for the append latency.
+    changed_at: Option<SystemTime>,
     body: String,
     key: Option<String>,
     row: Row,
@@ -55,7 +59,8 @@ impl Batch {
     fn push_with(&mut self, change: Change, row: Row) {
         let key = change.row_key();
         let row = if key.is_some() { row } else { Row::Keep };
-        self.entries.push(Entry { id: change.id, body: change.to_log_body_rest(), key, row });
+        let changed_at = change.ts.as_deref().and_then(protocol::timestamp::parse);
+        self.entries.push(Entry { id: change.id, changed_at, body: change.to_log_body_rest(), key, row });
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -64,6 +69,11 @@ impl Batch {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// When each change was made (its `ts`), where known.
+    pub(crate) fn changed_at(&self) -> impl Iterator<Item = SystemTime> + '_ {
+        self.entries.iter().filter_map(|e| e.changed_at)
     }
 
     /// The outbox event ids in the batch.

@@ -212,6 +212,11 @@ async fn fill(
             marks.extend(batch.marks(last));
             stats.published.add(batch.len() as u64);
             stats.batches.inc();
+            // Backlog events are as late as the outage made them; re-offered ones are not
+            // measured (they were appended once already).
+            for at in batch.changed_at() {
+                stats.append_latency.observe_since(at);
+            }
             backlog += batch.len();
         }
         if rows.len() < config.batch_max {

@@ -9,6 +9,7 @@
 //! - `batch`: changes serialized once on their way to the log, and the positions they got
 //! - `outbox`: the outbox queries (unpublished, mark with positions, prune, the snapshot reads)
 //! - `forward`: the Redis connection with reconnect
+//! - `backlog`: the outbox backlog gauges, read on a connection of their own
 //! - `stats`: readiness and metrics behind `/healthz`, `/readyz`, `/metrics`
 //!
 //! Nothing is held only in memory: an event leaves the outbox's unpublished set only after
@@ -16,6 +17,7 @@
 //! active publisher continues from the outbox (docs/design.md, "Delivery guarantees").
 
 mod active;
+mod backlog;
 mod batch;
 pub mod config;
 mod forward;
@@ -95,7 +97,9 @@ pub async fn run(config: Config, health: TcpListener, shutdown: CancellationToke
         token.cancel();
         result.map_err(Error::Relay)
     };
-    let (relayed, served) = tokio::join!(relay, http);
+    // Never stops the others: it retries what is transient, and a fatal error ends the relay too.
+    let backlog = backlog::run(&config, &stats, &token);
+    let (relayed, served, ()) = tokio::join!(relay, http, backlog);
     info!("publisher stopped");
     relayed.and(served)
 }

@@ -1,6 +1,6 @@
 //! Readiness and metrics of one publisher instance.
 
-use protocol::ops::{Counter, Exposition, Gauge, Health, Readiness};
+use protocol::ops::{Counter, FloatGauge, Gauge, Health, Histogram, Readiness, Registry};
 
 pub(crate) const POSTGRES: &str = "postgres";
 pub(crate) const REDIS: &str = "redis";
@@ -20,6 +20,13 @@ pub(crate) struct Stats {
     pub(crate) pg_reconnects: Counter,
     pub(crate) redis_reconnects: Counter,
     pub(crate) leader: Gauge,
+    /// Seconds from a change's `ts` to its append to the replay log:
+    /// `stats.append_latency.observe_since(committed_at)` once per appended event.
+    pub(crate) append_latency: Histogram,
+    /// Outbox rows not yet published, as of the last `backlog` refresh.
+    pub(crate) backlog: Gauge,
+    /// Age of the oldest of them in seconds (0 without any), as of the last refresh.
+    pub(crate) backlog_age: FloatGauge,
 }
 
 impl std::fmt::Debug for Stats {
@@ -44,6 +51,9 @@ impl Stats {
             pg_reconnects: Counter::default(),
             redis_reconnects: Counter::default(),
             leader: Gauge::default(),
+            append_latency: Histogram::latency(),
+            backlog: Gauge::default(),
+            backlog_age: FloatGauge::default(),
         }
     }
 }
@@ -53,7 +63,8 @@ impl Health for Stats {
         &self.readiness
     }
 
-    fn metrics(&self, out: &mut Exposition) {
+    fn metrics(&self, out: &mut Registry) {
+        out.build_info("publisher", env!("CARGO_PKG_VERSION"));
         out.counter("publisher_notifications_total", "Notifications received from PostgreSQL.", &self.notifications);
         out.counter("publisher_skipped_total", "Malformed or foreign payloads skipped.", &self.skipped);
         out.counter(
@@ -77,13 +88,53 @@ impl Health for Stats {
             &self.pg_reconnects,
         );
         out.counter("publisher_redis_reconnects_total", "Redis sessions lost and retried.", &self.redis_reconnects);
-        out.gauge("publisher_active", "1 on the active publisher, 0 on a standby.", self.leader.get());
-        for (name, up) in [(POSTGRES, self.readiness.is_up(POSTGRES)), (REDIS, self.readiness.is_up(REDIS))] {
+        out.gauge("publisher_active", "1 on the active publisher, 0 on a standby.", &self.leader);
+        out.histogram(
+            "publisher_append_latency_seconds",
+            "Seconds from a change's ts (the trigger's clock, at the write) to its append to the Redis log.",
+            &self.append_latency,
+        );
+        out.gauge(
+            "publisher_outbox_backlog",
+            "Committed changes not yet published (realtime_events rows without published_at).",
+            &self.backlog,
+        );
+        out.float_gauge(
+            "publisher_outbox_backlog_age_seconds",
+            "Age of the oldest unpublished change, 0 when there is none.",
+            &self.backlog_age,
+        );
+        for name in [POSTGRES, REDIS] {
             out.gauge(
                 &format!("publisher_{name}_up"),
                 &format!("Whether the {name} session is connected."),
-                i64::from(up),
+                self.readiness.gauge(name),
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use protocol::ops::{Format, registry};
+
+    use super::*;
+
+    #[test]
+    fn append_latency_renders_as_a_histogram_in_seconds() {
+        let stats = Stats::new();
+        stats.append_latency.observe(0.004);
+        stats.append_latency.observe_since(SystemTime::now() - Duration::from_secs(2));
+        let text = registry(&stats).encode(Format::Text);
+        for expected in [
+            "# TYPE publisher_append_latency_seconds histogram\n",
+            "publisher_append_latency_seconds_bucket{le=\"0.005\"} 1\n",
+            "publisher_append_latency_seconds_bucket{le=\"2.5\"} 2\n",
+            "publisher_append_latency_seconds_count 2\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
         }
     }
 }

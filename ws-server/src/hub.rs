@@ -25,6 +25,7 @@ use std::{
     collections::VecDeque,
     ops::Sub,
     sync::{Arc, RwLock},
+    time::SystemTime,
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -61,6 +62,8 @@ pub(crate) struct Event {
     pub(crate) epoch: Option<Arc<str>>,
     /// Its position; `None` for frames of a pre-log publisher (forwarded, never placed).
     pub(crate) pos: Option<u64>,
+    /// When the change was recorded (the frame's `ts`), if it says.
+    pub(crate) changed_at: Option<SystemTime>,
     /// The frame, exactly as the publisher wrote it.
     pub(crate) frame: Utf8Bytes,
 }
@@ -299,11 +302,11 @@ mod tests {
     use futures_util::FutureExt;
 
     fn event(pos: u64) -> Event {
-        Event { epoch: Some("e".into()), pos: Some(pos), frame: Utf8Bytes::from(format!("{pos}")) }
+        Event { epoch: Some("e".into()), pos: Some(pos), changed_at: None, frame: Utf8Bytes::from(format!("{pos}")) }
     }
 
     fn sized(pos: u64, bytes: usize) -> Event {
-        Event { epoch: Some("e".into()), pos: Some(pos), frame: Utf8Bytes::from("x".repeat(bytes)) }
+        Event { epoch: Some("e".into()), pos: Some(pos), frame: Utf8Bytes::from("x".repeat(bytes)), changed_at: None }
     }
 
     fn pos(item: Item) -> u64 {
@@ -322,7 +325,7 @@ mod tests {
         hub.publish(event(1));
         let (mut rx, after) = hub.subscribe();
         assert_eq!(after, Some(Cursor::new("e".into(), 1)));
-        hub.publish(Event { epoch: None, pos: None, frame: "legacy".into() });
+        hub.publish(Event { epoch: None, pos: None, changed_at: None, frame: "legacy".into() });
         hub.publish(event(2));
         assert_eq!(hub.subscribe().1.map(|c| c.pos), Some(2), "frames without a position do not move it");
         let Ok(Item::Event(first)) = rx.try_recv() else { panic!("an event") };

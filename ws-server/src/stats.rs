@@ -1,6 +1,6 @@
 //! Readiness and metrics of one ws-server replica.
 
-use protocol::ops::{Counter, Exposition, Gauge, Health, Readiness};
+use protocol::ops::{Counter, Gauge, Health, Histogram, Readiness, Registry};
 
 pub(crate) const REDIS: &str = "redis";
 
@@ -30,6 +30,8 @@ pub(crate) struct Stats {
     pub(crate) folded: Counter,
     pub(crate) frames_too_large: Counter,
     pub(crate) invalid_utf8: Counter,
+    /// Seconds from an event's `ts` to its live frame sent to a client.
+    pub(crate) delivery_latency: Histogram,
 }
 
 impl Stats {
@@ -58,6 +60,7 @@ impl Stats {
             folded: Counter::default(),
             frames_too_large: Counter::default(),
             invalid_utf8: Counter::default(),
+            delivery_latency: Histogram::latency(),
         }
     }
 }
@@ -67,8 +70,9 @@ impl Health for Stats {
         &self.readiness
     }
 
-    fn metrics(&self, out: &mut Exposition) {
-        out.gauge("ws_connections", "WebSocket connections open now.", self.connections.get());
+    fn metrics(&self, out: &mut Registry) {
+        out.build_info("ws", env!("CARGO_PKG_VERSION"));
+        out.gauge("ws_open_connections", "WebSocket connections open now.", &self.connections);
         out.counter("ws_connections_total", "WebSocket connections accepted.", &self.accepted);
         out.counter("ws_connections_rejected_total", "Connections refused at WS_MAX_CONNECTIONS.", &self.rejected_full);
         out.counter("ws_messages_in_total", "Messages received from Redis.", &self.messages_in);
@@ -126,6 +130,11 @@ impl Health for Stats {
             "Connections closed with 1007 (a text frame that is not UTF-8).",
             &self.invalid_utf8,
         );
-        out.gauge("ws_redis_up", "Whether the Redis subscription is live.", i64::from(self.readiness.is_up(REDIS)));
+        out.histogram(
+            "ws_delivery_latency_seconds",
+            "Seconds from a change's ts (the trigger's clock, at the write) to its live frame sent to a client.",
+            &self.delivery_latency,
+        );
+        out.gauge("ws_redis_up", "Whether the Redis subscription is live.", self.readiness.gauge(REDIS));
     }
 }

@@ -12,7 +12,7 @@
 use std::{
     borrow::Cow,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -24,6 +24,7 @@ use protocol::{
 use redis::AsyncConnectionConfig;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -150,6 +151,10 @@ struct Probe<'a> {
     epoch: Option<Cow<'a, str>>,
     #[serde(default)]
     pos: Option<u64>,
+    // When the trigger recorded the change, for the delivery-latency histogram. Raw, so that
+    // a `ts` that is not a string costs the event nothing but its latency sample.
+    #[serde(default, borrow)]
+    ts: Option<&'a RawValue>,
     // Checked by deserializing (a message without them is not an event); not read yet.
     #[serde(rename = "operation")]
     _operation: Operation,
@@ -164,21 +169,30 @@ struct Probe<'a> {
 /// frames with a place in the history.
 pub(crate) fn validate(payload: &[u8], epoch: Option<&Arc<str>>) -> Result<Event, String> {
     let text = std::str::from_utf8(payload).map_err(|e| format!("not UTF-8: {e}"))?;
-    let (epoch, pos) = probe(text, epoch)?;
-    Ok(Event { epoch, pos, frame: Utf8Bytes::from(text) })
+    let Probed { epoch, pos, changed_at } = probe(text, epoch)?;
+    Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text) })
 }
 
 /// [`validate`] for a frame read from the log, already owned: no copy.
 pub(crate) fn validate_owned(text: String, epoch: Option<&Arc<str>>) -> Result<Event, String> {
-    let (epoch, pos) = probe(&text, epoch)?;
-    Ok(Event { epoch, pos, frame: Utf8Bytes::from(text) })
+    let Probed { epoch, pos, changed_at } = probe(&text, epoch)?;
+    Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text) })
 }
 
-fn probe(text: &str, epoch: Option<&Arc<str>>) -> Result<(Option<Arc<str>>, Option<u64>), String> {
+/// What the hub's [`Event`] carries besides the frame.
+struct Probed {
+    epoch: Option<Arc<str>>,
+    pos: Option<u64>,
+    changed_at: Option<SystemTime>,
+}
+
+fn probe(text: &str, epoch: Option<&Arc<str>>) -> Result<Probed, String> {
     let probe: Probe<'_> = serde_json::from_str(text).map_err(|e| format!("not an event: {e}"))?;
     if probe.kind != "event" {
         return Err(format!("type is {:?}, expected \"event\"", probe.kind));
     }
+    let changed_at =
+        probe.ts.and_then(|raw| raw.get().strip_prefix('"')?.strip_suffix('"')).and_then(protocol::timestamp::parse);
     let (Some(name), Some(pos)) = (probe.epoch, probe.pos) else {
         return Err("not written by the publisher (no \"epoch\" and \"pos\"); not relayed".into());
     };
@@ -186,7 +200,7 @@ fn probe(text: &str, epoch: Option<&Arc<str>>) -> Result<(Option<Arc<str>>, Opti
         Some(current) if **current == *name => current.clone(),
         _ => Arc::from(name.as_ref()),
     };
-    Ok((Some(shared), Some(pos)))
+    Ok(Probed { epoch: Some(shared), pos: Some(pos), changed_at })
 }
 
 async fn bounded<T>(fut: impl Future<Output = T>) -> Result<T, SessionError> {
@@ -227,5 +241,17 @@ mod tests {
         assert_eq!(other.epoch.as_deref(), Some("k3x"));
         let half = br#"{"type":"event","epoch":"k3x","operation":"INSERT","order":{"id":1}}"#;
         assert!(validate(half, None).is_err(), "no position without both fields: not the publisher's");
+    }
+
+    #[test]
+    fn the_change_time_is_read_from_ts_and_a_bad_ts_only_loses_it() {
+        let stamped =
+            br#"{"type":"event","id":1,"operation":"INSERT","order":{"id":1},"ts":"2026-12-01T20:50:00.5+00:00"}"#;
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_796_158_200_500);
+        assert_eq!(validate(stamped, None).unwrap().changed_at, Some(at));
+        for ts in [r#""soon""#, "12", "null", r#"{"at":1}"#] {
+            let frame = format!(r#"{{"type":"event","id":1,"operation":"INSERT","order":{{"id":1}},"ts":{ts}}}"#);
+            assert_eq!(validate(frame.as_bytes(), None).expect("still an event").changed_at, None, "{ts}");
+        }
     }
 }

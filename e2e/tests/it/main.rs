@@ -4,6 +4,7 @@ mod chaos;
 mod close_codes;
 mod durability;
 mod faults;
+mod metrics;
 mod pipeline;
 mod resume;
 mod shutdown;

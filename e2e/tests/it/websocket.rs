@@ -99,7 +99,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008_while_a_fast_client_kee
     assert_eq!(code, 4008, "{reason}");
     assert!(reason.contains("slow consumer"), "{reason}");
     assert_eq!(ws.metric("ws_dropped_slow_total").await, 1);
-    wait_until(WAIT, "only the fast client remains", || async { ws.metric("ws_connections").await == 1 }).await;
+    wait_until(WAIT, "only the fast client remains", || async { ws.metric("ws_open_connections").await == 1 }).await;
 }
 
 #[tokio::test]

@@ -76,6 +76,9 @@ impl Conn<'_> {
         // A frame already in the socket's buffer when the queue overflowed counts as sent.
         if matches!(sent, Ok(()) | Err(End::Overflow { frame_queued: true, .. })) {
             self.state.stats.messages_out.inc();
+            if let Some(changed_at) = event.changed_at {
+                self.state.stats.delivery_latency.observe_since(changed_at);
+            }
             if let Some(at) = at {
                 self.advance(at);
             }
