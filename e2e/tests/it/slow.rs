@@ -111,7 +111,7 @@ async fn assert_closed_after_its_data(
     assert_eq!(ws.metric("ws_send_failures_total").await, 0, "closed by the bound, not dropped by the send timeout");
     publish(redis, [event(published, 0)]).await;
     assert_eq!(fast.next_json().await["id"], published, "the fast client is unaffected");
-    testkit::wait_until(WAIT, "only the fast client remains", || async { ws.metric("ws_connections").await == 1 })
+    testkit::wait_until(WAIT, "only the fast client remains", || async { ws.metric("ws_open_connections").await == 1 })
         .await;
     lag_in(&reason)
 }
