@@ -117,7 +117,7 @@ pub(crate) async fn serve(
     state: &AppState,
     shutdown: CancellationToken,
 ) {
-    // The receiver's first item is the event right after `newest`: that is where this
+    // The feed's first item is the event right after `newest`: that is where this
     // connection's stream starts, and what `hello` announces.
     let (rx, newest) = state.hub.subscribe();
     let mut conn = Conn {
@@ -267,9 +267,9 @@ impl Conn<'_> {
             Err(other) => return End::ReadFailed(other.to_string()),
         };
         match error {
-            // Raised from the frame header (or a fragment that would exceed the message limit),
-            // before the payload is read: nothing more is read, the close still goes out.
-            // Counted and logged before the close goes out, so whoever sees the close sees them.
+            // Both are counted and logged before the close goes out, so whoever sees the close
+            // sees them. MessageTooLong comes from a frame's header (or a fragment past the
+            // message limit) before its payload is read; nothing is read after it.
             tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 self.state.stats.frames_too_large.inc();
                 info!(
