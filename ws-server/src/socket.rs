@@ -3,7 +3,8 @@
 //!
 //! Where the connection stands in the history (resume, dedupe, gap filling) is the `stream`
 //! submodule's; `snapshot` serves the state at a position; `conflate` folds a slow client's
-//! backlog to the latest event per row.
+//! backlog to the latest event per row; `send` writes one frame with a deadline, watching the
+//! queue while the socket is blocked.
 //!
 //! | close | when | client should |
 //! |---|---|---|
@@ -27,13 +28,11 @@
 //! the bounds (or during a replay) is dropped without a close frame: none could reach it.
 
 mod conflate;
+mod send;
 mod snapshot;
 mod stream;
 
-use std::{future::poll_fn, time::Duration};
-
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use protocol::{
     frames::{
         CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_PAYLOAD, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
@@ -41,7 +40,7 @@ use protocol::{
     },
     log::Position,
 };
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, error::CapacityError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,6 +49,7 @@ use crate::{
     AppState,
     hub::{Cursor, Feed, Item, Lag},
 };
+use send::Sender;
 
 /// Which frames the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ pub(crate) async fn serve(
     state: &AppState,
     shutdown: CancellationToken,
 ) {
-    // The receiver's first item is the event right after `newest`: that is where this
+    // The feed's first item is the event right after `newest`: that is where this
     // connection's stream starts, and what `hello` announces.
     let (rx, newest) = state.hub.subscribe();
     let mut conn = Conn {
@@ -125,7 +125,7 @@ pub(crate) async fn serve(
         mode,
         conn_id,
         state,
-        sender: Sender { send_timeout: state.config.send_timeout },
+        sender: Sender::new(state.config.send_timeout),
         shutdown,
         rx,
         cursor: newest,
@@ -267,9 +267,9 @@ impl Conn<'_> {
             Err(other) => return End::ReadFailed(other.to_string()),
         };
         match error {
-            // Raised from the frame header (or a fragment that would exceed the message limit),
-            // before the payload is read: nothing more is read, the close still goes out.
-            // Counted and logged before the close goes out, so whoever sees the close sees them.
+            // Both are counted and logged before the close goes out, so whoever sees the close
+            // sees them. MessageTooLong comes from a frame's header (or a fragment past the
+            // message limit) before its payload is read; nothing is read after it.
             tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 self.state.stats.frames_too_large.inc();
                 info!(
@@ -357,42 +357,4 @@ impl Conn<'_> {
 
 fn error_frame(code: ErrorCode, message: String) -> ServerFrame {
     ServerFrame::Error { code, message }
-}
-
-/// Sends with a deadline, so one stuck client never holds its task forever.
-#[derive(Debug, Clone, Copy)]
-struct Sender {
-    send_timeout: Duration,
-}
-
-impl Sender {
-    async fn send(&self, ws: &mut WebSocket, msg: Message) -> Result<(), End> {
-        match tokio::time::timeout(self.send_timeout, ws.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::SendFailed("write failed")),
-            Err(_) => Err(End::SendFailed("send timed out")),
-        }
-    }
-
-    /// [`Self::send`], returning `End::Overflow` as soon as `rx` overflows while the socket
-    /// is blocked. The send's steps are taken one by one to know whether the frame went into
-    /// the socket's buffer before that happened.
-    async fn send_watching(&self, ws: &mut WebSocket, rx: &Feed<'_>, msg: Message) -> Result<(), End> {
-        let deadline = Instant::now() + self.send_timeout;
-        // Giving up in the first step leaves the frame unsent; in the second, it stays in
-        // tungstenite's buffer and goes out before anything sent after it.
-        let ready = tokio::select! {
-            biased;
-            ready = poll_fn(|cx| ws.poll_ready_unpin(cx)) => ready,
-            lag = rx.overflowed() => return Err(End::Overflow { lag, frame_queued: false }),
-            () = sleep_until(deadline) => return Err(End::SendFailed("send timed out")),
-        };
-        ready.and_then(|()| ws.start_send_unpin(msg)).map_err(|_| End::SendFailed("write failed"))?;
-        tokio::select! {
-            biased;
-            flushed = poll_fn(|cx| ws.poll_flush_unpin(cx)) => flushed.map_err(|_| End::SendFailed("write failed")),
-            lag = rx.overflowed() => Err(End::Overflow { lag, frame_queued: true }),
-            () = sleep_until(deadline) => Err(End::SendFailed("send timed out")),
-        }
-    }
 }

@@ -170,3 +170,22 @@ async fn a_client_that_stops_reading_at_default_settings_gets_its_data_then_4008
     let (events, bytes) = assert_closed_after_its_data(stuck, &mut fast, &redis, &ws, published).await;
     assert!(bytes > 16 * 1024 * 1024 && events < 1024, "closed for the byte bound: {events} events, {bytes} bytes");
 }
+
+#[tokio::test]
+async fn an_event_larger_than_queue_bytes_still_reaches_a_client_that_reads() {
+    let redis = RedisServer::start().await;
+    let mut config = ws_config(&redis.url());
+    config.queue_bytes = 64 * 1024;
+    let ws = spawn_ws(config).await;
+    ws.wait_ready().await;
+    let (mut client, _) = WsClient::connect_protocol(&ws.ws_url()).await;
+
+    // One event always fits in the queue, whatever its size: only a second one behind it
+    // would pass the bound.
+    publish(&redis, [event(1, 200_000)]).await;
+    let got = client.next_json().await;
+    assert_eq!((got["id"].as_u64(), got["order"]["pad"].as_str().map(str::len)), (Some(1), Some(200_000)));
+    publish(&redis, [event(2, 0)]).await;
+    assert_eq!(client.next_json().await["id"], 2, "still connected");
+    assert_eq!(ws.metric("ws_dropped_slow_total").await, 0);
+}
