@@ -39,6 +39,8 @@ pub struct Follower {
     pub resumes: usize,
     /// Times it was moved into a new history (Redis lost its data) without a reset.
     pub rebases: usize,
+    /// The `reset` frames it was sent, for the story of a failure.
+    pub resets: Vec<String>,
     /// Broken promises: gaps, repeats, events from an unannounced epoch.
     pub violations: Vec<String>,
     /// Event ids applied: an id is one committed change, whatever history carries it.
@@ -175,6 +177,7 @@ impl Follower {
                 self.position = to;
             }
             Some("reset") => {
+                self.resets.push(frame.to_string());
                 self.position = None;
                 return Next::Resnapshot;
             }

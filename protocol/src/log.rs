@@ -191,11 +191,14 @@ redis.call('HSET', meta, 'seq', string.format('%d', seq))
 return seq
 "#;
 
-/// `KEYS`: meta, log, state. `ARGV`: epoch to use if a new history starts, tail length, and
-/// `restart` to start a new history whatever Redis holds. A history whose building was
-/// interrupted (entries appended, never seeded) is replaced too: its positions may already
-/// have been seen, so it cannot simply be built again.
-/// Returns fence, epoch, seq, seeded, and (event id, position) pairs of the last `tail` entries.
+/// `KEYS`: meta, log, state. `ARGV`: epoch to use if a new history starts, tail length,
+/// `restart` to start a new history whatever Redis holds, and the bridge a new history gets
+/// (bridged epoch, from, to; empty for none). A history whose building was interrupted (entries
+/// appended, never seeded) is replaced too: its positions may already have been seen, so it
+/// cannot simply be built again. The bridge is set in the same step as the epoch, so nobody
+/// ever sees the new history without it.
+/// Returns fence, epoch, seq, seeded, (event id, position) pairs of the last `tail` entries,
+/// and the history's bridge fields.
 const CLAIM: &str = r#"
 local meta, log, state = KEYS[1], KEYS[2], KEYS[3]
 local fence = redis.call('HINCRBY', meta, 'fence', 1)
@@ -206,6 +209,9 @@ if not epoch or ARGV[3] == 'restart' or (current[3] == '0' and current[2] ~= '0'
   redis.call('DEL', log, state)
   redis.call('HDEL', meta, 'bridge_epoch', 'bridge_from', 'bridge_to')
   redis.call('HSET', meta, 'epoch', epoch, 'seq', '0', 'seeded', '0')
+  if ARGV[4] ~= '' then
+    redis.call('HSET', meta, 'bridge_epoch', ARGV[4], 'bridge_from', ARGV[5], 'bridge_to', ARGV[6])
+  end
 end
 local tail = {}
 for _, entry in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', ARGV[2])) do
@@ -217,18 +223,8 @@ for _, entry in ipairs(redis.call('XREVRANGE', log, '+', '-', 'COUNT', ARGV[2]))
     end
   end
 end
-return {fence, epoch, redis.call('HGET', meta, 'seq'), redis.call('HGET', meta, 'seeded'), tail}
-"#;
-
-/// `KEYS`: meta. `ARGV`: fence, epoch, bridged epoch, from, to. Only a history that has no
-/// entries yet can be given a bridge: its positions must all mean what the bridge says.
-const BRIDGE: &str = r#"
-local current = redis.call('HMGET', KEYS[1], 'fence', 'epoch', 'seq')
-if current[1] ~= ARGV[1] or current[2] ~= ARGV[2] or current[3] ~= '0' then
-  return redis.error_reply('FENCED another publisher took over, or redis lost its data')
-end
-redis.call('HSET', KEYS[1], 'bridge_epoch', ARGV[3], 'bridge_from', ARGV[4], 'bridge_to', ARGV[5])
-return 1
+local now = redis.call('HMGET', meta, 'seq', 'seeded', 'bridge_epoch', 'bridge_from', 'bridge_to')
+return {fence, epoch, now[1], now[2], tail, now[3] or '', now[4] or '0', now[5] or '0'}
 "#;
 
 /// `KEYS`: meta. Returns epoch, seq, and the bridge fields.
@@ -270,6 +266,8 @@ pub struct Claim {
     /// `(event id, position)` of the newest log entries, newest first (what a crashed
     /// predecessor may have appended but not marked as published).
     pub recent: Vec<(i64, u64)>,
+    /// The history's bridge from the previous one, if it has one.
+    pub bridge: Option<Bridge>,
 }
 
 /// A consistent view of the state: rows as of position `pos`.
@@ -295,7 +293,6 @@ pub struct Log {
     claim: Script,
     seed: Script,
     snapshot: Script,
-    bridge: Script,
     head: Script,
 }
 
@@ -314,7 +311,6 @@ impl Log {
             claim: Script::new(CLAIM),
             seed: Script::new(SEED),
             snapshot: Script::new(SNAPSHOT),
-            bridge: Script::new(BRIDGE),
             head: Script::new(HEAD),
         }
     }
@@ -326,47 +322,31 @@ impl Log {
 
     /// Takes over appending: bumps the fence (a previous publisher's next append fails),
     /// starting a new epoch named `new_epoch` if Redis has no (complete) history, or if
-    /// `restart` says the one it has cannot be trusted.
+    /// `restart` says the one it has cannot be trusted. A new history gets `bridge` (in the
+    /// same atomic step); an existing one keeps its own.
     pub async fn claim<C: ConnectionLike>(
         &self,
         conn: &mut C,
         new_epoch: &str,
         tail: usize,
         restart: bool,
+        bridge: Option<&Bridge>,
     ) -> redis::RedisResult<Claim> {
-        let (fence, epoch, seq, seeded, flat): (i64, String, u64, String, Vec<u64>) = self
-            .claim
-            .key(&self.keys.meta)
-            .key(&self.keys.log)
-            .key(&self.keys.state)
-            .arg(new_epoch)
-            .arg(tail)
-            .arg(if restart { "restart" } else { "" })
-            .invoke_async(conn)
-            .await?;
+        type Reply = (i64, String, u64, String, Vec<u64>, String, u64, u64);
+        let mut call = self.claim.key(&self.keys.meta);
+        call.key(&self.keys.log).key(&self.keys.state).arg(new_epoch).arg(tail).arg(if restart {
+            "restart"
+        } else {
+            ""
+        });
+        match bridge {
+            Some(b) => call.arg(&b.epoch).arg(b.from).arg(b.to),
+            None => call.arg("").arg(0).arg(0),
+        };
+        let (fence, epoch, seq, seeded, flat, bridge_epoch, from, to): Reply = call.invoke_async(conn).await?;
         let recent = flat.chunks_exact(2).map(|pair| (pair[0] as i64, pair[1])).collect();
-        Ok(Claim { fence, epoch, seq, seeded: seeded == "1", recent })
-    }
-
-    /// Records that the new, still empty history `epoch` re-offers `bridge`.
-    ///
-    /// # Errors
-    /// A Redis error; [`is_fenced`] when the claim is stale or the history has entries already.
-    pub async fn set_bridge<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        claim: &Claim,
-        bridge: &Bridge,
-    ) -> redis::RedisResult<()> {
-        self.bridge
-            .key(&self.keys.meta)
-            .arg(claim.fence)
-            .arg(&claim.epoch)
-            .arg(&bridge.epoch)
-            .arg(bridge.from)
-            .arg(bridge.to)
-            .invoke_async::<()>(conn)
-            .await
+        let bridge = (!bridge_epoch.is_empty()).then_some(Bridge { epoch: bridge_epoch, from, to });
+        Ok(Claim { fence, epoch, seq, seeded: seeded == "1", recent, bridge })
     }
 
     /// Fills the state from the table, in chunks: `first` clears what a failed earlier attempt

@@ -216,10 +216,13 @@ impl<'a> Active<'a> {
     ) -> Result<Option<Claim>, SessionError> {
         let (config, stats, log) = (self.config, self.stats, self.log);
         let mut restart = false;
+        let mut replaced = 0;
         loop {
+            // A bridge that could not be kept twice in a row: start the next history without one.
+            let bridge = if replaced < 2 { history::plan(self, pg).await? } else { None };
             let claimed = {
                 let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
-                log.claim(conn, &new_epoch(), config.batch_max * 2, restart).await
+                log.claim(conn, &new_epoch(), config.batch_max * 2, restart, bridge.as_ref()).await
             };
             let claim = match claimed {
                 Ok(claim) => claim,
@@ -253,6 +256,10 @@ impl<'a> Active<'a> {
                     return Ok(Some(claim));
                 }
                 Built::Again => {}
+                Built::Replace => {
+                    restart = true;
+                    replaced += 1;
+                }
                 Built::Stopped => return Ok(None),
             }
         }

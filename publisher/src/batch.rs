@@ -9,7 +9,7 @@ use protocol::{
 };
 
 /// What one entry does to the state hash.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Row {
     Set(Box<str>),
     Delete,
@@ -17,7 +17,7 @@ enum Row {
     Keep,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     id: Option<i64>,
     /// The change's `ts` (the trigger's clock), for the append latency.
@@ -28,7 +28,7 @@ struct Entry {
 }
 
 /// Changes ready to append, in order.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Batch {
     entries: Vec<Entry>,
 }

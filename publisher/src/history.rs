@@ -50,8 +50,84 @@ pub(crate) enum Built {
     Ready(Claim),
     /// Redis failed or another publisher claimed the log meanwhile: claim again.
     Again,
+    /// Its bridge cannot be kept (planned by a publisher that died, or a recorded row was
+    /// edited since): replace it by another new history.
+    Replace,
     /// Shutdown was requested.
     Stopped,
+}
+
+/// The bridge a new history would get now: the newest run of consecutive recorded positions
+/// of the history appended to last (at most `PUBLISHER_BRIDGE_EVENTS`), extended by a batch in
+/// doubt right after it. Planned before the claim, so that the claim can start the history and
+/// set its bridge in one step: a replica never sees the new history without its bridge.
+pub(crate) async fn plan(active: &Active<'_>, pg: &mut PgListener) -> Result<Option<Bridge>, SessionError> {
+    let limit = active.config.bridge_events;
+    if limit == 0 {
+        return Ok(None);
+    }
+    let doubt = active.in_doubt.as_ref();
+    let previous = match doubt {
+        // In memory, so newer than anything recorded.
+        Some(doubt) => doubt.epoch.clone(),
+        None => match bounded(QUERY_TIMEOUT, outbox::previous_epoch(pg)).await?? {
+            Some(epoch) => epoch,
+            None => return Ok(None),
+        },
+    };
+    let positions = bounded(QUERY_TIMEOUT, outbox::recorded_positions(pg, &previous, limit)).await??;
+    let run =
+        positions.iter().zip(positions.iter().skip(1)).take_while(|(newer, older)| **newer == **older + 1).count();
+    let recorded = positions.first().map(|to| (positions[run], *to));
+    let (from, to) = match (recorded, doubt) {
+        (Some((from, to)), Some(d)) if d.first == to + 1 => (from, to + d.batch.len() as u64),
+        (None, Some(d)) => (d.first, d.first + d.batch.len() as u64 - 1),
+        (Some(range), _) => range,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Bridge { epoch: previous, from, to }))
+}
+
+/// The events `bridge` promises, as batches to append: the recorded ones from the outbox (in
+/// this snapshot), then the batch in doubt. `None` when they are not all there any more.
+async fn reoffer(
+    active: &Active<'_>,
+    snapshot: &mut Snapshot<'_>,
+    bridge: &Bridge,
+) -> Result<Option<Vec<Batch>>, SessionError> {
+    let rows = bounded(QUERY_TIMEOUT, snapshot.recorded_range(&bridge.epoch, bridge.from, bridge.to)).await??;
+    let mut batches = Vec::new();
+    let mut batch = Batch::default();
+    let mut next = bridge.from;
+    for (pos, _, payload) in rows {
+        if pos != next {
+            return Ok(None); // a hole: a row was pruned or re-marked since the plan
+        }
+        match parse_notification(&payload) {
+            Ok(Notification::Change(change)) => batch.push(change),
+            // It parsed when it was first appended, so the row was edited since.
+            _ => return Ok(None),
+        }
+        next += 1;
+        if batch.len() == active.config.batch_max {
+            batches.push(std::mem::take(&mut batch));
+        }
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    if next <= bridge.to {
+        // The rest must be the batch in doubt, at exactly those positions.
+        let Some(doubt) = active
+            .in_doubt
+            .as_ref()
+            .filter(|d| d.epoch == bridge.epoch && d.first == next && d.first + d.batch.len() as u64 == bridge.to + 1)
+        else {
+            return Ok(None);
+        };
+        batches.push(doubt.batch.clone());
+    }
+    Ok(Some(batches))
 }
 
 /// A step of the build: done, or the build ends as [`Built`] says.
@@ -129,60 +205,22 @@ async fn fill(
     let (config, stats, log) = (active.config, active.stats, active.log);
     let mut marks: Vec<(i64, Option<u64>)> = Vec::new();
 
-    // 1. The bridge from the previous history.
-    let previous = bounded(QUERY_TIMEOUT, snapshot.previous_epoch(&claim.epoch)).await??;
+    // 1. The bridge from the previous history, as the claim set it.
     let mut bridged = HashSet::new();
-    if let Some(previous) = previous
-        && config.bridge_events > 0
-    {
-        let tail = bounded(QUERY_TIMEOUT, snapshot.recorded_tail(&previous, config.bridge_events)).await??;
-        let mut changes = Vec::with_capacity(tail.len());
-        for (pos, id, payload) in tail {
-            match parse_notification(&payload) {
-                Ok(Notification::Change(change)) => changes.push((pos, id, change)),
-                // It parsed when it was first appended, so the row was edited since. Leaving
-                // it out would shift every position after it: the bridge starts after it.
-                _ => {
-                    warn!(event_id = id, "recorded event is no longer a change; the bridge starts after it");
-                    changes.clear();
-                }
-            }
-        }
-        // A batch whose append went unanswered just before Redis went away may have reached
-        // replicas at the positions after the recorded ones: re-offer it there too.
-        let doubt = active
-            .in_doubt
-            .as_ref()
-            .filter(|d| d.epoch == previous && changes.last().is_none_or(|(last, ..)| d.first == last + 1));
-        let from = changes.first().map(|(pos, ..)| *pos).or(doubt.map(|d| d.first));
-        let to = doubt.map(|d| d.first + d.batch.len() as u64 - 1).or(changes.last().map(|(pos, ..)| *pos));
-        if let (Some(from), Some(to)) = (from, to) {
-            let bridge = Bridge { epoch: previous.clone(), from, to };
-            on_redis!(redis, shutdown, |conn| log.set_bridge(conn, claim, &bridge));
-            info!(
-                epoch = %claim.epoch, previous = %previous, from = bridge.from, to = bridge.to,
-                "new history re-offers the newest events of the previous one"
-            );
-            let mut changes = changes.into_iter().peekable();
-            while changes.peek().is_some() {
-                let mut batch = Batch::default();
-                for (_, id, change) in changes.by_ref().take(config.batch_max) {
-                    bridged.insert(id);
-                    batch.push(change);
-                }
-                let last =
-                    on_redis!(redis, shutdown, |conn| log.append(conn, claim, config.log_maxlen, &batch.appends()));
-                marks.extend(batch.marks(last));
-                stats.reoffered.add(batch.len() as u64);
-            }
-            if let Some(doubt) = doubt {
-                let batch = &doubt.batch;
-                bridged.extend(batch.ids());
-                let last =
-                    on_redis!(redis, shutdown, |conn| log.append(conn, claim, config.log_maxlen, &batch.appends()));
-                marks.extend(batch.marks(last));
-                stats.reoffered.add(batch.len() as u64);
-            }
+    if let Some(bridge) = &claim.bridge {
+        let Some(reoffer) = reoffer(active, snapshot, bridge).await? else {
+            warn!(?bridge, "the outbox no longer holds what the new history's bridge promises; replacing it");
+            return Ok(Err(Built::Replace));
+        };
+        info!(
+            epoch = %claim.epoch, previous = %bridge.epoch, from = bridge.from, to = bridge.to,
+            "new history re-offers the newest events of the previous one"
+        );
+        for batch in &reoffer {
+            bridged.extend(batch.ids());
+            let last = on_redis!(redis, shutdown, |conn| log.append(conn, claim, config.log_maxlen, &batch.appends()));
+            marks.extend(batch.marks(last));
+            stats.reoffered.add(batch.len() as u64);
         }
     }
 

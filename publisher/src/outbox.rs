@@ -89,6 +89,30 @@ pub(crate) async fn prune(conn: &mut PgListener, retention: Duration, max_rows: 
     Ok(deleted)
 }
 
+/// The history the most recently published events were appended to, if any.
+pub(crate) async fn previous_epoch(conn: &mut PgListener) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT log_epoch FROM realtime_events
+         WHERE published_at IS NOT NULL AND log_epoch IS NOT NULL
+         ORDER BY published_at DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// The newest `limit` positions recorded for history `epoch`, newest first.
+pub(crate) async fn recorded_positions(conn: &mut PgListener, epoch: &str, limit: usize) -> sqlx::Result<Vec<u64>> {
+    let positions: Vec<i64> = sqlx::query_scalar(
+        "SELECT log_pos FROM realtime_events WHERE log_epoch = $1 AND log_pos IS NOT NULL
+         ORDER BY log_pos DESC LIMIT $2",
+    )
+    .bind(epoch)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(positions.into_iter().map(|p| p as u64).collect())
+}
+
 /// One REPEATABLE READ snapshot of the outbox and the tables, in which a new history is built:
 /// whatever it reads (the previous history's newest events, the backlog, the rows) is one
 /// moment of the database, so the seeded state is exactly the tables after those events.
@@ -107,40 +131,26 @@ impl<'c> Snapshot<'c> {
         self.conn
     }
 
-    /// The history the most recently published events were appended to, other than `current`.
-    pub(crate) async fn previous_epoch(&mut self, current: &str) -> sqlx::Result<Option<String>> {
-        sqlx::query_scalar(
-            "SELECT log_epoch FROM realtime_events
-             WHERE published_at IS NOT NULL AND log_epoch IS NOT NULL AND log_epoch <> $1
-             ORDER BY published_at DESC LIMIT 1",
-        )
-        .bind(current)
-        .fetch_optional(&mut *self.conn)
-        .await
-    }
-
-    /// The newest events recorded at consecutive positions of history `epoch`, at most
-    /// `limit`, oldest first: `(position, id, change JSON)`. A hole (a pruned row) ends the
-    /// run, so the positions returned are exactly `first..=last`.
-    pub(crate) async fn recorded_tail(&mut self, epoch: &str, limit: usize) -> sqlx::Result<Vec<(u64, i64, String)>> {
-        let rows = sqlx::query(
+    /// The events recorded at positions `from..=to` of history `epoch`, in position order:
+    /// `(position, id, change JSON)`.
+    pub(crate) async fn recorded_range(
+        &mut self,
+        epoch: &str,
+        from: u64,
+        to: u64,
+    ) -> sqlx::Result<Vec<(u64, i64, String)>> {
+        sqlx::query(
             "SELECT log_pos, id, payload::text FROM realtime_events
-             WHERE log_epoch = $1 AND log_pos IS NOT NULL ORDER BY log_pos DESC LIMIT $2",
+             WHERE log_epoch = $1 AND log_pos BETWEEN $2 AND $3 ORDER BY log_pos",
         )
         .bind(epoch)
-        .bind(limit as i64)
+        .bind(from as i64)
+        .bind(to as i64)
         .fetch_all(&mut *self.conn)
-        .await?;
-        let mut run: Vec<(u64, i64, String)> = Vec::with_capacity(rows.len());
-        for row in rows {
-            let pos = row.try_get::<i64, _>(0)? as u64;
-            if run.last().is_some_and(|(newer, ..)| *newer != pos + 1) {
-                break;
-            }
-            run.push((pos, row.try_get(1)?, row.try_get(2)?));
-        }
-        run.reverse();
-        Ok(run)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get::<i64, _>(0)? as u64, row.try_get(1)?, row.try_get(2)?)))
+        .collect()
     }
 
     /// Up to `limit` unpublished events with ids above `after`, oldest id first. Paging by

@@ -284,8 +284,21 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
             f.name, f.events, f.snapshots, f.resumes, f.rebases, f.position
         ));
         assert!(f.violations.is_empty(), "{} saw broken promises: {:#?}\n{}", f.name, f.violations, logs());
-        assert!(f.events > 100 && f.resumes >= 2, "{} was not exercised: {f:?}", f.name);
-        assert_eq!(f.snapshots, 1, "{} was told to start over although the outbox held everything: {f:?}", f.name);
+        assert!(
+            f.events > 100 && f.resumes >= 2,
+            "{} was not exercised: {} events, {} resumes",
+            f.name,
+            f.events,
+            f.resumes
+        );
+        assert_eq!(
+            f.snapshots,
+            1,
+            "{} was told to start over although the outbox held everything: {:#?}\n{}",
+            f.name,
+            f.resets,
+            logs()
+        );
         assert_eq!(f.state, expected, "{}'s copy differs from SELECT * FROM orders\n{}", f.name, logs());
     }
     assert!(committed > 200, "the writers committed only {committed} transactions");

@@ -36,7 +36,7 @@ impl Writer {
         let client = redis::Client::open(redis.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let log = Log::new(&ChannelName::parse("orders_updates").unwrap());
-        let claim = log.claim(&mut conn, epoch, 10, false).await.unwrap();
+        let claim = log.claim(&mut conn, epoch, 10, false, None).await.unwrap();
         if !claim.seeded {
             // As the publisher does for a new history: the state starts as the tables are.
             log.seed(&mut conn, &claim, &[], true, true).await.unwrap();
@@ -475,7 +475,7 @@ async fn a_snapshot_waits_until_a_new_history_is_seeded() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let log = Log::new(&ChannelName::parse("orders_updates").unwrap());
-    let claim = log.claim(&mut conn, "seeding", 10, false).await.unwrap();
+    let claim = log.claim(&mut conn, "seeding", 10, false, None).await.unwrap();
     let first: Vec<(String, String)> = vec![("orders:1".into(), json!({"id": 1}).to_string())];
     log.seed(&mut conn, &claim, &first, true, false).await.unwrap();
 
