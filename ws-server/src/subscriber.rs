@@ -246,11 +246,13 @@ mod tests {
     #[test]
     fn the_change_time_is_read_from_ts_and_a_bad_ts_only_loses_it() {
         let stamped =
-            br#"{"type":"event","id":1,"operation":"INSERT","order":{"id":1},"ts":"2026-12-01T20:50:00.5+00:00"}"#;
+            br#"{"type":"event","epoch":"e","pos":1,"id":1,"operation":"INSERT","order":{"id":1},"ts":"2026-12-01T20:50:00.5+00:00"}"#;
         let at = std::time::UNIX_EPOCH + Duration::from_millis(1_796_158_200_500);
         assert_eq!(validate(stamped, None).unwrap().changed_at, Some(at));
         for ts in [r#""soon""#, "12", "null", r#"{"at":1}"#] {
-            let frame = format!(r#"{{"type":"event","id":1,"operation":"INSERT","order":{{"id":1}},"ts":{ts}}}"#);
+            let frame = format!(
+                r#"{{"type":"event","epoch":"e","pos":1,"id":1,"operation":"INSERT","order":{{"id":1}},"ts":{ts}}}"#
+            );
             assert_eq!(validate(frame.as_bytes(), None).expect("still an event").changed_at, None, "{ts}");
         }
     }
