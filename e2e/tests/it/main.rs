@@ -3,7 +3,9 @@
 mod chaos;
 mod durability;
 mod faults;
+mod nginx;
 mod pipeline;
+mod publisher_shutdown;
 mod resume;
 mod shutdown;
 mod websocket;
