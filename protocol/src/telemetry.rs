@@ -30,7 +30,9 @@ impl LogFormat {
 /// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), default_filter);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
