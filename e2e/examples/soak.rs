@@ -114,10 +114,8 @@ async fn soak(args: Args) -> bool {
     active(&publishers).await;
     publishers.push(start_publisher("publisher-2", &pg, &redis, dir.path()));
     let ports = [free_port(), free_port()];
-    let mut replicas = vec![
-        start_replica("ws-1", ports[0], &redis, dir.path()),
-        start_replica("ws-2", ports[1], &redis, dir.path()),
-    ];
+    let mut replicas =
+        vec![start_replica("ws-1", ports[0], &redis, dir.path()), start_replica("ws-2", ports[1], &redis, dir.path())];
     for p in publishers.iter().chain(&replicas) {
         p.wait_ready().await;
     }
@@ -204,7 +202,8 @@ async fn soak(args: Args) -> bool {
     drop(drop_senders);
     samples.take(clock, &publishers, &replicas, &redis).await;
     println_report(&samples.render());
-    let mut logs: Vec<_> = std::fs::read_dir(&keep_logs).map(|d| d.filter_map(Result::ok).collect()).unwrap_or_default();
+    let mut logs: Vec<_> =
+        std::fs::read_dir(&keep_logs).map(|d| d.filter_map(Result::ok).collect()).unwrap_or_default();
     logs.sort_by_key(|entry| entry.file_name());
     for entry in logs {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
@@ -265,12 +264,8 @@ async fn check(
     let frames = log_frames(&redis.url()).await;
     let ids: Vec<i64> = frames.iter().filter_map(|f| f["id"].as_i64()).collect();
     let unique: HashSet<i64> = ids.iter().copied().collect();
-    let outbox: HashSet<i64> = pg
-        .psql("postgres", "SELECT id FROM realtime_events")
-        .await
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect();
+    let outbox: HashSet<i64> =
+        pg.psql("postgres", "SELECT id FROM realtime_events").await.lines().filter_map(|l| l.parse().ok()).collect();
     let epochs: HashSet<&str> = frames.iter().filter_map(|f| f["epoch"].as_str()).collect();
     let positions_consecutive = frames.iter().enumerate().all(|(i, f)| f["pos"].as_u64() == Some(i as u64 + 1));
     let (lost, extra) = (outbox.difference(&unique).count(), unique.difference(&outbox).count());
@@ -302,7 +297,11 @@ async fn check(
         load.changes,
         load.transactions,
         load.rolled_back,
-        if load.ambiguous > 0 { format!(", {} commits with an unknown outcome", load.ambiguous) } else { String::new() },
+        if load.ambiguous > 0 {
+            format!(", {} commits with an unknown outcome", load.ambiguous)
+        } else {
+            String::new()
+        },
         frames.len(),
         unique.len(),
         epochs.len() == 1,
@@ -535,7 +534,8 @@ impl Samples {
         for (name, row) in &self.rows {
             out.push_str(&format!("{name:<26}"));
             for cell in row {
-                let text = cell.map_or_else(|| "-".to_owned(), |(rss, fds)| format!("{:.1}/{fds}", rss as f64 / 1024.0));
+                let text =
+                    cell.map_or_else(|| "-".to_owned(), |(rss, fds)| format!("{:.1}/{fds}", rss as f64 / 1024.0));
                 out.push_str(&format!("{text:>12}"));
             }
             out.push('\n');
@@ -547,7 +547,8 @@ impl Samples {
 /// `VmRSS` (KiB) from `/proc/<pid>/status` and the number of entries in `/proc/<pid>/fd`.
 fn proc_usage(pid: u32) -> Option<(u64, usize)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let rss =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
     Some((rss, fds))
 }

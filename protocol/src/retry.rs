@@ -249,7 +249,11 @@ mod tests {
         });
         let before = tokio::time::Instant::now();
         let flow = supervisor.after(Instant::now(), TRANSIENT, &reconnects, &shutdown).await.unwrap();
-        assert_eq!((flow, before.elapsed()), (Flow::Stop, Duration::from_secs(1)), "stopped when cancelled, not after 30 s");
+        assert_eq!(
+            (flow, before.elapsed()),
+            (Flow::Stop, Duration::from_secs(1)),
+            "stopped when cancelled, not after 30 s"
+        );
         canceller.await.unwrap();
 
         // Already cancelled: no wait, no retry counted.
@@ -265,7 +269,10 @@ mod tests {
         let before = tokio::time::Instant::now();
         let err = supervisor.after(Instant::now(), Err(Failed { fatal: true }), &reconnects, &shutdown).await;
         assert!(matches!(err, Err(Failed { fatal: true })));
-        assert_eq!(supervisor.after(Instant::now(), Ok::<(), Failed>(()), &reconnects, &shutdown).await.unwrap(), Flow::Stop);
+        assert_eq!(
+            supervisor.after(Instant::now(), Ok::<(), Failed>(()), &reconnects, &shutdown).await.unwrap(),
+            Flow::Stop
+        );
         assert_eq!((before.elapsed(), reconnects.get()), (Duration::ZERO, 0));
     }
 

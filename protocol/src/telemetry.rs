@@ -41,7 +41,10 @@ pub fn init(format: LogFormat, default_filter: &str) {
 
 /// `rust_log` when set and valid, else `default_filter`.
 fn filter(rust_log: Option<&str>, default_filter: &str) -> EnvFilter {
-    rust_log.filter(|s| !s.trim().is_empty()).and_then(|s| EnvFilter::try_new(s).ok()).unwrap_or_else(|| EnvFilter::new(default_filter))
+    rust_log
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter))
 }
 
 #[cfg(test)]

@@ -23,8 +23,11 @@ async fn publisher_shutdown_finishes_within_its_grace_while_postgres_holds_the_d
     sqlx::query("LOCK TABLE realtime_events IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.expect("lock");
     // The test configuration's keepalive (1 s) wakes a drain without any notification.
     wait_until(WAIT, "a drain waiting on the outbox lock", || async {
-        pg.psql("postgres", "SELECT count(*) FROM pg_locks WHERE relation = 'realtime_events'::regclass AND NOT granted")
-            .await
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_locks WHERE relation = 'realtime_events'::regclass AND NOT granted",
+        )
+        .await
             == "1"
     })
     .await;
