@@ -1,8 +1,9 @@
 //! The shipped load-balancer configuration, run: a private nginx built from
 //! `deploy/nginx-debian.conf` and `deploy/ws-proxy.conf` (only the replica addresses and the
-//! listen address substituted) in front of two ws-server replicas. If the shipped files stop
-//! parsing on Debian's nginx, stop passing the WebSocket upgrade or `?since=`/`Last-Event-ID`,
-//! or start buffering event streams, these tests fail.
+//! listen address substituted) in front of two ws-server replicas (or, for event streams until
+//! ws-server serves `/events`, a stand-in upstream). If the shipped files stop parsing on
+//! Debian's nginx, stop passing the WebSocket upgrade or `?since=`/`Last-Event-ID`, or start
+//! buffering event streams, these tests fail.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -179,6 +180,48 @@ async fn sse_through_the_shipped_nginx_config_streams_unbuffered_and_resumes_wit
     let mut resumed = Sse::open(nginx.addr(), "/events", Some(&id)).await;
     let (_, replayed) = resumed.next_event().await;
     assert_eq!(replayed["id"], live["id"], "Last-Event-ID through nginx replays the missed event");
+    drop(nginx);
+}
+
+#[tokio::test]
+async fn the_shipped_nginx_config_streams_events_as_written_and_passes_last_event_id() {
+    // A stand-in upstream that writes one event, then the next only once the client has the
+    // first: a proxy that buffered the stream would hold the first back and the wait fails.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (request_tx, request_rx) = tokio::sync::oneshot::channel::<String>();
+    let (next_tx, next_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (stream, _) = upstream.accept().await.unwrap();
+        let mut stream = BufReader::new(stream);
+        let mut request = String::new();
+        while !request.ends_with("\r\n\r\n") {
+            assert_ne!(stream.read_line(&mut request).await.unwrap(), 0, "request ended early");
+        }
+        request_tx.send(request).unwrap();
+        let stream = stream.get_mut();
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"id: e:6\ndata: {\"n\":1}\n\n").await.unwrap();
+        next_rx.await.unwrap();
+        stream.write_all(b"id: e:7\ndata: {\"n\":2}\n\n").await.unwrap();
+        // Held open like a live stream until the test ends.
+        std::future::pending::<()>().await;
+    });
+    let nginx = NginxServer::start(SITE, |listen| debian_config(listen, &[upstream_addr])).await;
+
+    let mut events = Sse::open(nginx.addr(), "/events", Some("e:5")).await;
+    let (id, first) = events.next_event().await;
+    assert_eq!((id.as_str(), first["n"].as_i64()), ("e:6", Some(1)), "the first event before the stream ends");
+    next_tx.send(()).unwrap();
+    let (id, second) = events.next_event().await;
+    assert_eq!((id.as_str(), second["n"].as_i64()), ("e:7", Some(2)));
+
+    let request = timeout(WAIT, request_rx).await.expect("upstream saw the request").unwrap().to_ascii_lowercase();
+    assert!(request.starts_with("get /events http/1.1\r\n"), "{request}");
+    assert!(request.contains("\r\nlast-event-id: e:5\r\n"), "Last-Event-ID reaches the replica: {request}");
+    assert!(!request.contains("connection: upgrade"), "no upgrade asked for a plain request: {request}");
+    server.abort();
     drop(nginx);
 }
 
