@@ -52,7 +52,16 @@ fn main() -> ExitCode {
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    if runtime.block_on(soak(args)) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    // Every wait inside is bounded but the writers' queries; this bounds the whole run, and
+    // dropping the run kills every process it started.
+    let limit = args.duration + Duration::from_secs(5 * 60);
+    let passed = runtime.block_on(async {
+        tokio::time::timeout(limit, soak(args)).await.unwrap_or_else(|_| {
+            eprintln!("soak: FAIL: not finished within {limit:?}");
+            false
+        })
+    });
+    if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 #[derive(Debug, Clone, Copy)]
