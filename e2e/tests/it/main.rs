@@ -3,6 +3,7 @@
 mod chaos;
 mod durability;
 mod faults;
+mod logging;
 mod nginx;
 mod pipeline;
 mod publisher_shutdown;
