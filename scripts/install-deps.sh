@@ -98,6 +98,9 @@ ensure_deps() {
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     # rustc links through the system C compiler.
     command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+    # nginx: the e2e test of deploy/nginx-debian.conf runs a private one in front of two
+    # replicas. Debian installs it in /usr/sbin, which a non-root PATH often lacks.
+    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx || -x "${NGINX_BIN:-}" ]] || missing+=(nginx)
     if ((browser)); then
         command -v chromium >/dev/null 2>&1 || missing+=(chromium)
         command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

@@ -102,11 +102,14 @@ impl Watcher {
         events
     }
 
-    /// Asserts that stdout stays quiet for a moment: nothing printed twice, nothing extra.
-    async fn assert_quiet(&mut self) {
-        if let Ok(line) = timeout(Duration::from_millis(700), self.stdout.next_line()).await {
-            panic!("unexpected stdout line: {line:?}");
-        }
+    /// Asserts that nothing was printed after event `last` (nothing twice, nothing extra): a
+    /// row committed now is the next line, at the very next position. Returns its event.
+    async fn assert_next_after(&mut self, system: &System, last: &Value) -> Value {
+        insert(system, &["Marker"]).await;
+        let next = self.next_json().await;
+        let (epoch, pos) = position(last);
+        assert_eq!((customer(&next), position(&next)), ("Marker", (epoch, pos + 1)), "printed more before the marker");
+        next
     }
 
     /// SIGTERM; asserts exit code 0 and returns every stderr line.
@@ -173,7 +176,7 @@ async fn after_its_replica_stops_it_resumes_on_the_next_url_with_no_gap_and_no_d
 
     insert(&system, &["Live 1", "Live 2", "Live 3"]).await;
     events.extend(watcher.events(3).await);
-    watcher.assert_quiet().await;
+    let marker = watcher.assert_next_after(&system, &events[8]).await;
 
     let names: Vec<&str> = events.iter().map(customer).collect();
     assert_eq!(
@@ -182,7 +185,7 @@ async fn after_its_replica_stops_it_resumes_on_the_next_url_with_no_gap_and_no_d
     );
     assert_consecutive(&events);
 
-    let (_, last) = position(&events[8]);
+    let (_, last) = position(&marker);
     let status = watcher.stop().await;
     assert!(status.iter().any(|l| l.contains("1001")), "the replica said it was going away: {status:#?}");
     let hint = format!("last position: {epoch}:{last} (resume with --since {epoch}:{last})");
@@ -211,7 +214,7 @@ async fn since_replays_what_followed_a_position_then_goes_live() {
     insert(&system, &["Live"]).await;
     events.extend(second_run.events(1).await);
     assert_eq!(customer(&events[3]), "Live");
-    second_run.assert_quiet().await;
+    second_run.assert_next_after(&system, &events[3]).await;
     assert_eq!(position(&events[0]), (epoch.clone(), one + 1));
     assert_consecutive(&events);
     second_run.stop().await;
@@ -252,7 +255,7 @@ async fn snapshot_prints_the_current_rows_then_the_changes_after_them() {
     assert_eq!((customer(&event), position(&event)), ("Cid", (epoch.clone(), bob + 1)));
     let line = timeout(WAIT, human.stdout.next_line()).await.expect("in time").unwrap().unwrap();
     assert!(line.contains("INSERT") && line.contains("Cid"), "{line}");
-    json.assert_quiet().await;
+    json.assert_next_after(&system, &event).await;
     json.stop().await;
     human.stop().await;
 }

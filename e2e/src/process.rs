@@ -55,6 +55,21 @@ impl Process {
         body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// Its process id, while it runs (for `/proc/<pid>` and signals).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM (a clean shutdown), and reap it; SIGKILL if it takes longer than [`WAIT`].
+    pub async fn terminate(&mut self) {
+        if let Some(pid) = self.child.id() {
+            testkit::terminate(pid);
+        }
+        if tokio::time::timeout(WAIT, self.child.wait()).await.is_err() {
+            self.kill().await;
+        }
+    }
+
     /// SIGKILL, and reap it.
     pub async fn kill(&mut self) {
         if let Some(pid) = self.child.id() {

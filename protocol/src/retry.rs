@@ -210,6 +210,83 @@ mod tests {
         assert!(fifth > first, "{first:?} then {fifth:?}");
     }
 
+    /// A session error, fatal or not.
+    #[derive(Debug, thiserror::Error)]
+    #[error("session failed")]
+    struct Failed {
+        fatal: bool,
+    }
+
+    impl Retry for Failed {
+        fn is_fatal(&self) -> bool {
+            self.fatal
+        }
+    }
+
+    const TRANSIENT: Result<(), Failed> = Err(Failed { fatal: false });
+
+    // On a paused clock a sleep takes no real time and ends exactly at its deadline, so the
+    // virtual time `after` took is the delay it waited.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_retries_forever_with_growing_capped_delays() {
+        let policy = RetryPolicy::default();
+        let mut supervisor = Supervisor::new("test", policy);
+        let (reconnects, shutdown) = (Counter::default(), CancellationToken::new());
+        let mut waits = Vec::new();
+        // 40 failures in a row, far past backon's default of 3 attempts (the cap is reached
+        // after about 8); every one is retried.
+        for _ in 0..40 {
+            let before = tokio::time::Instant::now();
+            let flow = supervisor.after(Instant::now(), TRANSIENT, &reconnects, &shutdown).await.unwrap();
+            assert_eq!(flow, Flow::Retry);
+            waits.push(before.elapsed());
+        }
+        assert_eq!(reconnects.get(), 40);
+        assert!(waits.iter().all(|w| *w >= policy.min_delay && *w <= policy.max_delay), "{waits:?}");
+        assert!(waits[0] <= policy.min_delay * 2, "starts near the minimum: {waits:?}");
+        assert!(waits[30..].iter().all(|w| *w >= policy.max_delay / 2), "ends near the cap: {waits:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_cuts_the_wait_short() {
+        let policy = RetryPolicy { min_delay: Duration::from_secs(30), ..RetryPolicy::default() };
+        let mut supervisor = Supervisor::new("test", policy);
+        let (reconnects, shutdown) = (Counter::default(), CancellationToken::new());
+        let cancel = shutdown.clone();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cancel.cancel();
+        });
+        let before = tokio::time::Instant::now();
+        let flow = supervisor.after(Instant::now(), TRANSIENT, &reconnects, &shutdown).await.unwrap();
+        assert_eq!(
+            (flow, before.elapsed()),
+            (Flow::Stop, Duration::from_secs(1)),
+            "stopped when cancelled, not after 30 s"
+        );
+        canceller.await.unwrap();
+
+        // Already cancelled: no wait, no retry counted.
+        let flow = supervisor.after(Instant::now(), TRANSIENT, &reconnects, &shutdown).await.unwrap();
+        assert_eq!(flow, Flow::Stop);
+        assert_eq!(reconnects.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_error_is_returned_at_once_and_a_clean_end_stops() {
+        let mut supervisor = Supervisor::new("test", RetryPolicy::default());
+        let (reconnects, shutdown) = (Counter::default(), CancellationToken::new());
+        let before = tokio::time::Instant::now();
+        let err = supervisor.after(Instant::now(), Err(Failed { fatal: true }), &reconnects, &shutdown).await;
+        assert!(matches!(err, Err(Failed { fatal: true })));
+        assert_eq!(
+            supervisor.after(Instant::now(), Ok::<(), Failed>(()), &reconnects, &shutdown).await.unwrap(),
+            Flow::Stop
+        );
+        assert_eq!((before.elapsed(), reconnects.get()), (Duration::ZERO, 0));
+    }
+
     #[test]
     fn a_healthy_session_restarts_the_schedule() {
         let policy = RetryPolicy { healthy_after: Duration::ZERO, ..RetryPolicy::default() };

@@ -1,6 +1,6 @@
 //! Publisher configuration, read from the environment (and `.env`) once at start.
 
-use std::{fmt, time::Duration};
+use std::{fmt, net::IpAddr, time::Duration};
 
 use protocol::{
     channel::{ChannelName, DEFAULT_PG_CHANNEL, DEFAULT_REDIS_CHANNEL},
@@ -20,6 +20,8 @@ pub struct Config {
     pub pg_channel: ChannelName,
     /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
     pub redis_channel: ChannelName,
+    /// Address the ops endpoints bind (`PUBLISHER_BIND_ADDR`, default 0.0.0.0).
+    pub bind_addr: IpAddr,
     /// Port of `/healthz`, `/readyz`, `/metrics` (`HEALTH_PORT`, default 9100).
     pub health_port: u16,
     /// Apply the embedded `sql/` migrations at start (`PUBLISHER_MIGRATE`, default true).
@@ -67,6 +69,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("pg_channel", &self.pg_channel.as_str())
             .field("redis_channel", &self.redis_channel.as_str())
+            .field("bind_addr", &self.bind_addr)
             .field("health_port", &self.health_port)
             .field("migrate", &self.migrate)
             .field("legacy_payloads", &self.legacy_payloads)
@@ -76,6 +79,7 @@ impl fmt::Debug for Config {
             .field("outbox_retention", &self.outbox_retention)
             .field("snapshot_tables", &self.snapshot_tables)
             .field("retry", &self.retry)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +108,11 @@ impl Config {
             redis_url: env.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
             pg_channel: env.channel("PUBLISHER_PG_CHANNEL", DEFAULT_PG_CHANNEL),
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
+            bind_addr: env.parse(
+                "PUBLISHER_BIND_ADDR",
+                IpAddr::from([0, 0, 0, 0]),
+                "an IP address (e.g. 0.0.0.0 or 127.0.0.1)",
+            ),
             health_port: env.parse("HEALTH_PORT", 9100, "a port number (0-65535)"),
             migrate: env.flag("PUBLISHER_MIGRATE", true),
             legacy_payloads: env.flag("PUBLISHER_LEGACY_PAYLOADS", false),
@@ -155,9 +164,25 @@ mod tests {
         assert_eq!(c.pg_channel.as_str(), "orders_channel");
         assert_eq!(c.redis_channel.as_str(), "orders_updates");
         assert_eq!(c.health_port, 9100);
+        assert_eq!(c.bind_addr, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert!(c.migrate);
         assert!(!c.legacy_payloads, "legacy payloads only when asked for");
         assert_eq!(c.bridge_events, 10_000);
+    }
+
+    #[test]
+    fn the_ops_port_binds_the_configured_address() {
+        let c = config(&[("PUBLISHER_BIND_ADDR", "127.0.0.1")]).unwrap();
+        assert_eq!(c.bind_addr, IpAddr::from([127, 0, 0, 1]));
+        let c = config(&[("PUBLISHER_BIND_ADDR", "::1")]).unwrap();
+        assert_eq!(c.bind_addr, "::1".parse::<IpAddr>().unwrap());
+
+        // A host name is not an address: rejected with the others, not resolved at bind time.
+        let err = config(&[("PUBLISHER_BIND_ADDR", "localhost"), ("HEALTH_PORT", "x")]).unwrap_err().to_string();
+        for needle in ["PUBLISHER_BIND_ADDR=\"localhost\": expected an IP address", "HEALTH_PORT=\"x\""] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::Config;
 use stats::Stats;
@@ -43,7 +43,7 @@ pub struct Publisher;
 impl protocol::service::Daemon for Publisher {
     type Config = Config;
     type Error = Error;
-    const DEFAULT_LOG_FILTER: &'static str = "info,publisher=debug,sqlx::postgres::notice=warn";
+    const DEFAULT_LOG_FILTER: &'static str = protocol::telemetry::DEFAULT_FILTER;
 
     fn load() -> Result<Config, protocol::env::ConfigErrors> {
         Config::from_env()
@@ -52,7 +52,7 @@ impl protocol::service::Daemon for Publisher {
         config.log_format
     }
     fn listen_addr(config: &Config) -> (std::net::SocketAddr, &'static str) {
-        (([0, 0, 0, 0], config.health_port).into(), "HEALTH_PORT")
+        ((config.bind_addr, config.health_port).into(), "PUBLISHER_BIND_ADDR, HEALTH_PORT")
     }
     fn run(
         config: Config,
@@ -76,7 +76,9 @@ pub enum Error {
 
 /// Runs the publisher until `shutdown` is cancelled or a fatal error occurs.
 ///
-/// `health` is the bound listener for `/healthz`, `/readyz` and `/metrics`.
+/// `health` is the bound listener for `/healthz`, `/readyz` and `/metrics`. After `shutdown`,
+/// the batch in flight gets `shutdown_grace` to reach Redis and be marked; then `run` returns
+/// regardless.
 ///
 /// # Errors
 /// A fatal session error (bad credentials, unknown database, a changed migration) or a failed
@@ -97,11 +99,43 @@ pub async fn run(config: Config, health: TcpListener, shutdown: CancellationToke
         token.cancel();
         result.map_err(Error::Relay)
     };
-    // Never stops the others: it retries what is transient, and a fatal error ends the relay too.
-    let backlog = backlog::run(&config, &stats, &token);
-    let (relayed, served, ()) = tokio::join!(relay, http, backlog);
+    // The backlog gauges never stop the others: they retry what is transient.
+    let backlog = async {
+        backlog::run(&config, &stats, &token).await;
+        Ok(())
+    };
+    // The relay checks the token between steps, but a step can hang on a dependency that
+    // stopped answering (a query waits up to its 30 s timeout), and the health server waits
+    // for open requests. Past the grace such a part is dropped. That loses nothing: a batch
+    // leaves the outbox's unpublished set only once Redis has it, and the next active
+    // publisher's claim sees what this one appended.
+    let (relayed, served, _) = tokio::join!(
+        within_grace(relay, &token, &config),
+        within_grace(http, &token, &config),
+        within_grace(backlog, &token, &config)
+    );
     info!("publisher stopped");
     relayed.and(served)
+}
+
+/// `part`'s result, or `Ok(())` once it has run `shutdown_grace` past the cancellation of `token`.
+async fn within_grace(
+    part: impl Future<Output = Result<(), Error>>,
+    token: &CancellationToken,
+    config: &Config,
+) -> Result<(), Error> {
+    let grace = async {
+        token.cancelled().await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    tokio::select! {
+        biased;
+        result = part => result,
+        () = grace => {
+            warn!(grace = ?config.shutdown_grace, "shutdown grace elapsed with work in flight; stopping anyway");
+            Ok(())
+        }
+    }
 }
 /// Tests spawn `run` on a multi-threaded runtime; keep its future `Send` (a higher-ranked
 /// bound deep inside can silently break that).

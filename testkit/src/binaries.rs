@@ -1,5 +1,5 @@
-//! Finding the server executables: `PG_BIN_DIR` / `REDIS_SERVER_BIN`, then `PATH`, then the
-//! places Debian installs them. A missing binary is a panic that says how to install it, because
+//! Finding the server executables: `PG_BIN_DIR` / `REDIS_SERVER_BIN` / `NGINX_BIN`, then
+//! `PATH`, then the places Debian installs them. A missing binary is a panic that says how to install it, because
 //! a test cannot do anything useful without its server.
 
 use std::{
@@ -13,6 +13,8 @@ const PG_MISSING: &str = "PostgreSQL server binaries not found \
      (set PG_BIN_DIR or install them: sudo apt-get install -y postgresql)";
 const REDIS_MISSING: &str = "redis-server not found \
      (set REDIS_SERVER_BIN or install it: sudo apt-get install -y redis-server)";
+const NGINX_MISSING: &str = "nginx not found \
+     (set NGINX_BIN or install it: sudo apt-get install -y nginx, or bash scripts/install-deps.sh)";
 
 /// The directory holding `initdb`, `postgres` and `psql` of one PostgreSQL version.
 ///
@@ -27,6 +29,12 @@ pub(crate) fn pg_bin_dir() -> &'static Path {
 pub(crate) fn redis_server_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| find_redis_server().unwrap_or_else(|| panic!("{REDIS_MISSING}")))
+}
+
+/// The `nginx` executable.
+pub(crate) fn nginx_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| find_nginx().unwrap_or_else(|| panic!("{NGINX_MISSING}")))
 }
 
 fn find_pg_bin_dir() -> Option<PathBuf> {
@@ -77,6 +85,16 @@ fn find_redis_server() -> Option<PathBuf> {
         return Some(bin);
     }
     find_on_path("redis-server")
+}
+
+fn find_nginx() -> Option<PathBuf> {
+    if let Some(bin) = env::var_os("NGINX_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(is_executable(&bin), "NGINX_BIN={} is not an executable file", bin.display());
+        return Some(bin);
+    }
+    // Debian installs it in /usr/sbin, which a non-root PATH often lacks.
+    find_on_path("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| is_executable(p)))
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

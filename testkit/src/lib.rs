@@ -1,11 +1,12 @@
 //! Test support for the workspace: private PostgreSQL and Redis servers that one test owns and
 //! can stop, kill and restart, plus the helpers to wait for things without fixed sleeps.
 //!
-//! - `binaries`: finds `initdb`/`postgres`/`psql` and `redis-server`, or panics saying how to
+//! - `binaries`: finds `initdb`/`postgres`/`psql`, `redis-server` and `nginx`, or panics saying how to
 //!   install them
 //! - `process`: one server child process: log capture, readiness polling, stop/kill, no leaks
 //! - `postgres`: [`PgServer`], a throwaway cluster (runs as the `postgres` user when we are root)
 //! - `redis`: [`RedisServer`], a `redis-server` without persistence
+//! - `nginx`: [`NginxServer`], an unprivileged nginx serving the configuration a test gives it
 //! - `wait`: [`free_port`], [`wait_until`], [`wait_for`]
 //! - `http`: [`http_get`] for ops endpoints; [`service_command`], [`terminate`] and [`kill`] for
 //!   service processes
@@ -18,6 +19,7 @@
 mod binaries;
 mod http;
 mod logging;
+mod nginx;
 mod postgres;
 mod process;
 mod redis;
@@ -25,6 +27,7 @@ mod wait;
 
 pub use http::{http_get, kill, service_command, terminate};
 pub use logging::init_test_logging;
+pub use nginx::NginxServer;
 pub use postgres::PgServer;
 pub use redis::RedisServer;
 pub use wait::{free_port, wait_for, wait_until};

@@ -136,29 +136,27 @@ async fn an_older_server_without_the_subprotocol_still_works() {
     assert_eq!(summary(&items), ["connected", "not resumed", "orders:3"]);
 }
 
-#[tokio::test]
+// On a paused clock: the real defaults (2 s hello, 60 s idle) take no real time, and the
+// timeouts fire exactly when due. The sockets are loopback ones, ready as soon as written.
+#[tokio::test(start_paused = true)]
 async fn a_silent_server_is_noticed_and_left() {
-    // Never reads, so never answers the probe ping either: a hung server.
+    // Holds the connection and never reads, so never answers the probe ping either: a hung server.
     let url = fake_server(true, |ws| async move {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        std::future::pending::<()>().await;
         drop(ws);
     })
     .await;
-    let config = FeedConfig {
-        idle_timeout: Duration::from_millis(300),
-        hello_timeout: Duration::from_millis(50),
-        max_retries: Some(0),
-        ..fast(&url)
-    };
+    let config = FeedConfig { max_retries: Some(0), ..fast(&url) };
+    let idle = config.idle_timeout;
     let mut feed = Feed::new(config, CancellationToken::new());
     assert_eq!(
         next(&mut feed).await,
         FeedItem::Connected { url: url.clone(), server_id: None, protocol: Protocol::OrdersV1, position: None }
     );
-    assert_eq!(
-        next(&mut feed).await,
-        FeedItem::Disconnected { url, reason: DisconnectReason::Silent(Duration::from_millis(300)) }
-    );
+    let connected = tokio::time::Instant::now();
+    let left = timeout(idle * 2, feed.next()).await.expect("left within two idle timeouts").unwrap().unwrap();
+    assert_eq!(left, FeedItem::Disconnected { url, reason: DisconnectReason::Silent(idle) });
+    assert!(connected.elapsed() >= idle - FeedConfig::new(["ws://x"]).hello_timeout, "not before the idle timeout");
     let gave_up = timeout(Duration::from_secs(1), feed.next()).await.unwrap();
     assert!(matches!(gave_up, Err(FeedError::GaveUp { retries: 0, .. })), "{gave_up:?}");
 }
@@ -201,13 +199,16 @@ fn disconnect_reasons_read_well() {
     );
 }
 
-#[tokio::test]
+// On a paused clock, so the real retry schedule (100 ms, 200 ms, …) is used and checked.
+#[tokio::test(start_paused = true)]
 async fn gives_up_after_max_retries_failed_attempts() {
-    let config = FeedConfig { max_retries: Some(2), ..fast("ws://127.0.0.1:1/ws") };
+    let config = FeedConfig { max_retries: Some(2), ..FeedConfig::new(["ws://127.0.0.1:1/ws"]) };
+    let policy = config.retry;
     let mut feed = Feed::new(config, CancellationToken::new());
     let mut items = Vec::new();
+    let started = tokio::time::Instant::now();
     let err = loop {
-        match timeout(Duration::from_secs(5), feed.next()).await.expect("no hang") {
+        match timeout(Duration::from_secs(60), feed.next()).await.expect("no hang") {
             Ok(Some(item)) => items.push(item),
             Ok(None) => panic!("feed ended without giving up"),
             Err(err) => break err,
@@ -224,10 +225,13 @@ async fn gives_up_after_max_retries_failed_attempts() {
     let disconnects = items.iter().filter(|i| matches!(i, FeedItem::Disconnected { .. })).count();
     assert_eq!(disconnects, 3, "the first attempt and two retries: {items:?}");
     assert!(matches!(err, FeedError::GaveUp { retries: 2, .. }), "{err}");
+    // Two waits of the schedule: at least the minimum each, at most the first two steps with jitter.
+    let waited = started.elapsed();
+    assert!(waited >= policy.min_delay * 2 && waited <= policy.min_delay * 6, "waited {waited:?}");
     assert!(feed.next().await.unwrap().is_none(), "a feed that gave up stays ended");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_ends_the_feed_while_waiting_to_retry() {
     let retry = RetryPolicy {
         min_delay: Duration::from_secs(30),
@@ -238,8 +242,10 @@ async fn shutdown_ends_the_feed_while_waiting_to_retry() {
     let mut feed = Feed::new(FeedConfig { retry, ..FeedConfig::new(["ws://127.0.0.1:1/ws"]) }, shutdown.clone());
     assert!(matches!(next(&mut feed).await, FeedItem::Disconnected { .. }));
     assert!(matches!(next(&mut feed).await, FeedItem::Retrying { .. }));
+    // Virtual time: the next attempt is due 30 s or more from now, so nothing comes before.
+    assert!(timeout(Duration::from_secs(29), feed.next()).await.is_err(), "waits out the retry delay");
     shutdown.cancel();
-    let end = timeout(Duration::from_secs(1), feed.next()).await.expect("shutdown is prompt");
+    let end = timeout(Duration::from_millis(1), feed.next()).await.expect("shutdown is prompt");
     assert!(matches!(end, Ok(None)));
 }
 

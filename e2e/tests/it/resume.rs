@@ -147,7 +147,9 @@ async fn replica_fills_the_gap_after_a_redis_reconnect() {
         assert_eq!(positions(&client.events(22).await), (4..=25).collect::<Vec<_>>(), "no gap, no duplicate");
     }
     assert_eq!(ws.metric("ws_gap_filled_events_total").await, 20, "the 20 missed events came from the log");
-    assert!(typed.next_json_within(Duration::from_millis(200)).await.is_none(), "nothing more (no duplicates)");
+    // Nothing more in between (no duplicates): the next event is the next one appended.
+    let next = writer.inserts(1).await;
+    assert_eq!(positions(&typed.events(1).await), [next], "nothing more (no duplicates)");
 }
 
 #[tokio::test]
@@ -368,7 +370,8 @@ async fn snapshot_then_live_has_no_gap_or_double_apply_under_concurrent_appends(
     }
     assert!(snap_pos < final_pos, "the snapshot was taken while events were appended");
     assert_eq!(state, final_rows, "snapshot + events after it = the current state");
-    assert!(c.next_json_within(Duration::from_millis(200)).await.is_none(), "nothing after the last event");
+    let next = writer.inserts(1).await;
+    assert_eq!(positions(&c.events(1).await), [next], "nothing between the last event and the next one");
     assert_eq!(ws.metric("ws_snapshots_total").await, 1);
 }
 
@@ -480,9 +483,16 @@ async fn a_snapshot_waits_until_a_new_history_is_seeded() {
     log.seed(&mut conn, &claim, &first, true, false).await.unwrap();
 
     let (mut c, _) = WsClient::connect_protocol(&ws.ws_url()).await;
+    let scripts_before = script_calls(&mut conn).await;
     c.send_json(&json!({"type": "subscribe", "snapshot": true})).await;
-    // Silence is the behaviour here: half a state must not be served.
-    assert!(c.next_json_within(Duration::from_millis(300)).await.is_none(), "no snapshot of a half-seeded state");
+    // Half a state must not be served: once the replica has looked at the state several
+    // times, nothing may have arrived. (A look is one script call, two the first time: EVALSHA
+    // then EVAL; nothing else runs scripts meanwhile.)
+    wait_until(WAIT, "the replica looked at the half-seeded state several times", || async {
+        script_calls(&mut conn.clone()).await >= scripts_before + 4
+    })
+    .await;
+    assert!(c.next_json_within(Duration::ZERO).await.is_none(), "no snapshot of a half-seeded state");
 
     let last: Vec<(String, String)> = vec![("orders:2".into(), json!({"id": 2}).to_string())];
     log.seed(&mut conn, &claim, &last, false, true).await.unwrap();
@@ -490,4 +500,13 @@ async fn a_snapshot_waits_until_a_new_history_is_seeded() {
     assert_eq!(snapshot["type"], "snapshot");
     assert_eq!(snapshot["rows"].as_array().unwrap().len(), 2, "every seeded row: {snapshot}");
     assert_eq!(c.next_json().await["type"], "subscribed");
+}
+
+/// How many Lua script calls (EVALSHA, EVAL) Redis has served.
+async fn script_calls(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split_once("calls=")?.1.split(',').next()?.parse::<u64>().ok())
+        .sum()
 }

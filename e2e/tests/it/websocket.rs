@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use e2e::{WAIT, WsClient, spawn_ws, ws_config};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use testkit::{RedisServer, wait_until};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
 
 async fn publish(redis: &RedisServer, frames: impl IntoIterator<Item = String>) {
     e2e::history::publish_frames(&redis.url(), frames).await;
@@ -112,10 +115,22 @@ async fn a_client_that_never_answers_pings_is_closed_with_4009() {
 
     // A client that never reads never answers the server's pings.
     let (mut silent, _) = WsClient::connect_protocol(&ws.ws_url()).await;
-    let (mut healthy, _) = WsClient::connect_protocol(&ws.ws_url()).await;
+    // One that reads answers each ping as it reads it (tungstenite queues the pong and sends
+    // it with the next read). It reads until it has answered four pings: by then it has lived
+    // through more heartbeat intervals than the two that close a silent client.
+    let mut request = ws.ws_url().into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("orders.v1"));
+    let (mut healthy, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let keep_alive = tokio::spawn(async move {
-        // Reading answers pings automatically; read (and so answer) for 3 s.
-        assert!(healthy.next_json_within(Duration::from_secs(3)).await.is_none());
+        let mut pings = 0;
+        while pings < 4 {
+            match timeout(WAIT, healthy.next()).await.expect("pinged in time") {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(frame))) => panic!("the answering client was closed: {frame:?}"),
+                Some(Ok(_)) => {}
+                other => panic!("the answering client's connection ended: {other:?}"),
+            }
+        }
         healthy
     });
     // The silent client must not read (reading answers pings) until the server gave up on it.
@@ -123,8 +138,16 @@ async fn a_client_that_never_answers_pings_is_closed_with_4009() {
     let (code, _) = silent.expect_close(WAIT).await;
     assert_eq!(code, 4009);
     let mut healthy = keep_alive.await.unwrap();
-    healthy.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(healthy.next_json().await["type"], "pong", "a client that answers pings stays connected");
+    healthy.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    let pong = loop {
+        match timeout(WAIT, healthy.next()).await.expect("an answer in time") {
+            Some(Ok(Message::Text(text))) => break serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("the answering client's connection ended: {other:?}"),
+        }
+    };
+    assert_eq!(pong["type"], "pong", "a client that answers pings stays connected");
+    assert_eq!(ws.metric("ws_heartbeat_timeouts_total").await, 1, "only the silent client timed out");
 }
 
 #[tokio::test]
