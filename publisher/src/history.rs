@@ -272,6 +272,6 @@ async fn fill(
         on_redis!(redis, shutdown, |conn| log.seed(conn, claim, chunk, i == 0, false));
     }
     stats.seeded_rows.add(rows.len() as u64);
-    info!(epoch = %claim.epoch, backlog, rows = rows.len(), "started a new history: backlog appended, state seeded");
+    info!(epoch = %claim.epoch, backlog, rows = rows.len(), "started a new history: re-offered events, then the backlog, then the state seeded");
     Ok(Ok(()))
 }
