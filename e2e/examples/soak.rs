@@ -28,7 +28,7 @@ use std::{
 };
 
 use e2e::{
-    Follower, Process, WAIT,
+    Follower, Process, Rng, WAIT,
     history::{log_frames, state, table},
 };
 use sqlx::{Connection, PgConnection};
@@ -444,18 +444,6 @@ async fn churn(drop_tx: watch::Sender<u64>, seed: u64, mut stop: watch::Receiver
             _ = stop.changed() => return drop_tx,
             () = tokio::time::sleep(pause) => drop_tx.send_modify(|n| *n += 1),
         }
-    }
-}
-
-/// A small deterministic PRNG (xorshift), so a run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
     }
 }
 

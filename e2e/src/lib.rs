@@ -28,3 +28,18 @@ use std::time::Duration;
 
 /// How long a test waits for something that should take milliseconds.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A small deterministic PRNG (xorshift), so a failing schedule or load can be replayed from
+/// its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

@@ -16,13 +16,10 @@ use tokio::{net::TcpStream, process::Command};
 
 use crate::{
     binaries::nginx_bin,
-    free_port,
-    process::{LaunchError, ServerProcess, launch},
+    process::{LaunchError, ServerProcess, launch, launch_on_free_port},
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Fresh ports tried by `start` when the one it picked was taken meanwhile.
-const PORT_ATTEMPTS: usize = 3;
 
 /// A private nginx process; dropping it kills nginx (master and workers) and deletes its directory.
 #[derive(Debug)]
@@ -55,21 +52,14 @@ impl NginxServer {
         }
         std::fs::create_dir_all(dir.path().join("temp")).expect("failed to create nginx's temp directory");
         let mut server = NginxServer { process: None, port: 0, dir };
-        for attempt in 1..=PORT_ATTEMPTS {
-            // Another test can take the port between `free_port` and the bind: pick another one.
-            let port = free_port();
+        let (port, process) = launch_on_free_port("nginx", |port| {
             server.write_config(site, &files(SocketAddr::from(([127, 0, 0, 1], port))));
-            match server.launch(port).await {
-                Ok(process) => {
-                    server.port = port;
-                    server.process = Some(process);
-                    return server;
-                }
-                Err(err) if err.port_in_use && attempt < PORT_ATTEMPTS => {}
-                Err(err) => panic!("failed to start nginx: {}", err.message),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+            server.launch(port)
+        })
+        .await;
+        server.port = port;
+        server.process = Some(process);
+        server
     }
 
     /// The address nginx listens on.

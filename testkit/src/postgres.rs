@@ -17,8 +17,7 @@ use tokio::{net::TcpStream, process::Command};
 
 use crate::{
     binaries::pg_bin_dir,
-    free_port,
-    process::{LaunchError, ServerProcess, launch},
+    process::{LaunchError, ServerProcess, launch, launch_on_free_port},
 };
 
 /// Covers crash recovery after `kill`, which replays the WAL before accepting connections.
@@ -26,8 +25,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const INITDB_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bounds one `psql` run, so a hung server fails the test instead of hanging it.
 const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Fresh ports tried by `start` when the one it picked was taken meanwhile.
-const PORT_ATTEMPTS: usize = 3;
 /// Attempts of `restart`, which must keep its port and so can only wait for it.
 const RESTART_ATTEMPTS: usize = 3;
 
@@ -61,20 +58,10 @@ impl PgServer {
         let mut server = PgServer { process: None, port: 0, owner, dir };
         server.initdb().await;
 
-        for attempt in 1..=PORT_ATTEMPTS {
-            // Another test can take the port between `free_port` and the bind: pick another one.
-            let port = free_port();
-            match server.launch(port).await {
-                Ok(process) => {
-                    server.port = port;
-                    server.process = Some(process);
-                    return server;
-                }
-                Err(err) if err.port_in_use && attempt < PORT_ATTEMPTS => {}
-                Err(err) => panic!("failed to start PostgreSQL: {}", err.message),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+        let (port, process) = launch_on_free_port("PostgreSQL", |port| server.launch(port)).await;
+        server.port = port;
+        server.process = Some(process);
+        server
     }
 
     /// The TCP port the server listens on (127.0.0.1); the same across restarts.

@@ -27,6 +27,8 @@ use tokio::process::{Child, Command};
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a killed process (and its children) may take to disappear.
 const KILL_GRACE: Duration = Duration::from_secs(10);
+/// Fresh ports tried by [`launch_on_free_port`] when the one it picked was taken meanwhile.
+const PORT_ATTEMPTS: usize = 3;
 /// `Drop` blocks a runtime thread, so it waits less than `kill` and leaves stragglers to tokio.
 const DROP_GRACE: Duration = Duration::from_secs(5);
 /// How often readiness probes and exit checks run.
@@ -97,6 +99,25 @@ where
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Launches a server (`what`, in panic messages) on a free port with `launch`, picking another
+/// port when another test took the one picked between `free_port` and the bind.
+///
+/// Panics when a launch fails for another reason, or every attempt found its port taken.
+pub(crate) async fn launch_on_free_port<Fut>(what: &str, mut launch: impl FnMut(u16) -> Fut) -> (u16, ServerProcess)
+where
+    Fut: Future<Output = Result<ServerProcess, LaunchError>>,
+{
+    for attempt in 1..=PORT_ATTEMPTS {
+        let port = crate::free_port();
+        match launch(port).await {
+            Ok(process) => return (port, process),
+            Err(err) if err.port_in_use && attempt < PORT_ATTEMPTS => {}
+            Err(err) => panic!("failed to start {what}: {}", err.message),
+        }
+    }
+    unreachable!("the last attempt either returns or panics")
 }
 
 impl ServerProcess {

@@ -14,15 +14,12 @@ use tokio::{
 
 use crate::{
     binaries::redis_server_bin,
-    free_port,
-    process::{LaunchError, ServerProcess, launch},
+    process::{LaunchError, ServerProcess, launch, launch_on_free_port},
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds one readiness probe (connect, write, read).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Fresh ports tried by `start` when the one it picked was taken meanwhile.
-const PORT_ATTEMPTS: usize = 3;
 /// Attempts of `restart`, which must keep its port and so can only wait for it.
 const RESTART_ATTEMPTS: usize = 3;
 
@@ -58,20 +55,10 @@ impl RedisServer {
             .tempdir()
             .expect("failed to create a temporary directory for Redis");
         let mut server = RedisServer { process: None, port: 0, dir, password };
-        for attempt in 1..=PORT_ATTEMPTS {
-            // Another test can take the port between `free_port` and the bind: pick another one.
-            let port = free_port();
-            match server.launch(port).await {
-                Ok(process) => {
-                    server.port = port;
-                    server.process = Some(process);
-                    return server;
-                }
-                Err(err) if err.port_in_use && attempt < PORT_ATTEMPTS => {}
-                Err(err) => panic!("failed to start Redis: {}", err.message),
-            }
-        }
-        unreachable!("the last attempt either returns or panics")
+        let (port, process) = launch_on_free_port("Redis", |port| server.launch(port)).await;
+        server.port = port;
+        server.process = Some(process);
+        server
     }
 
     /// The TCP port the server listens on (127.0.0.1); the same across restarts.

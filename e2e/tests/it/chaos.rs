@@ -10,25 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e::{Follower, PlainFollower, Process, WAIT, history::table};
+use e2e::{Follower, PlainFollower, Process, Rng, WAIT, history::table};
 use protocol::{channel::ChannelName, log::Log};
 use sqlx::{Connection, PgConnection};
 use testkit::{PgServer, RedisServer, free_port};
 use tokio::sync::watch;
 
 const WRITE_FOR: Duration = Duration::from_secs(24);
-
-/// A small deterministic PRNG (xorshift), so a failing schedule can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// One writer: single and multi-row transactions of inserts, updates and deletes; some roll back.
 async fn write(url: String, seed: u64, stop: watch::Receiver<bool>) -> usize {
