@@ -104,3 +104,30 @@ async fn a_position_older_than_the_bridge_is_reset_not_skipped() {
     assert_eq!((reset["type"].as_str(), reset["reason"].as_str()), (Some("reset"), Some("history_lost")), "{reset}");
     assert!(reset["message"].as_str().unwrap().contains("re-offers positions 3..=4"), "{reset}");
 }
+
+#[tokio::test]
+async fn an_append_left_unanswered_as_redis_died_is_re_offered_at_the_positions_it_would_have_had() {
+    let mut system = System::start(1).await;
+    let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
+    insert(&system, &["a1", "a2"]).await;
+    assert_eq!(names(&client.events(2).await), ["a1", "a2"]);
+
+    // Frozen: the append of d1 gets no answer (it may or may not have been applied and
+    // published at position 3); then Redis dies for good and comes back empty.
+    system.redis.freeze();
+    insert(&system, &["d1"]).await;
+    wait_until(WAIT, "the publisher gives up on the append", || async { system.publisher.readyz().await == 503 }).await;
+    system.redis.kill().await;
+    system.redis.restart().await;
+    system.wait_ready().await;
+    insert(&system, &["c1"]).await;
+
+    assert_eq!(names(&client.events(2).await), ["d1", "c1"], "each once, in order");
+    let client_redis = redis::Client::open(system.redis.url()).unwrap();
+    let mut conn = client_redis.get_multiplexed_async_connection().await.unwrap();
+    let log = protocol::log::Log::new(&protocol::channel::ChannelName::parse("orders_updates").unwrap());
+    let bridge = log.head_with_bridge(&mut conn).await.unwrap().and_then(|h| h.bridge).expect("a bridge");
+    assert_eq!((bridge.from, bridge.to), (1, 3), "recorded 1..=2, and the batch in doubt at 3");
+    let frames = e2e::history::log_frames(&system.redis.url()).await;
+    assert_eq!(names(&frames), ["a1", "a2", "d1", "c1"], "d1 is not appended twice");
+}
