@@ -114,8 +114,24 @@ ensure_deps() {
     check_rust
 }
 
+# Cargo subcommands CI uses, built from crates.io with `cargo install --locked` when missing:
+# `ensure_cargo_tool cargo-deny` (run below for .ci/run's licence and bans check) and
+# `ensure_cargo_tool cargo-fuzz` (called by scripts/fuzz.sh, which needs nightly anyway).
+ensure_cargo_tool() {
+    local crate=$1
+    if command -v "$crate" >/dev/null 2>&1 || [[ -x "$HOME/.cargo/bin/$crate" ]]; then
+        return 0
+    fi
+    echo "install-deps: installing $crate with cargo install (once; takes a few minutes)" >&2
+    if ! cargo install "$crate" --locked; then
+        echo "install-deps: could not install $crate; install it by hand with: cargo install $crate --locked" >&2
+        return 1
+    fi
+}
+
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     set -euo pipefail
     ensure_deps "$@"
+    ensure_cargo_tool cargo-deny
     echo "install-deps: ok (postgres: $(pg_bin_dir), redis-server: $(command -v redis-server || echo "${REDIS_SERVER_BIN:-}"))"
 fi

@@ -138,10 +138,57 @@ pub fn parse_notification(payload: &str) -> Result<Notification, PayloadError> {
         id: p.id,
         table: p.table.unwrap_or_else(|| LEGACY_TABLE.to_owned()),
         operation: p.operation,
-        order: order.to_owned(),
-        old: p.old.map(RawValue::to_owned),
+        order: without_lone_surrogates(order),
+        old: p.old.map(without_lone_surrogates),
         ts: p.ts,
     }))
+}
+
+/// The row, with every `\uD800`–`\uDFFF` escape that is not half of a pair replaced by `\ufffd`.
+///
+/// PostgreSQL's `json` type accepts such escapes and `row_to_json` passes them on, and they are
+/// valid JSON text, but no string can hold them: serde_json readers (cli-client) reject the
+/// whole event, so a committed change would not reach them. The replacement character is what
+/// lenient decoders show instead. Rows without such an escape are kept byte for byte.
+fn without_lone_surrogates(raw: &RawValue) -> Box<RawValue> {
+    let text = raw.get();
+    let bytes = text.as_bytes();
+    let unit_at = |at: usize| {
+        let hex = text.get(at..at + 6)?.strip_prefix("\\u")?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let mut fixed = String::new();
+    let (mut copied, mut i) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        // In valid JSON a backslash always starts an escape: `\u` and four hex digits, or two bytes.
+        let Some(unit) = unit_at(i) else {
+            i += 2;
+            continue;
+        };
+        let lone = match unit {
+            0xD800..=0xDBFF if unit_at(i + 6).is_some_and(|next| (0xDC00..=0xDFFF).contains(&next)) => {
+                i += 12; // A pair: one character.
+                continue;
+            }
+            0xD800..=0xDFFF => true,
+            _ => false,
+        };
+        if lone {
+            fixed.push_str(&text[copied..i]);
+            fixed.push_str("\\ufffd");
+            copied = i + 6;
+        }
+        i += 6;
+    }
+    if fixed.is_empty() {
+        return raw.to_owned();
+    }
+    fixed.push_str(&text[copied..]);
+    RawValue::from_string(fixed).expect("replacing one escape by another keeps the JSON valid")
 }
 
 fn ensure_object(raw: &RawValue, field: &'static str) -> Result<(), PayloadError> {
@@ -249,6 +296,22 @@ mod tests {
     fn row_bodies_are_forwarded_byte_for_byte() {
         let c = change(r#"{"operation":"INSERT","order":{"amount":10.50,"b":"é"}}"#);
         assert!(c.to_event_json().contains(r#""order":{"amount":10.50,"b":"é"}"#));
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_in_rows_become_replacement_characters() {
+        // Found by the `notification` fuzz target: the event was JSON that serde_json (and so
+        // cli-client) could not read.
+        let c = change(r#"{"operation":"UPDATE","order":{"a":"\ud83d x","b":"\ude00"},"old":{"c":"\udbff\ud800"}}"#);
+        let event: Value = serde_json::from_str(&c.to_event_json()).expect("readable event JSON");
+        assert_eq!(event["order"], json!({"a":"\u{fffd} x","b":"\u{fffd}"}));
+        assert_eq!(event["old"], json!({"c":"\u{fffd}\u{fffd}"}));
+        assert!(serde_json::from_str::<crate::frames::EventFrame>(&c.to_event_json()).is_ok());
+
+        // Pairs, escaped backslashes and other escapes are kept byte for byte.
+        let row = r#"{"pair":"\ud83d\ude00","not_an_escape":"\\ud800","nul":"\u0000","q":"\"\\"}"#;
+        let c = change(&format!(r#"{{"operation":"INSERT","order":{row}}}"#));
+        assert_eq!(c.order.get(), row);
     }
 
     #[test]

@@ -209,8 +209,21 @@ impl ClientFrame {
         })?;
         let kind = value.get("type").and_then(Value::as_str).map(str::to_owned);
         match kind.as_deref() {
-            Some(k) if KNOWN_CLIENT_TYPES.contains(&k) => serde_json::from_value(value)
-                .map_err(|e| (ErrorCode::InvalidFrame, format!("invalid {k:?} frame: {e}"))),
+            Some(k) if KNOWN_CLIENT_TYPES.contains(&k) => {
+                let frame: Self = serde_json::from_value(value)
+                    .map_err(|e| (ErrorCode::InvalidFrame, format!("invalid {k:?} frame: {e}")))?;
+                // As in the text form (`Position::parse`): no history has an empty name.
+                if let Self::Subscribe { since: Some(since), .. } = &frame
+                    && since.epoch.is_empty()
+                {
+                    return Err((
+                        ErrorCode::InvalidFrame,
+                        "invalid \"subscribe\" frame: since.epoch is empty; resume from a position the server sent"
+                            .to_owned(),
+                    ));
+                }
+                Ok(frame)
+            }
             _ => Err((
                 ErrorCode::UnknownType,
                 format!(
@@ -256,6 +269,15 @@ mod tests {
             ClientFrame::parse(r#"{"type":"subscribe","since":"e1:7"}"#).unwrap_err().0,
             ErrorCode::InvalidFrame
         );
+    }
+
+    #[test]
+    fn subscribe_since_an_empty_epoch_is_invalid_as_in_the_text_form() {
+        // Found by the `client_frame` fuzz target: the JSON form took what `Position::parse` refuses.
+        let (code, message) = ClientFrame::parse(r#"{"type":"subscribe","since":{"epoch":"","pos":5}}"#).unwrap_err();
+        assert_eq!(code, ErrorCode::InvalidFrame);
+        assert!(message.contains("since.epoch is empty"), "{message}");
+        assert!(Position::parse(":5").is_err());
     }
 
     #[test]
