@@ -38,7 +38,8 @@ const BACKLOG: &str = "SELECT count(*), \
 
 /// Keeps the backlog gauges of `stats` fresh until shutdown, reconnecting with backoff.
 pub(crate) async fn run(config: &Config, stats: &Stats, shutdown: &CancellationToken) {
-    let mut supervisor = Supervisor::new("backlog", config.retry);
+    let mut supervisor =
+        Supervisor::new("backlog", config.retry).for_server(protocol::env::redact_url(&config.database_url));
     // Not exported: the relay's session already counts PostgreSQL outages.
     let reconnects = Counter::default();
     loop {
