@@ -7,7 +7,9 @@
 //! 1. **The bridge.** The newest events of the previous history that the outbox recorded at
 //!    consecutive positions (`PUBLISHER_BRIDGE_EVENTS` at most) are appended again, in their
 //!    old order, as the new history's first positions; the new history's meta says which old
-//!    positions they stand for. A replica or client at old position `p` inside that range
+//!    positions they stand for. That bridge is planned ([`plan`]) before the claim and set by
+//!    the claim itself, with the epoch, so nobody sees the new history without it; the build
+//!    then checks the outbox still holds all of it ([`Built::Replace`] if not). A replica or client at old position `p` inside that range
 //!    continues at the new position that re-offers `p`: what it saw is not sent again, what
 //!    it missed (Redis died before delivering it) is.
 //! 2. **The backlog.** Every change committed and not yet published (committed while Redis was
