@@ -19,7 +19,7 @@ use crate::{
     forward::Redis,
     history::{self, Built},
     outbox,
-    relay::{QUERY_TIMEOUT, SessionError, bounded},
+    relay::{DRAIN_TIMEOUT, QUERY_TIMEOUT, SessionError, bounded},
     stats::Stats,
 };
 
@@ -132,7 +132,7 @@ impl<'a> Active<'a> {
             }
             let claim = self.claim.as_ref().expect("claimed above");
 
-            let rows = bounded(QUERY_TIMEOUT, outbox::unpublished(pg, config.batch_max)).await??;
+            let rows = bounded(DRAIN_TIMEOUT, outbox::unpublished(pg, config.batch_max)).await??;
             let full = rows.len() == config.batch_max;
             let mut marks = Vec::with_capacity(rows.len());
             let mut batch = Batch::default();
@@ -156,7 +156,7 @@ impl<'a> Active<'a> {
                 let current = match change.row_key() {
                     Some(key) => {
                         let (table, id) = key.split_once(':').expect("row keys are table:id");
-                        bounded(QUERY_TIMEOUT, outbox::current_row(pg, table, id)).await??
+                        bounded(DRAIN_TIMEOUT, outbox::current_row(pg, table, id)).await??
                     }
                     None => None,
                 };
@@ -202,7 +202,7 @@ impl<'a> Active<'a> {
                     }
                 }
             }
-            bounded(QUERY_TIMEOUT, outbox::mark_published(pg, &claim.epoch, &marks)).await??;
+            bounded(DRAIN_TIMEOUT, outbox::mark_published(pg, &claim.epoch, &marks)).await??;
             return Ok(if full { Drained::More } else { Drained::All });
         }
     }

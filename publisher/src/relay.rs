@@ -40,6 +40,11 @@ use crate::{
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The drain's statements (one batch read, one batch of marks) take milliseconds; a longer wait
+/// means a frozen or partitioned server, so this deadline bounds how long a freeze that catches
+/// a drain goes unnoticed (an idle session notices within `KEEPALIVE_TIMEOUT`). Pruning and a
+/// new history's reads keep the longer `QUERY_TIMEOUT`.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A `SELECT 1` that takes longer means a dead (half-open) connection or a frozen server.
 /// With the 1 s keepalive interval a frozen PostgreSQL is noticed within about 3 s.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
