@@ -39,7 +39,7 @@ use crate::{
     batch::Batch,
     forward::Redis,
     outbox::{self, Snapshot},
-    relay::{QUERY_TIMEOUT, SessionError, bounded},
+    relay::{DRAIN_TIMEOUT, QUERY_TIMEOUT, SessionError, bounded},
 };
 
 /// Rows written to the state hash per call.
@@ -167,9 +167,9 @@ pub(crate) async fn build(
     claim: Claim,
     shutdown: &CancellationToken,
 ) -> Result<Built, SessionError> {
-    let mut snapshot = bounded(QUERY_TIMEOUT, Snapshot::begin(pg)).await??;
+    let mut snapshot = bounded(DRAIN_TIMEOUT, Snapshot::begin(pg)).await??;
     match fill(active, redis, &mut snapshot, &claim, shutdown).await {
-        Ok(Ok(())) => bounded(QUERY_TIMEOUT, snapshot.commit()).await??,
+        Ok(Ok(())) => bounded(DRAIN_TIMEOUT, snapshot.commit()).await??,
         Ok(Err(built)) => {
             snapshot.rollback().await;
             return Ok(built);

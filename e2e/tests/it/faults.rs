@@ -122,6 +122,9 @@ async fn the_publisher_notices_a_killed_redis_within_about_a_second() {
 async fn a_frozen_postgres_is_noticed_by_the_keepalive_and_recovered_from() {
     let system = System::start(1).await;
     let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
+    // Past its start (the first history is built with long statements): the steady state.
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Before', 'Freeze')").await;
+    assert_eq!(client.next_json().await["order"]["customer_name"], "Before");
 
     // Frozen (postmaster and session processes): the connection stays open, nothing answers.
     system.pg.freeze();
