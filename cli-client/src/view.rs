@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn snapshots_print_rows_on_stdout_and_the_live_marker_on_stderr() {
         let raw = r#"{"type":"snapshot","position":{"epoch":"e1","pos":7},"rows":[{"table":"orders","order":{"id":2,"status":"new"}},{"table":"orders","order":{"id":1,"customer_name":"Al"}}]}"#;
-        let protocol::frames::ServerFrame::Snapshot { position, rows } = serde_json::from_str(raw).unwrap() else {
+        let protocol::frames::ServerFrame::Snapshot { position, rows, .. } = serde_json::from_str(raw).unwrap() else {
             panic!("a snapshot")
         };
         let mut printer = Printer::new(Format::Human(Color::Off), UtcOffset::UTC, Vec::new(), Vec::new());

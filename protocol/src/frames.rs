@@ -28,6 +28,9 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code: the replica lost its Redis history mid-stream (Redis restarted empty);
 /// reconnect and take a snapshot.
 pub const CLOSE_HISTORY_LOST: u16 = 4010;
+/// Close code: the connection's token expired and was not refreshed (an `auth` frame);
+/// reconnect with a new token.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4011;
 /// Close code: the client did not answer pings.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4009;
 
@@ -51,12 +54,35 @@ pub enum ServerFrame {
     Event(EventFrame),
     /// A `subscribe` took effect: every event after `position` follows, none missing, none twice.
     Subscribed {
+        /// The subscription (absent for the connection's default one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         /// The last position delivered before live events (the snapshot's, the `since`
         /// position after replay, or the newest at subscribe time).
         position: Option<Position>,
     },
+    /// An `unsubscribe` took effect: nothing more is sent for subscription `id`.
+    Unsubscribed {
+        /// The subscription.
+        id: String,
+    },
+    /// An `ack` was stored: the durable consumer resumes after `position`.
+    Acked {
+        /// The consumer.
+        consumer: String,
+        /// The position stored.
+        position: Position,
+    },
+    /// An `auth` frame's token was accepted: the connection's scope is the new token's.
+    Authenticated {
+        /// When the token expires (Unix seconds); refresh before then.
+        exp: u64,
+    },
     /// The current rows as of `position` (answer to `subscribe` with `snapshot: true`).
     Snapshot {
+        /// The subscription (absent for the connection's default one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         /// The position the rows reflect; events after it follow.
         position: Option<Position>,
         /// One entry per row.
@@ -102,6 +128,9 @@ pub enum ServerFrame {
     Error {
         /// Machine-readable code.
         code: ErrorCode,
+        /// The subscription the refused frame named, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         /// What was wrong and how to fix it.
         message: String,
     },
@@ -166,24 +195,44 @@ pub enum ErrorCode {
     FrameTooLarge,
     /// Binary frames are not part of the protocol.
     BinaryNotSupported,
+    /// A `filter`, `select` or `table` could not be parsed.
+    InvalidFilter,
+    /// The token does not allow what was asked (a column outside its `select`).
+    Forbidden,
+    /// A token in an `auth` frame was refused.
+    Unauthorized,
+    /// `WS_MAX_SUBSCRIPTIONS` or `WS_MAX_FILTERS` would be exceeded.
+    LimitExceeded,
+    /// The client sent frames faster than `WS_MAX_CLIENT_FRAMES_PER_SECOND`; this one was dropped.
+    RateLimited,
+    /// `unsubscribe` or `ack` named a subscription or consumer the connection does not hold.
+    UnknownSubscription,
 }
 
 /// A frame a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// (Re)position the stream: resume after `since`, or start from a snapshot.
-    Subscribe {
-        /// Resume after this position (events after it are replayed, then live ones follow).
+    /// (Re)position a subscription: resume after `since`, or start from a snapshot; with
+    /// `filter`, `select` and `table`, only the matching events and columns.
+    Subscribe(Subscribe),
+    /// Ends subscription `id` (`"default"` names the default one).
+    Unsubscribe {
+        /// The subscription.
+        id: String,
+    },
+    /// A durable consumer has processed everything up to `position`.
+    Ack {
+        /// The consumer (as named in `subscribe`); may be left out when the connection has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        since: Option<Position>,
-        /// Send a `snapshot` of the current rows first, then the events after it.
-        #[serde(default)]
-        snapshot: bool,
-        /// When this client falls behind, fold missed events into the latest per row
-        /// (`conflated` frame) instead of closing the connection.
-        #[serde(default)]
-        conflate: bool,
+        consumer: Option<String>,
+        /// The last position processed.
+        position: Position,
+    },
+    /// A new token for this connection (refresh before `exp`).
+    Auth {
+        /// The JWT.
+        token: String,
     },
     /// Application-level ping; answered with `pong` carrying the same `id`.
     Ping {
@@ -193,7 +242,57 @@ pub enum ClientFrame {
     },
 }
 
-const KNOWN_CLIENT_TYPES: &[&str] = &["ping", "subscribe"];
+/// The fields of a `subscribe` frame.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Names the subscription; absent: the connection's default one (the only one before
+    /// protocol additions of version 1.1). Another `subscribe` with the same id replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// PostgREST filters (`"status=eq.pending"`), one string or an array, ANDed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    pub filter: Vec<String>,
+    /// The columns sent (`"id,status"` or an array); the row key `id` always comes along.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "columns")]
+    pub select: Option<String>,
+    /// Only events of this table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// A durable consumer: the server resumes it after its last `ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// Resume after this position (events after it are replayed, then live ones follow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Position>,
+    /// Send a `snapshot` of the current rows first, then the events after it.
+    #[serde(default)]
+    pub snapshot: bool,
+    /// When this client falls behind, fold missed events into the latest per row
+    /// (`conflated` frame) instead of closing the connection.
+    #[serde(default)]
+    pub conflate: bool,
+}
+
+const KNOWN_CLIENT_TYPES: &[&str] = &["ping", "subscribe", "unsubscribe", "ack", "auth"];
+
+/// A string or an array of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Columns as `"a,b"` or `["a","b"]`, kept in the comma form.
+fn columns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(one_or_many(d)?.join(",")))
+}
 
 impl ClientFrame {
     /// Parses a client text frame, telling apart bad JSON, unknown types and bad fields.
@@ -213,7 +312,7 @@ impl ClientFrame {
                 let frame: Self = serde_json::from_value(value)
                     .map_err(|e| (ErrorCode::InvalidFrame, format!("invalid {k:?} frame: {e}")))?;
                 // As in the text form (`Position::parse`): no history has an empty name.
-                if let Self::Subscribe { since: Some(since), .. } = &frame
+                if let Self::Subscribe(Subscribe { since: Some(since), .. }) = &frame
                     && since.epoch.is_empty()
                 {
                     return Err((
@@ -259,11 +358,10 @@ mod tests {
     fn subscribe_frames_parse_with_defaults() {
         assert_eq!(
             ClientFrame::parse(r#"{"type":"subscribe","since":{"epoch":"e1","pos":7}}"#).unwrap(),
-            ClientFrame::Subscribe {
+            ClientFrame::Subscribe(Subscribe {
                 since: Some(Position { epoch: "e1".into(), pos: 7 }),
-                snapshot: false,
-                conflate: false
-            }
+                ..Subscribe::default()
+            })
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type":"subscribe","since":"e1:7"}"#).unwrap_err().0,
@@ -290,7 +388,7 @@ mod tests {
 
     #[test]
     fn error_frame_shape_is_stable() {
-        let f = ServerFrame::Error { code: ErrorCode::FrameTooLarge, message: "m".into() };
+        let f = ServerFrame::Error { code: ErrorCode::FrameTooLarge, id: None, message: "m".into() };
         assert_eq!(serde_json::to_value(&f).unwrap(), json!({"type":"error","code":"frame_too_large","message":"m"}));
     }
 }

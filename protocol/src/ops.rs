@@ -82,7 +82,7 @@ impl Readiness {
             .iter()
             .map(|(n, g)| ((*n).to_owned(), (if g.get() == 1 { "up" } else { "down" }).into()))
             .collect();
-        serde_json::json!({ "ready": self.is_ready(), "checks": checks }).to_string()
+        serde_json::json!({ "checks": checks, "ready": self.is_ready() }).to_string()
     }
 }
 
@@ -214,6 +214,21 @@ impl Registry {
     /// Registers `histogram` as `name`.
     pub fn histogram(&mut self, name: &str, help: &str, histogram: &Histogram) {
         self.register(name, help, histogram.0.clone());
+    }
+
+    /// Registers `name` as a gauge family with one `label`, one series per value.
+    pub fn labelled_gauges(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: impl IntoIterator<Item = (String, i64)>,
+    ) {
+        let family = prometheus_client::metrics::family::Family::<Vec<(&'static str, String)>, gauge::Gauge>::default();
+        for (value, v) in values {
+            family.get_or_create(&vec![(label, value)]).set(v);
+        }
+        self.register(name, help, family);
     }
 
     /// Registers `<prefix>_build_info`, constant 1, labelled with what this binary is: its

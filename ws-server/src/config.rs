@@ -36,6 +36,13 @@ pub struct Config {
     /// Largest client frame answered normally (`WS_MAX_FRAME_BYTES`, default 65536); larger
     /// frames get an error frame, frames over 16 times this close the connection (1009).
     pub max_frame_bytes: usize,
+    /// Subscriptions one connection may hold (`WS_MAX_SUBSCRIPTIONS`, default 16).
+    pub max_subscriptions: usize,
+    /// Filters one subscription may have (`WS_MAX_FILTERS`, default 16).
+    pub max_filters: usize,
+    /// Client frames per second a connection may send, and the burst it may save up
+    /// (`WS_MAX_CLIENT_FRAMES_PER_SECOND`, default 50); frames over it get a `rate_limited` error.
+    pub max_client_frames_per_second: usize,
     /// How often each connection is pinged (`WS_HEARTBEAT_INTERVAL`, default 20s); a client
     /// silent for two intervals is closed (4009).
     pub heartbeat_interval: Duration,
@@ -63,6 +70,9 @@ impl fmt::Debug for Config {
             .field("queue_bytes", &self.queue_bytes)
             .field("max_connections", &self.max_connections)
             .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("max_filters", &self.max_filters)
+            .field("max_client_frames_per_second", &self.max_client_frames_per_second)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("send_timeout", &self.send_timeout)
             .finish_non_exhaustive()
@@ -101,6 +111,9 @@ impl Config {
             queue_bytes: env.positive("WS_QUEUE_BYTES", 16 * 1024 * 1024),
             max_connections: env.positive("WS_MAX_CONNECTIONS", 10_000),
             max_frame_bytes: env.positive("WS_MAX_FRAME_BYTES", 64 * 1024),
+            max_subscriptions: env.positive("WS_MAX_SUBSCRIPTIONS", 16),
+            max_filters: env.positive("WS_MAX_FILTERS", 16),
+            max_client_frames_per_second: env.positive("WS_MAX_CLIENT_FRAMES_PER_SECOND", 50),
             heartbeat_interval: env.duration("WS_HEARTBEAT_INTERVAL", Duration::from_secs(20)),
             send_timeout: env.duration("WS_SEND_TIMEOUT", Duration::from_secs(10)),
             shutdown_grace: env.duration("WS_SHUTDOWN_GRACE", Duration::from_secs(5)),

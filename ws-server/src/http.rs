@@ -1,26 +1,37 @@
 //! HTTP routes: WebSocket at `/ws` and `/` (clients of the original design connect to
-//! `ws://host:8080`), plus `/healthz`, `/readyz` and `/metrics`. The upgrade takes
-//! `?protocol=orders.v1` and `?since=EPOCH:POS` or a `Last-Event-ID: EPOCH:POS` header (resume
-//! at connect time).
+//! `ws://host:8080`), Server-Sent Events at `/events`, plus `/healthz`, `/readyz` and
+//! `/metrics`.
+//!
+//! `/ws`, `/` and `/events` take the same query parameters (docs/protocol.md):
+//! `protocol=orders.v1`, `since=EPOCH:POS` (or a `Last-Event-ID` header), `snapshot`,
+//! `conflate`, the default subscription's `filter` (repeatable), `select` and `table`,
+//! `consumer` and `ack=auto`, `subscribe=false` (open with no subscription), and
+//! `access_token` when auth is on (or `Authorization: Bearer`). Everything is checked before
+//! the upgrade: a bad parameter is a 400 naming it, a bad token a 401, a foreign `Origin` a 403.
 
 use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     Router,
+    body::Body,
     extract::{
-        Query, State,
+        RawQuery, State,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use protocol::{frames::SUBPROTOCOL, log::Position};
-use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
     AppState,
-    socket::{self, Mode},
+    auth::Auth,
+    consumers,
+    socket::{self, Mode, Opening, Token},
+    sse::SseWire,
+    view::{Scope, Spec, View, ViewError},
 };
 
 /// Per-connection buffer sizes: small, so tens of thousands of idle connections stay cheap.
@@ -34,58 +45,173 @@ const HARD_LIMIT_FACTOR: usize = 16;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let ops = protocol::ops::router(state.stats.clone());
-    Router::new().route("/ws", get(upgrade)).route("/", get(upgrade)).with_state(state).merge(ops)
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/", get(upgrade))
+        .route("/events", get(events))
+        .with_state(state)
+        .merge(ops)
 }
 
-#[derive(Debug, Deserialize)]
+/// The query parameters of `/ws` and `/events`.
+#[derive(Debug, Default)]
 struct Params {
     protocol: Option<String>,
-    /// Resume after this position (`EPOCH:POS`), for plain and protocol connections alike.
     since: Option<String>,
+    spec: Spec,
+    snapshot: bool,
+    conflate: bool,
+    consumer: Option<String>,
+    auto_ack: bool,
+    subscribe: bool,
+    access_token: Option<String>,
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
+}
+
+impl Params {
+    fn parse(query: Option<&str>) -> Result<Self, Response> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| bad_request(format!("the query string cannot be read ({e}); encode it as a URL query")))?;
+        let mut params = Self { subscribe: true, ..Self::default() };
+        for (key, value) in pairs {
+            let flag = |value: &str| match value {
+                "" | "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                other => Err(bad_request(format!("invalid {key}={other:?}: expected true or false, e.g. {key}=true"))),
+            };
+            match key.as_str() {
+                "protocol" => params.protocol = Some(value),
+                "since" => params.since = Some(value),
+                "filter" => params.spec.filter.push(value),
+                "select" => params.spec.select = Some(value),
+                "table" => params.spec.table = Some(value),
+                "snapshot" => params.snapshot = flag(&value)?,
+                "conflate" => params.conflate = flag(&value)?,
+                "subscribe" => params.subscribe = flag(&value)?,
+                "consumer" => params.consumer = Some(value),
+                "ack" => match value.as_str() {
+                    "auto" => params.auto_ack = true,
+                    "manual" => params.auto_ack = false,
+                    other => return Err(bad_request(format!("invalid ack={other:?}: expected ack=auto or ack=manual"))),
+                },
+                "access_token" => params.access_token = Some(value),
+                // Unknown parameters (cache busters, tracking) are left alone.
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// Everything checked before a connection opens: Origin, token, parameters, a free slot.
+fn open(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    mode_of: impl FnOnce(&Params) -> Result<Mode, Response>,
+) -> Result<(Opening, OwnedSemaphorePermit), Response> {
+    if let Err(refused) = state.auth.check_origin(headers) {
+        state.stats.origins_refused.inc();
+        return Err(refused.into_response());
+    }
+    let params = Params::parse(query)?;
+    let claims = match state.auth.check(Auth::token(headers, params.access_token.as_deref())) {
+        Ok(claims) => claims,
+        Err(error) => {
+            state.stats.auth_failures.inc();
+            return Err(error.into_response());
+        }
+    };
+    let token = match &claims {
+        None => Token::default(),
+        Some(claims) => {
+            let scope = Scope::from_claims(&claims.filter, claims.select.as_deref()).map_err(|message| {
+                state.stats.auth_failures.inc();
+                (StatusCode::UNAUTHORIZED, format!("{message}; issue the token with a valid filter claim\n"))
+                    .into_response()
+            })?;
+            Token { scope, subject: claims.sub.clone(), exp: Some(claims.exp) }
+        }
+    };
+    let mode = mode_of(&params)?;
+    // `?since=` wins; `Last-Event-ID` (the SSE convention, same EPOCH:POS form) also works.
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let requested = params.since.clone().or(last_event_id);
+    let since = requested.as_deref().map(Position::parse).transpose().map_err(|why| {
+        bad_request(format!("invalid since / Last-Event-ID {:?}: {why}", requested.clone().unwrap_or_default()))
+    })?;
+    let view = if params.subscribe || mode == Mode::Plain {
+        Some(View::compile(&params.spec, &token.scope, state.config.max_filters).map_err(|e| view_refused(state, &e))?)
+    } else {
+        None
+    };
+    let consumer = params
+        .consumer
+        .as_deref()
+        .map(|name| consumers::Key::new(name, token.subject.as_deref()))
+        .transpose()
+        .map_err(bad_request)?;
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        state.stats.rejected_full.inc();
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "connection limit reached (WS_MAX_CONNECTIONS); try another replica\n")
+            .into_response());
+    };
+    let opening = Opening {
+        mode,
+        since,
+        snapshot: params.snapshot,
+        conflate: params.conflate,
+        view,
+        consumer,
+        auto_ack: params.auto_ack,
+        token,
+    };
+    Ok((opening, permit))
+}
+
+fn view_refused(state: &AppState, error: &ViewError) -> Response {
+    let status = match error {
+        ViewError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ViewError::TooManyFilters { .. } => {
+            state.stats.limit_refusals.inc();
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, format!("{error}\n")).into_response()
 }
 
 async fn upgrade(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<Params>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(ws) = ws else {
         return (
             StatusCode::OK,
-            "orders realtime ws-server: connect a WebSocket to /ws (protocol orders.v1, see docs/protocol.md)\n",
+            "orders realtime ws-server: connect a WebSocket to /ws (protocol orders.v1), or read /events (SSE); see docs/protocol.md\n",
         )
             .into_response();
     };
-    let query_protocol = match params.protocol.as_deref() {
-        None => false,
-        Some(SUBPROTOCOL) => true,
-        Some(other) => {
-            let msg = format!("unsupported protocol {other:?}; this server speaks {SUBPROTOCOL:?}\n");
-            return (StatusCode::BAD_REQUEST, msg).into_response();
-        }
+    // Known once the protocols we speak are set.
+    let ws = ws.protocols([SUBPROTOCOL]);
+    let offered = ws.selected_protocol().is_some();
+    let mode_of = |params: &Params| match params.protocol.as_deref() {
+        None if offered => Ok(Mode::Protocol),
+        None => Ok(Mode::Plain),
+        Some(SUBPROTOCOL) => Ok(Mode::Protocol),
+        Some(other) => Err(bad_request(format!("unsupported protocol {other:?}; this server speaks {SUBPROTOCOL:?}"))),
     };
-    // `?since=` wins; `Last-Event-ID` (the SSE convention, same EPOCH:POS form) also works.
-    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let requested = params.since.clone().or(last_event_id);
-    let since = match requested.as_deref().map(Position::parse).transpose() {
-        Ok(since) => since,
-        Err(why) => {
-            let msg = format!("invalid since / Last-Event-ID {:?}: {why}\n", requested.unwrap_or_default());
-            return (StatusCode::BAD_REQUEST, msg).into_response();
-        }
-    };
-    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
-        state.stats.rejected_full.inc();
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached (WS_MAX_CONNECTIONS); try another replica\n",
-        )
-            .into_response();
+    let (opening, permit) = match open(&state, query.as_deref(), &headers, mode_of) {
+        Ok(opened) => opened,
+        Err(refused) => return refused,
     };
     let hard_limit = state.config.max_frame_bytes.saturating_mul(HARD_LIMIT_FACTOR);
     let ws = ws
-        .protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Not a bound that matters: a connection waits for each frame to be flushed before the
@@ -95,7 +221,6 @@ async fn upgrade(
         .max_write_buffer_size(usize::MAX)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit);
-    let mode = if query_protocol || ws.selected_protocol().is_some() { Mode::Protocol } else { Mode::Plain };
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let task = state.tracker.token();
     let shutdown = state.shutdown.clone();
@@ -105,7 +230,36 @@ async fn upgrade(
         let _task = task;
         state.stats.accepted.inc();
         state.stats.connections.add(1);
-        socket::serve(socket, mode, since, conn_id, &state, shutdown).await;
+        socket::serve(Box::pin(socket), opening, conn_id, &state, shutdown).await;
         state.stats.connections.add(-1);
     })
+}
+
+/// `GET /events`: the stream as Server-Sent Events (`sse`).
+async fn events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+    let (opening, permit) = match open(&state, query.as_deref(), &headers, |_| Ok(Mode::Sse)) {
+        Ok(opened) => opened,
+        Err(refused) => return refused,
+    };
+    let (wire, body) = SseWire::new();
+    let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let shutdown = state.shutdown.clone();
+    let task = state.clone();
+    state.tracker.spawn(async move {
+        let _permit = permit;
+        let state = task;
+        state.stats.accepted.inc();
+        state.stats.sse_streams.add(1);
+        state.stats.connections.add(1);
+        socket::serve(Box::pin(wire), opening, conn_id, &state, shutdown).await;
+        state.stats.connections.add(-1);
+        state.stats.sse_streams.add(-1);
+    });
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // nginx (and other proxies that honour it) must pass each event on at once.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }

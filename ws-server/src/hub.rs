@@ -30,6 +30,8 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use protocol::{frames::ResetReason, log::Position};
+
+use crate::view::Lazy;
 use tokio::sync::{Notify, broadcast::error::TryRecvError};
 
 /// A position with a shared epoch name, cheap to copy around per event.
@@ -66,6 +68,8 @@ pub(crate) struct Event {
     pub(crate) changed_at: Option<SystemTime>,
     /// The frame, exactly as the publisher wrote it.
     pub(crate) frame: Utf8Bytes,
+    /// Its rows, parsed by the first connection whose subscriptions need them.
+    pub(crate) parsed: Lazy,
 }
 
 impl Event {
@@ -302,11 +306,11 @@ mod tests {
     use futures_util::FutureExt;
 
     fn event(pos: u64) -> Event {
-        Event { epoch: Some("e".into()), pos: Some(pos), changed_at: None, frame: Utf8Bytes::from(format!("{pos}")) }
+        Event { epoch: Some("e".into()), pos: Some(pos), changed_at: None, frame: Utf8Bytes::from(format!("{pos}")), parsed: Lazy::default() }
     }
 
     fn sized(pos: u64, bytes: usize) -> Event {
-        Event { epoch: Some("e".into()), pos: Some(pos), frame: Utf8Bytes::from("x".repeat(bytes)), changed_at: None }
+        Event { epoch: Some("e".into()), pos: Some(pos), frame: Utf8Bytes::from("x".repeat(bytes)), changed_at: None, parsed: Lazy::default() }
     }
 
     fn pos(item: Item) -> u64 {
@@ -325,7 +329,7 @@ mod tests {
         hub.publish(event(1));
         let (mut rx, after) = hub.subscribe();
         assert_eq!(after, Some(Cursor::new("e".into(), 1)));
-        hub.publish(Event { epoch: None, pos: None, changed_at: None, frame: "legacy".into() });
+        hub.publish(Event { epoch: None, pos: None, changed_at: None, frame: "legacy".into(), parsed: Lazy::default() });
         hub.publish(event(2));
         assert_eq!(hub.subscribe().1.map(|c| c.pos), Some(2), "frames without a position do not move it");
         let Ok(Item::Event(first)) = rx.try_recv() else { panic!("an event") };

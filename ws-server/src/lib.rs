@@ -9,19 +9,28 @@
 //!   connection's queue bound, in events and bytes
 //! - `socket`: one connection's lifecycle: events out, client frames in, heartbeat, close codes;
 //!   resume, snapshot, dedupe and conflation per connection
-//! - `http`: routes (`/ws`, `/`, `/healthz`, `/readyz`, `/metrics`)
+//! - `view`: subscription views (filter, columns, table within the token's scope) and what an
+//!   event becomes for one
+//! - `auth`: JWT verification and Origin checks
+//! - `consumers`: durable consumers' acknowledged positions in Redis
+//! - `sse`: Server-Sent Events as a connection's transport
+//! - `http`: routes (`/ws`, `/`, `/events`, `/healthz`, `/readyz`, `/metrics`)
 //! - `stats`: readiness and metrics
 //!
 //! Replicas share nothing but Redis: run as many as you like behind any load balancer.
 
+mod auth;
 pub mod config;
+mod consumers;
 mod history;
 mod http;
 mod hub;
 mod sequencer;
 mod socket;
+mod sse;
 mod stats;
 mod subscriber;
+mod view;
 
 use std::sync::{Arc, atomic::AtomicU64};
 
@@ -80,6 +89,8 @@ struct AppState {
     server_id: String,
     hub: Hub,
     history: History,
+    consumers: consumers::Consumers,
+    auth: auth::Auth,
     stats: Arc<Stats>,
     connection_slots: Arc<Semaphore>,
     next_conn_id: AtomicU64,
@@ -105,6 +116,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         server_id,
         hub: Hub::new(hub::Bound { events: config.queue_capacity as u64, bytes: config.queue_bytes as u64 }),
         history: History::new(Log::new(&config.redis_channel)),
+        consumers: consumers::Consumers::new(&config.redis_channel),
+        auth: auth::Auth::new(&config),
         stats: Arc::new(Stats::new()),
         connection_slots: Arc::new(Semaphore::new(config.max_connections)),
         next_conn_id: AtomicU64::new(1),
@@ -125,7 +138,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         token.cancel();
         result.map_err(Error::Redis)
     };
-    let (served, subscribed) = tokio::join!(server, subscriber);
+    let (served, subscribed, ()) = tokio::join!(server, subscriber, consumers::watch(&state, &token));
 
     state.tracker.close();
     if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait()).await.is_err() {

@@ -27,16 +27,21 @@
 //! A client whose socket accepts nothing for `WS_SEND_TIMEOUT` while its queue stays within
 //! the bounds (or during a replay) is dropped without a close frame: none could reach it.
 
+mod acks;
 mod conflate;
 mod send;
 mod snapshot;
 mod stream;
+mod subs;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use std::pin::Pin;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::StreamExt;
 use protocol::{
     frames::{
         CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_PAYLOAD, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
-        CLOSE_TRY_AGAIN_LATER, ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame,
+        CLOSE_TOKEN_EXPIRED, CLOSE_TRY_AGAIN_LATER, ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame,
     },
     log::Position,
 };
@@ -47,9 +52,55 @@ use tracing::{debug, info, warn};
 
 use crate::{
     AppState,
+    consumers,
     hub::{Cursor, Feed, Item, Lag},
+    view::{Scope, View},
 };
 use send::Sender;
+pub(crate) use subs::Sub;
+
+/// What a connection writes frames to and reads client frames from: a WebSocket, or an SSE
+/// stream (which reads nothing; `sse`).
+pub(crate) trait Duplex:
+    futures_util::Sink<Message, Error = axum::Error> + futures_util::Stream<Item = Result<Message, axum::Error>> + Send
+{
+}
+impl<T> Duplex for T where
+    T: futures_util::Sink<Message, Error = axum::Error> + futures_util::Stream<Item = Result<Message, axum::Error>> + Send
+{
+}
+/// A connection's transport, boxed so one connection type serves both.
+pub(crate) type Wire = Pin<Box<dyn Duplex>>;
+
+/// How a connection opens: its mode, the default subscription from the URL, and its token.
+#[derive(Debug)]
+pub(crate) struct Opening {
+    pub(crate) mode: Mode,
+    /// `?since=` / `Last-Event-ID`.
+    pub(crate) since: Option<Position>,
+    /// `?snapshot=true`.
+    pub(crate) snapshot: bool,
+    /// `?conflate=true`.
+    pub(crate) conflate: bool,
+    /// The default subscription (`None`: `?subscribe=false`, the client subscribes by frame).
+    pub(crate) view: Option<View>,
+    /// `?consumer=`.
+    pub(crate) consumer: Option<consumers::Key>,
+    /// `?ack=auto`: every event delivered counts as acknowledged.
+    pub(crate) auto_ack: bool,
+    /// The token's scope and what else it says.
+    pub(crate) token: Token,
+}
+
+/// What the connection's token allows (everything when auth is off).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Token {
+    pub(crate) scope: Scope,
+    /// The token's `sub`, which scopes consumer names.
+    pub(crate) subject: Option<String>,
+    /// When the token expires (Unix seconds); the connection is closed then unless refreshed.
+    pub(crate) exp: Option<u64>,
+}
 
 /// Which frames the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +109,15 @@ pub(crate) enum Mode {
     Plain,
     /// `orders.v1`: hello, events, pong and error frames, and the resume frames.
     Protocol,
+    /// Server-Sent Events: the protocol's frames as events, no client frames.
+    Sse,
+}
+
+impl Mode {
+    /// Whether the client gets the protocol's frames besides events.
+    pub(crate) fn speaks(self) -> bool {
+        self != Self::Plain
+    }
 }
 
 /// How a connection ended, for logs and metrics.
@@ -86,11 +146,13 @@ enum End {
     CannotResume,
     /// Redis did not answer a log read (closed with 1013).
     RedisUnavailable(String),
+    /// The token expired unrefreshed (closed with 4011).
+    TokenExpired,
 }
 
 /// One connection's state.
 struct Conn<'a> {
-    ws: WebSocket,
+    ws: Wire,
     mode: Mode,
     conn_id: u64,
     state: &'a AppState,
@@ -106,20 +168,26 @@ struct Conn<'a> {
     /// Fold the backlog instead of closing when this client falls behind.
     conflate: bool,
     last_heard: Instant,
+    /// What the client subscribed to; all share the cursor.
+    subs: Vec<Sub>,
+    /// What the token allows, its subject and expiry.
+    token: Token,
+    /// Every event delivered counts as acknowledged for the connection's consumers.
+    auto_ack: bool,
+    /// The newest position delivered and not yet stored for auto-acking consumers.
+    unacked: Option<Cursor>,
+    /// Client frames allowed now (refilled at `WS_MAX_CLIENT_FRAMES_PER_SECOND`).
+    frame_budget: f64,
+    budget_at: Instant,
 }
 
 /// Serves one upgraded connection until it ends. `since` is the connection's `?since=`.
-pub(crate) async fn serve(
-    ws: WebSocket,
-    mode: Mode,
-    since: Option<Position>,
-    conn_id: u64,
-    state: &AppState,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn serve(ws: Wire, opening: Opening, conn_id: u64, state: &AppState, shutdown: CancellationToken) {
     // The feed's first item is the event right after `newest`: that is where this
     // connection's stream starts, and what `hello` announces.
     let (rx, newest) = state.hub.subscribe();
+    let Opening { mode, since, snapshot, conflate, view, consumer, auto_ack, token } = opening;
+    let subs = view.map(|view| Sub { id: None, view, from: None, consumer }).into_iter().collect();
     let mut conn = Conn {
         ws,
         mode,
@@ -132,8 +200,15 @@ pub(crate) async fn serve(
         first_sent: None,
         conflate: false,
         last_heard: Instant::now(),
+        subs,
+        token,
+        auto_ack,
+        unacked: None,
+        frame_budget: state.config.max_client_frames_per_second as f64,
+        budget_at: Instant::now(),
     };
-    let end = conn.run(since).await;
+    let end = conn.run(since, snapshot, conflate).await;
+    conn.store_acks().await;
     match &end {
         End::SlowConsumer(lag) => {
             // Counted when noticed (`close_slow`); the close may have waited for the client.
@@ -158,8 +233,8 @@ pub(crate) async fn serve(
 }
 
 impl Conn<'_> {
-    async fn run(&mut self, since: Option<Position>) -> End {
-        if self.mode == Mode::Protocol {
+    async fn run(&mut self, since: Option<Position>, snapshot: bool, conflate: bool) -> End {
+        if self.mode.speaks() {
             let hello = ServerFrame::Hello {
                 protocol: PROTOCOL_VERSION,
                 server_id: self.state.server_id.clone(),
@@ -170,8 +245,19 @@ impl Conn<'_> {
                 return end;
             }
         }
-        if let Some(since) = since
-            && let Err(end) = self.subscribe_live(Some(since), false, false).await
+        let mut since = since;
+        if since.is_none()
+            && !snapshot
+            && let Some(key) = self.subs.first().and_then(|s| s.consumer.clone())
+        {
+            // A durable consumer resumes after its last ack.
+            match self.consumer_position(&key).await {
+                Ok(stored) => since = stored,
+                Err(end) => return end,
+            }
+        }
+        if (since.is_some() || snapshot || conflate)
+            && let Err(end) = self.subscribe_live(since, snapshot, conflate).await
         {
             return end;
         }
@@ -179,14 +265,17 @@ impl Conn<'_> {
         let interval = self.state.config.heartbeat_interval;
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.reset();
+        let mut ack_flush = tokio::time::interval(ACK_FLUSH);
         loop {
+            let expires = self.token.exp.map(expiry_instant);
             let step = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Err(self.going_away().await),
+                () = sleep_until_some(expires) => Err(self.token_expired().await),
                 // Cancel-safe: the feed takes nothing until it returns an item.
                 item = self.rx.recv() => self.on_hub(item).await,
                 // Cancel-safe: tungstenite keeps partial frames in its own buffer.
-                inbound = self.ws.recv() => {
+                inbound = self.ws.next() => {
                     self.last_heard = Instant::now();
                     match inbound {
                         None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
@@ -196,12 +285,20 @@ impl Conn<'_> {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    if self.mode == Mode::Sse {
+                        // An event stream cannot answer; a write that goes through is the sign of life.
+                        self.last_heard = Instant::now();
+                    }
                     if self.last_heard.elapsed() >= interval * 2 {
                         self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals").await;
                         Err(End::HeartbeatTimeout)
                     } else {
                         self.send_live(Message::Ping(Default::default())).await
                     }
+                }
+                _ = ack_flush.tick(), if self.unacked.is_some() => {
+                    self.store_acks().await;
+                    Ok(())
                 }
             };
             let step = match step {
@@ -212,6 +309,64 @@ impl Conn<'_> {
                 return end;
             }
         }
+    }
+
+    /// Takes one client frame from the budget (`WS_MAX_CLIENT_FRAMES_PER_SECOND`, a burst of
+    /// as many); `false` when it is spent.
+    fn take_frame_budget(&mut self) -> bool {
+        let rate = self.state.config.max_client_frames_per_second as f64;
+        let now = Instant::now();
+        let refill = now.duration_since(self.budget_at).as_secs_f64() * rate;
+        self.frame_budget = (self.frame_budget + refill).min(rate);
+        self.budget_at = now;
+        if self.frame_budget < 1.0 {
+            return false;
+        }
+        self.frame_budget -= 1.0;
+        true
+    }
+
+    /// An `auth` frame: the new token's scope replaces the old one for every subscription.
+    async fn on_auth(&mut self, token: &str) -> Result<(), End> {
+        let state = self.state;
+        let claims = match state.auth.verify(token) {
+            Ok(claims) => claims,
+            Err(error) => {
+                state.stats.auth_failures.inc();
+                return self.refuse(ErrorCode::Unauthorized, None, format!("token refused: {error}")).await;
+            }
+        };
+        if claims.sub != self.token.subject {
+            let message = "the new token is for another subject (sub); open a new connection for it".to_owned();
+            return self.refuse(ErrorCode::Unauthorized, None, message).await;
+        }
+        let scope = match Scope::from_claims(&claims.filter, claims.select.as_deref()) {
+            Ok(scope) => scope,
+            Err(message) => return self.refuse(ErrorCode::Unauthorized, None, message).await,
+        };
+        let max_filters = state.config.max_filters;
+        let mut dropped = Vec::new();
+        for sub in &mut self.subs {
+            match sub.view.rescoped(&scope, max_filters) {
+                Ok(view) => sub.view = view,
+                Err(error) => dropped.push((sub.name().to_owned(), error)),
+            }
+        }
+        for (name, error) in dropped {
+            self.subs.retain(|s| s.name() != name);
+            let message = format!("subscription ended: under the new token, {error}");
+            self.refuse(ErrorCode::Forbidden, Some(name), message).await?;
+        }
+        self.token = Token { scope, subject: claims.sub, exp: Some(claims.exp) };
+        info!(conn_id = self.conn_id, exp = claims.exp, "token refreshed");
+        self.send_frame(&ServerFrame::Authenticated { exp: claims.exp }).await
+    }
+
+    async fn token_expired(&mut self) -> End {
+        self.state.stats.tokens_expired.inc();
+        info!(conn_id = self.conn_id, "token expired; closing with 4011");
+        self.close(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a new token (or refresh with an auth frame)").await;
+        End::TokenExpired
     }
 
     async fn on_hub(&mut self, item: Result<Item, Lag>) -> Result<(), End> {
@@ -250,9 +405,10 @@ impl Conn<'_> {
         match self.subscribe(since, snapshot, conflate).await {
             Err(End::Overflow { lag, .. }) => {
                 self.on_overflow(lag).await?;
-                if self.mode == Mode::Protocol {
+                if self.mode.speaks() {
                     let position = self.cursor.as_ref().map(Cursor::to_position);
-                    self.send_frame(&ServerFrame::Subscribed { position }).await?;
+                    let id = self.subs.first().and_then(|s| s.id.clone());
+                    self.send_frame(&ServerFrame::Subscribed { id, position }).await?;
                 }
                 Ok(())
             }
@@ -304,11 +460,20 @@ impl Conn<'_> {
                 ErrorCode::FrameTooLarge,
                 format!("frame of {} bytes exceeds the limit of {max} bytes", text.len()),
             ),
+            Message::Text(_) if !self.take_frame_budget() => {
+                self.state.stats.rate_limited.inc();
+                let limit = self.state.config.max_client_frames_per_second;
+                error_frame(
+                    ErrorCode::RateLimited,
+                    format!("more than {limit} client frames per second (WS_MAX_CLIENT_FRAMES_PER_SECOND); this frame was dropped, send less often"),
+                )
+            }
             Message::Text(text) => match ClientFrame::parse(&text) {
                 Ok(ClientFrame::Ping { id }) => ServerFrame::Pong { id },
-                Ok(ClientFrame::Subscribe { since, snapshot, conflate }) => {
-                    return self.subscribe_live(since, snapshot, conflate).await;
-                }
+                Ok(ClientFrame::Subscribe(frame)) => return self.on_subscribe(frame).await,
+                Ok(ClientFrame::Unsubscribe { id }) => return self.on_unsubscribe(id).await,
+                Ok(ClientFrame::Ack { consumer, position }) => return self.on_ack(consumer, position).await,
+                Ok(ClientFrame::Auth { token }) => return self.on_auth(&token).await,
                 Err((code, message)) => error_frame(code, message),
             },
             Message::Binary(_) => error_frame(
@@ -356,5 +521,22 @@ impl Conn<'_> {
 }
 
 fn error_frame(code: ErrorCode, message: String) -> ServerFrame {
-    ServerFrame::Error { code, message }
+    ServerFrame::Error { code, id: None, message }
+}
+
+/// How often positions delivered to auto-acking consumers are stored.
+const ACK_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The instant a token that expires at Unix second `exp` stops being valid.
+fn expiry_instant(exp: u64) -> Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let left = std::time::Duration::from_secs(exp).saturating_sub(now);
+    Instant::now() + left
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -30,6 +30,16 @@ pub(crate) struct Stats {
     pub(crate) folded: Counter,
     pub(crate) frames_too_large: Counter,
     pub(crate) invalid_utf8: Counter,
+    pub(crate) subscriptions_made: Counter,
+    pub(crate) limit_refusals: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) auth_failures: Counter,
+    pub(crate) origins_refused: Counter,
+    pub(crate) tokens_expired: Counter,
+    pub(crate) acks: Counter,
+    pub(crate) sse_streams: Gauge,
+    /// Durable consumers and how many events each is behind (refreshed by `consumers::watch`).
+    pub(crate) consumer_lag: std::sync::Mutex<Vec<(String, i64)>>,
     /// Seconds from an event's `ts` to its live frame sent to a client.
     pub(crate) delivery_latency: Histogram,
 }
@@ -60,6 +70,15 @@ impl Stats {
             folded: Counter::default(),
             frames_too_large: Counter::default(),
             invalid_utf8: Counter::default(),
+            subscriptions_made: Counter::default(),
+            limit_refusals: Counter::default(),
+            rate_limited: Counter::default(),
+            auth_failures: Counter::default(),
+            origins_refused: Counter::default(),
+            tokens_expired: Counter::default(),
+            acks: Counter::default(),
+            sse_streams: Gauge::default(),
+            consumer_lag: std::sync::Mutex::default(),
             delivery_latency: Histogram::latency(),
         }
     }
@@ -134,6 +153,21 @@ impl Health for Stats {
             "ws_delivery_latency_seconds",
             "Seconds from a change's ts (the trigger's clock, at the write) to its live frame sent to a client.",
             &self.delivery_latency,
+        );
+        out.counter("ws_subscriptions_total", "Subscriptions made (URL default ones and subscribe frames).", &self.subscriptions_made);
+        out.counter("ws_limit_refusals_total", "Subscriptions refused at WS_MAX_SUBSCRIPTIONS or WS_MAX_FILTERS.", &self.limit_refusals);
+        out.counter("ws_client_frames_rate_limited_total", "Client frames dropped over WS_MAX_CLIENT_FRAMES_PER_SECOND (each answered with an error frame).", &self.rate_limited);
+        out.counter("ws_auth_failures_total", "Requests and auth frames refused for their token (401, or an unauthorized error frame).", &self.auth_failures);
+        out.counter("ws_origins_refused_total", "Requests refused for an Origin not in WS_ALLOWED_ORIGINS (403).", &self.origins_refused);
+        out.counter("ws_tokens_expired_total", "Connections closed because their token expired unrefreshed (4011).", &self.tokens_expired);
+        out.counter("ws_consumer_acks_total", "Durable consumer positions stored.", &self.acks);
+        out.gauge("ws_open_sse_streams", "Server-Sent Events streams open now (also counted in ws_open_connections).", &self.sse_streams);
+        let lag = self.consumer_lag.lock().expect("never poisoned").clone();
+        out.labelled_gauges(
+            "ws_consumer_lag_events",
+            "Events each durable consumer is behind the newest position (from its last ack).",
+            "consumer",
+            lag,
         );
         out.gauge("ws_redis_up", "Whether the Redis subscription is live.", self.readiness.gauge(REDIS));
     }

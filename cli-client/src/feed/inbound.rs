@@ -109,8 +109,8 @@ pub(crate) fn classify(text: &str, protocol: Protocol) -> Inbound {
             message: text_field(&value, "message").unwrap_or_default(),
         },
         "subscribed" | "snapshot" | "reset" | "rebased" | "conflated" => match serde_json::from_value(value) {
-            Ok(ServerFrame::Subscribed { position }) => Inbound::Subscribed { position },
-            Ok(ServerFrame::Snapshot { position, rows }) => Inbound::Snapshot { position, rows },
+            Ok(ServerFrame::Subscribed { position, .. }) => Inbound::Subscribed { position },
+            Ok(ServerFrame::Snapshot { position, rows, .. }) => Inbound::Snapshot { position, rows },
             Ok(ServerFrame::Reset { reason, position, message }) => Inbound::Reset { reason, position, message },
             Ok(ServerFrame::Conflated { from, to, folded }) => Inbound::Conflated { from, to, folded },
             Ok(ServerFrame::Rebased { from, position }) => Inbound::Rebased { from, position },

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use axum::extract::ws::Message;
 use protocol::frames::{ResetReason, ServerFrame};
 use serde::Deserialize;
 use serde_json::Value;
@@ -16,7 +15,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::{Conn, End};
-use crate::{history::Page, hub::Cursor};
+use crate::{history::Page, hub::Cursor, view::Lazy};
 
 impl Conn<'_> {
     /// The receiver overflowed and this client chose conflation: send the latest event per
@@ -69,9 +68,10 @@ impl Conn<'_> {
         self.send_frame(&ServerFrame::Conflated { from: folded.from, to: folded.to, folded: folded.folded }).await?;
         self.state.stats.conflations.inc();
         self.state.stats.folded.add(folded.folded);
-        for (_, frame) in folded.events {
-            self.send(Message::Text(frame.into())).await?;
-            self.state.stats.messages_out.inc();
+        let epoch = cursor.epoch.clone();
+        for (pos, frame) in folded.events {
+            let at = Cursor::new(epoch.clone(), pos);
+            self.send_shaped(Some(&at), &frame, &Lazy::default(), true, None).await?;
         }
         self.last_heard = Instant::now();
         Ok(())

@@ -7,11 +7,11 @@
 
 use std::{future::poll_fn, time::Duration};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::Message;
 use futures_util::SinkExt;
 use tokio::time::{Instant, sleep_until};
 
-use super::End;
+use super::{End, Wire};
 use crate::hub::Feed;
 
 /// Sends with a deadline, so one stuck client never holds its task forever.
@@ -25,7 +25,7 @@ impl Sender {
         Self { send_timeout }
     }
 
-    pub(super) async fn send(&self, ws: &mut WebSocket, msg: Message) -> Result<(), End> {
+    pub(super) async fn send(&self, ws: &mut Wire, msg: Message) -> Result<(), End> {
         match tokio::time::timeout(self.send_timeout, ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::SendFailed("write failed")),
@@ -36,7 +36,7 @@ impl Sender {
     /// [`Self::send`], returning `End::Overflow` as soon as `rx` overflows while the socket
     /// is blocked. The send's steps are taken one by one to know whether the frame went into
     /// the socket's buffer before that happened.
-    pub(super) async fn send_watching(&self, ws: &mut WebSocket, rx: &Feed<'_>, msg: Message) -> Result<(), End> {
+    pub(super) async fn send_watching(&self, ws: &mut Wire, rx: &Feed<'_>, msg: Message) -> Result<(), End> {
         let deadline = Instant::now() + self.send_timeout;
         // Giving up in the first step leaves the frame unsent; in the second, it stays in
         // tungstenite's buffer and goes out before anything sent after it.

@@ -10,48 +10,72 @@ use axum::extract::ws::Message;
 use protocol::log::{Position, Snapshot};
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
-use serde_json::value::RawValue;
+use serde_json::{Map, Value, value::RawValue};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Conn, End};
+use crate::hub::Cursor;
 
 /// How long a snapshot waits for the publisher to seed a new history's state.
 const SEED_WAIT: Duration = Duration::from_secs(30);
 const SEED_POLL: Duration = Duration::from_millis(50);
 
 impl Conn<'_> {
-    /// Sends the state as of a known position; events after it follow.
+    /// Sends the state as of a known position for the connection's only subscription; events
+    /// after it follow.
     pub(super) async fn snapshot(&mut self, conn: &mut MultiplexedConnection) -> Result<(), End> {
+        if let Some(position) = self.snapshot_for(conn, 0).await? {
+            // The snapshot's rows include every event up to its position.
+            let first = position.pos + 1;
+            self.jump(position, Some(first));
+        }
+        Ok(())
+    }
+
+    /// Sends subscription `index`'s rows (only those its view holds, with its columns) as of
+    /// a known position, and returns the position.
+    pub(super) async fn snapshot_for(
+        &mut self,
+        conn: &mut MultiplexedConnection,
+        index: usize,
+    ) -> Result<Option<Cursor>, End> {
         let Some(snap) = self.seeded_snapshot(conn).await? else {
             let error = format!("the state of the new history was not seeded within {SEED_WAIT:?}");
             return Err(self.redis_unavailable(error).await);
         };
         let position = snap.epoch.map(|epoch| Position { epoch, pos: snap.pos });
-        let rows: Vec<SnapshotRow<'_>> = snap
-            .rows
-            .iter()
-            .filter_map(|(field, row)| {
-                let table = field.split_once(':').map_or(field.as_str(), |(table, _)| table);
-                match serde_json::from_str::<&RawValue>(row) {
-                    Ok(order) => Some(SnapshotRow { table, order }),
-                    Err(error) => {
-                        warn!(field, %error, "state row is not JSON; left out of the snapshot");
-                        None
+        let sub = self.subs.get(index);
+        let view = sub.map(|s| &s.view).filter(|v| !v.is_everything());
+        let mut shaped: Vec<String> = Vec::new();
+        let mut rows: Vec<SnapshotRow<'_>> = Vec::with_capacity(snap.rows.len());
+        let mut tables: Vec<&str> = Vec::new();
+        for (field, row) in &snap.rows {
+            let table = field.split_once(':').map_or(field.as_str(), |(table, _)| table);
+            match view {
+                None => match serde_json::from_str::<&RawValue>(row) {
+                    Ok(order) => rows.push(SnapshotRow { table, order }),
+                    Err(error) => warn!(field, %error, "state row is not JSON; left out of the snapshot"),
+                },
+                Some(view) => match serde_json::from_str::<Map<String, Value>>(row) {
+                    Ok(order) if view.holds(table, &order) => {
+                        shaped.push(serde_json::to_string(&view.project(&order)).expect("rows serialize"));
+                        tables.push(table);
                     }
-                }
-            })
-            .collect();
-        let frame = serde_json::to_string(&SnapshotFrame { kind: "snapshot", position: position.as_ref(), rows })
+                    Ok(_) => {}
+                    Err(error) => warn!(field, %error, "state row is not JSON; left out of the snapshot"),
+                },
+            }
+        }
+        for (table, row) in tables.into_iter().zip(&shaped) {
+            rows.push(SnapshotRow { table, order: serde_json::from_str(row).expect("just serialized") });
+        }
+        let id = sub.and_then(|s| s.id.as_deref());
+        let frame = serde_json::to_string(&SnapshotFrame { kind: "snapshot", id, position: position.as_ref(), rows })
             .expect("snapshot frames always serialize");
         self.send(Message::Text(frame.into())).await?;
         self.state.stats.snapshots.inc();
-        if let Some(position) = position {
-            // The snapshot's rows include every event up to its position.
-            let first = position.pos + 1;
-            self.jump(position.into(), Some(first));
-        }
-        Ok(())
+        Ok(position.map(Cursor::from))
     }
 
     /// The state, once the publisher has seeded it for the current epoch.
@@ -86,6 +110,8 @@ impl Conn<'_> {
 struct SnapshotFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
     position: Option<&'a Position>,
     rows: Vec<SnapshotRow<'a>>,
 }
@@ -107,6 +133,7 @@ mod tests {
         let order = serde_json::from_str::<&RawValue>(r#"{"id":1,"status":"new"}"#).unwrap();
         let frame = SnapshotFrame {
             kind: "snapshot",
+            id: None,
             position: Some(&position),
             rows: vec![SnapshotRow { table: "orders", order }],
         };
@@ -114,6 +141,7 @@ mod tests {
         assert_eq!(
             parsed,
             ServerFrame::Snapshot {
+                id: None,
                 position: Some(position),
                 rows: vec![protocol::frames::SnapshotRow {
                     table: "orders".into(),

@@ -24,10 +24,11 @@ use redis::aio::MultiplexedConnection;
 use tokio::{sync::broadcast::error::TryRecvError, time::Instant};
 use tracing::{debug, info};
 
-use super::{Conn, End, Mode};
+use super::{Conn, End, subs::Shape};
 use crate::{
     history::{PAGE, Page},
     hub::{Break, Cursor, Event, Item},
+    view::Lazy,
 };
 
 /// What to do with a hub event.
@@ -72,7 +73,16 @@ impl Conn<'_> {
 
     async fn send_event(&mut self, event: Event) -> Result<(), End> {
         let at = event.cursor();
-        let sent = self.send_live(Message::Text(event.frame)).await;
+        let sent = match self.shape(at.as_ref(), &event.frame, &event.parsed, None) {
+            Shape::Raw => self.send_live(Message::Text(event.frame)).await,
+            Shape::Nothing => {
+                if let Some(at) = at {
+                    self.advance(at);
+                }
+                return Ok(());
+            }
+            Shape::Frames(frames) => self.send_frames_live(frames).await,
+        };
         // A frame already in the socket's buffer when the queue overflowed counts as sent.
         if matches!(sent, Ok(()) | Err(End::Overflow { frame_queued: true, .. })) {
             self.state.stats.messages_out.inc();
@@ -86,7 +96,30 @@ impl Conn<'_> {
         sent
     }
 
+    /// Several frames for one live event; the event counts as sent once the last is.
+    async fn send_frames_live(&mut self, frames: Vec<String>) -> Result<(), End> {
+        let last = frames.len().saturating_sub(1);
+        for (i, frame) in frames.into_iter().enumerate() {
+            match self.send_live(Message::Text(frame.into())).await {
+                Ok(()) => {}
+                // Only the last frame's fate decides whether the event counts as sent; an
+                // earlier one that overflowed is sent again (after the fold or the close).
+                Err(End::Overflow { lag, frame_queued }) => {
+                    return Err(End::Overflow { lag, frame_queued: frame_queued && i == last });
+                }
+                Err(end) => return Err(end),
+            }
+            if i < last {
+                self.state.stats.messages_out.inc();
+            }
+        }
+        Ok(())
+    }
+
     fn advance(&mut self, at: Cursor) {
+        if self.auto_ack {
+            self.unacked = Some(at.clone());
+        }
         if self.cursor.as_ref().is_none_or(|c| c.epoch != at.epoch) || self.first_sent.is_none() {
             self.first_sent = Some(at.pos);
         }
@@ -110,7 +143,7 @@ impl Conn<'_> {
         }
         let had_position = self.cursor.is_some();
         self.jump(brk.resume.clone(), None);
-        if had_position && self.mode == Mode::Protocol {
+        if had_position && self.mode.speaks() {
             let message = match brk.reason {
                 ResetReason::HistoryLost => {
                     "redis lost its history (restarted empty): events may be missing; subscribe with \"snapshot\": true"
@@ -188,10 +221,9 @@ impl Conn<'_> {
                 Page::Frames(frames) => {
                     let short = frames.len() < PAGE;
                     for (pos, frame) in frames {
-                        self.send(Message::Text(frame.into())).await?;
-                        self.state.stats.messages_out.inc();
-                        self.state.stats.replayed_out.inc();
                         cursor.pos = pos;
+                        self.send_shaped(Some(&cursor), &frame, &Lazy::default(), true, None).await?;
+                        self.state.stats.replayed_out.inc();
                         self.advance(cursor.clone());
                     }
                     if short {
@@ -232,7 +264,7 @@ impl Conn<'_> {
     async fn rebased(&mut self, from: Position, position: Position) -> Result<(), End> {
         self.state.stats.rebases.inc();
         debug!(conn_id = self.conn_id, %from, to = %position, "continuing in the new history");
-        if self.mode == Mode::Protocol {
+        if self.mode.speaks() {
             self.send_frame(&ServerFrame::Rebased { from, position }).await?;
         }
         Ok(())
@@ -266,17 +298,18 @@ impl Conn<'_> {
             self.jump(head.into(), None);
         }
         self.catch_up().await?;
-        if self.mode == Mode::Protocol {
+        if self.mode.speaks() {
             let position = self.cursor.as_ref().map(Cursor::to_position);
             info!(conn_id = self.conn_id, position = ?position, "subscribed");
-            self.send_frame(&ServerFrame::Subscribed { position }).await?;
+            let id = self.subs.first().and_then(|s| s.id.clone());
+            self.send_frame(&ServerFrame::Subscribed { id, position }).await?;
         }
         Ok(())
     }
 
     /// Whether the log can serve every event after `since`, and from which position of the
     /// current history (`since` itself, or translated through the bridge of a new history).
-    async fn check_since(
+    pub(super) async fn check_since(
         &mut self,
         conn: &mut MultiplexedConnection,
         since: &Position,
@@ -360,7 +393,7 @@ impl Conn<'_> {
         head: Option<Position>,
         message: String,
     ) -> Result<(), End> {
-        if self.mode == Mode::Protocol {
+        if self.mode.speaks() {
             return self.reset(reason, head, message).await;
         }
         self.state.stats.resets.inc();
