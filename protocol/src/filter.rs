@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `eq`, `neq` | `=`, `<>` | the rest of the text, verbatim (commas, dots, `=` included; may be empty) |
 //! | `lt`, `lte`, `gt`, `gte` | `<`, `<=`, `>`, `>=` | as for `eq`, but not empty |
-//! | `in` | `IN (…)` | `(a,b,c)`; `"…"` quotes a value holding `,` `(` `)` `"` (`\"` and `\\` inside); `()` is the empty list |
+//! | `in` | `= ANY(…)` | `(a,b,c)`; `"…"` quotes a value holding `,` `(` `)` `"` (`\"` and `\\` inside); `()` is the empty list |
 //! | `is` | `IS …` | `null`, `not_null`, `true`, `false` or `unknown` |
 //! | `like`, `ilike` | `LIKE`, `ILIKE` | a pattern: `*` or `%` any sequence, `_` one character, `\` makes the next one literal |
 //!
@@ -28,7 +28,9 @@
 //!
 //! - Three-valued logic: a JSON `null` or a missing column is SQL NULL, and comparing NULL with
 //!   anything is unknown, so neither `eq` nor `neq` (nor `not.eq`) match it; only `is.null`,
-//!   `is.not_null`, `is.unknown` and `is.true`/`is.false` (false for NULL) say something of NULL.
+//!   `is.not_null`, `is.unknown` and `is.true`/`is.false` (false for NULL) say something of NULL,
+//!   and the empty list: `in.()` is false and `not.in.()` true for every row, NULL or not, as
+//!   `= ANY('{}')` (PostgREST's SQL for it) is.
 //! - A JSON number compares as NUMERIC, exactly: the value's JSON text and the literal are read
 //!   as decimals (never rounded to f64), so `amount=gte.100` matches 100.50 and 100 and not
 //!   99.99, and `100`, `100.0` and `1e2` are equal. `NaN`, `Infinity` and `-Infinity` sort as in
@@ -268,6 +270,8 @@ impl Predicate {
         let result = match &self.test {
             Test::Is(is) => is_test(*is, value),
             Test::Compare(op, literal) => Some(op.holds(compare(&RowValue::of(value?), literal)?)),
+            // `= ANY('{}')`, PostgREST's SQL for it, is false even for NULL.
+            Test::In(list) if list.is_empty() => Some(false),
             Test::In(list) => in_test(&RowValue::of(value?), list),
             Test::Like(glob) => Some(glob.matches_value(value?)),
         };
@@ -1412,12 +1416,21 @@ mod tests {
     #[test]
     fn null_and_missing_are_unknown_to_every_comparison() {
         for r in [json!({"x": null}), json!({"other": 1})] {
-            for op in
-                ["eq.1", "neq.1", "lt.1", "lte.1", "gt.1", "gte.1", "eq.", "in.(1,2)", "in.()", "like.*", "ilike.*"]
-            {
+            for op in ["eq.1", "neq.1", "lt.1", "lte.1", "gt.1", "gte.1", "eq.", "in.(1,2)", "like.*", "ilike.*"] {
                 check(r.clone(), &[(&format!("x={op}"), U), (&format!("x=not.{op}"), U)]);
             }
-            check(r, &[("x=is.null", T), ("x=is.not_null", F), ("x=not.is.null", F), ("x=not.is.not_null", T)]);
+            check(
+                r,
+                &[
+                    ("x=is.null", T),
+                    ("x=is.not_null", F),
+                    ("x=not.is.null", F),
+                    ("x=not.is.not_null", T),
+                    // PostgREST sends `in.()` as `x = ANY('{}')`: false, not unknown, for NULL.
+                    ("x=in.()", F),
+                    ("x=not.in.()", T),
+                ],
+            );
         }
         check(json!({"x": 0}), &[("x=is.null", F), ("x=is.not_null", T)]);
         check(json!({"x": ""}), &[("x=is.null", F)]);
@@ -1456,7 +1469,7 @@ mod tests {
         }
         // A quoted value is text, and also a number when it reads as one.
         check(json!({"n": 2}), &[(r#"n=in.("2")"#, T), ("n=in.(1,2.0)", T), ("n=in.(1,3)", F)]);
-        // Empty list: matches nothing; its negation every non-NULL row.
+        // Empty list: matches nothing; its negation every row.
         check(r("x"), &[("s=in.()", F), ("s=not.in.()", T)]);
         // One empty item is not an empty list.
         check(r(""), &[("s=in.()", F), (r#"s=in.("")"#, T), ("s=in.(a,)", T)]);
