@@ -2,6 +2,7 @@
 //!
 //! - [`channel`]: validated channel names and the fixed defaults (`orders_channel`, `orders_updates`)
 //! - [`event`]: the NOTIFY payload the trigger sends and the event the publisher emits
+//! - [`filter`]: PostgREST-syntax row filters and column selects, and the index of subscriptions by filter
 //! - [`frames`]: WebSocket frames in both directions (protocol `orders.v1`)
 //! - [`log`]: the replay log in Redis (keys, atomic append, claim, snapshot, reads)
 //! - [`retry`]: the reconnect policy (`backon` exponential schedule with jitter, never giving up)
@@ -14,6 +15,7 @@
 pub mod channel;
 pub mod env;
 pub mod event;
+pub mod filter;
 pub mod frames;
 pub mod log;
 pub mod ops;
