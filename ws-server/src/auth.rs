@@ -29,6 +29,14 @@
 //!
 //! Tokens are secrets: this module never logs them, and [`redact_query`] removes them from a
 //! query string before it is logged.
+//!
+//! An HS256 token for tests, valid for an hour, with nothing but Python's standard library
+//! (the claims argument is optional; the test `python_one_liner_mints_tokens_we_accept` runs
+//! this very command):
+//!
+//! ```sh
+//! python3 -c 'import sys,json,time,hmac,hashlib,base64;e=lambda b:base64.urlsafe_b64encode(b).rstrip(b"=").decode();j=lambda d:e(json.dumps(d).encode());m=j({"alg":"HS256","typ":"JWT"})+"."+j({"exp":int(time.time())+3600,**json.loads((sys.argv[2:]+["{}"])[0])});print(m+"."+e(hmac.new(sys.argv[1].encode(),m.encode(),hashlib.sha256).digest()))' "$WS_JWT_SECRET" '{"sub":"bob","filter":["customer_name=eq.Bob"]}'
+//! ```
 
 use std::{fmt, path::Path, time::Duration};
 
@@ -1386,5 +1394,32 @@ mod tests {
         let left = auth.expires_in(&claims).as_secs();
         assert!((3600..=3605).contains(&left), "{left}");
         assert_eq!(auth.expires_in(&Claims { exp: 0, ..claims }), Duration::ZERO);
+    }
+
+    /// The one-liner in the module docs, for minting HS256 test tokens with only Python's
+    /// standard library: `python3 -c '<this>' SECRET '{"claims":…}'`. Keep the two the same.
+    const MINT_PY: &str = r#"import sys,json,time,hmac,hashlib,base64;e=lambda b:base64.urlsafe_b64encode(b).rstrip(b"=").decode();j=lambda d:e(json.dumps(d).encode());m=j({"alg":"HS256","typ":"JWT"})+"."+j({"exp":int(time.time())+3600,**json.loads((sys.argv[2:]+["{}"])[0])});print(m+"."+e(hmac.new(sys.argv[1].encode(),m.encode(),hashlib.sha256).digest()))"#;
+
+    #[test]
+    fn python_one_liner_mints_tokens_we_accept() {
+        assert!(include_str!("auth.rs").contains(&format!("//! python3 -c '{MINT_PY}' ")), "docs and MINT_PY differ");
+        let run = |args: &[&str]| std::process::Command::new("python3").arg("-c").arg(MINT_PY).args(args).output();
+        let output = match run(&[SECRET, r#"{"sub":"bob","filter":["customer_name=eq.Bob"]}"#]) {
+            Ok(output) => output,
+            Err(e) => {
+                eprintln!("skipped: python3 not runnable ({e})");
+                return;
+            }
+        };
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let token = String::from_utf8(output.stdout).unwrap();
+        let claims = hs_auth().verify(token.trim()).unwrap();
+        assert_eq!(claims.sub.as_deref(), Some("bob"));
+        assert_eq!(claims.filter, ["customer_name=eq.Bob"]);
+        assert!(claims.exp > now() + 3500);
+        // Without claims: just an expiry.
+        let output = run(&[SECRET]).unwrap();
+        let claims = hs_auth().verify(String::from_utf8(output.stdout).unwrap().trim()).unwrap();
+        assert_eq!((claims.sub, claims.filter), (None, vec![]));
     }
 }
