@@ -1,6 +1,6 @@
 //! ws-server configuration, read from the environment (and `.env`) once at start.
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{fmt, net::IpAddr, path::Path, time::Duration};
 
 use protocol::{
     channel::{ChannelName, DEFAULT_REDIS_CHANNEL},
@@ -8,6 +8,8 @@ use protocol::{
     retry::RetryPolicy,
     telemetry::LogFormat,
 };
+
+use crate::auth::{JwtKey, Origins};
 
 /// Everything a ws-server replica needs to run.
 #[derive(Clone)]
@@ -56,6 +58,19 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// `LOG_FORMAT`: text or json.
     pub log_format: LogFormat,
+    /// The token check's key (`WS_JWT_SECRET` for HS256, or `WS_JWT_PUBLIC_KEY`, a PEM file,
+    /// for RS256 / ES256), read and checked at start; `None`: auth is off.
+    pub(crate) jwt_key: Option<JwtKey>,
+    /// Clock skew allowed on a token's `exp` and `nbf`, in whole seconds (`WS_JWT_LEEWAY`,
+    /// default 5s).
+    pub jwt_leeway: Duration,
+    /// When set, a token's `aud` must include it (`WS_JWT_AUDIENCE`). Set it when the issuer
+    /// signs tokens for other services with the same key (an Auth0 or Keycloak tenant).
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be it (`WS_JWT_ISSUER`).
+    pub jwt_issuer: Option<String>,
+    /// The web pages that may connect (`WS_ALLOWED_ORIGINS`, default `*`: any; see `auth`).
+    pub(crate) allowed_origins: Origins,
 }
 
 impl fmt::Debug for Config {
@@ -75,6 +90,12 @@ impl fmt::Debug for Config {
             .field("max_client_frames_per_second", &self.max_client_frames_per_second)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("send_timeout", &self.send_timeout)
+            // JwtKey's Debug names the algorithm and where the key came from, never the key.
+            .field("jwt", &self.jwt_key)
+            .field("jwt_leeway", &self.jwt_leeway)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("allowed_origins", &self.allowed_origins)
             .finish_non_exhaustive()
     }
 }
@@ -120,7 +141,26 @@ impl Config {
             keepalive_interval: Duration::from_secs(5),
             retry: env.retry_policy(),
             log_format: env.log_format(),
+            jwt_key: jwt_key(&mut env, &lookup),
+            jwt_leeway: env.duration("WS_JWT_LEEWAY", Duration::from_secs(5)),
+            jwt_audience: lookup("WS_JWT_AUDIENCE").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+            jwt_issuer: lookup("WS_JWT_ISSUER").map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()),
+            allowed_origins: {
+                let value = env.string("WS_ALLOWED_ORIGINS", "*");
+                Origins::parse(&value).unwrap_or_else(|reason| {
+                    env.invalid("WS_ALLOWED_ORIGINS", value, reason);
+                    Origins::Any
+                })
+            },
         };
+        if config.jwt_key.is_none() {
+            // Without a key these would be silently ignored: the operator thinks auth is on.
+            for (var, value) in [("WS_JWT_AUDIENCE", &config.jwt_audience), ("WS_JWT_ISSUER", &config.jwt_issuer)] {
+                if let Some(value) = value {
+                    env.invalid(var, value, "needs WS_JWT_SECRET or WS_JWT_PUBLIC_KEY (auth is off without a key)");
+                }
+            }
+        }
         for (var, d) in [("WS_HEARTBEAT_INTERVAL", config.heartbeat_interval), ("WS_SEND_TIMEOUT", config.send_timeout)]
         {
             if d.is_zero() {
@@ -134,6 +174,32 @@ impl Config {
     /// Every tunable at its default; for tests and embedding.
     pub fn with_redis(redis_url: &str) -> Self {
         Self::from_lookup(|k| (k == "REDIS_URL").then(|| redis_url.to_owned())).expect("defaults are valid")
+    }
+}
+
+/// `WS_JWT_SECRET` or `WS_JWT_PUBLIC_KEY` (not both), read and checked; errors go to `env`.
+fn jwt_key(env: &mut Env<'_>, lookup: &impl Fn(&str) -> Option<String>) -> Option<JwtKey> {
+    let set = |var| lookup(var).filter(|v| !v.trim().is_empty());
+    match (set("WS_JWT_SECRET"), set("WS_JWT_PUBLIC_KEY")) {
+        (None, None) => None,
+        (Some(_), Some(path)) => {
+            env.invalid(
+                "WS_JWT_PUBLIC_KEY",
+                path,
+                "set one of WS_JWT_SECRET (HS256) or WS_JWT_PUBLIC_KEY (RS256, ES256), not both",
+            );
+            None
+        }
+        // The secret as given, untrimmed: it must match the issuer's byte for byte.
+        (Some(secret), None) => {
+            JwtKey::from_secret(&secret).inspect_err(|reason| env.invalid("WS_JWT_SECRET", "***", reason.as_str())).ok()
+        }
+        (None, Some(path)) => {
+            let path = path.trim();
+            JwtKey::from_pem_file(Path::new(path))
+                .inspect_err(|reason| env.invalid("WS_JWT_PUBLIC_KEY", path, reason.as_str()))
+                .ok()
+        }
     }
 }
 

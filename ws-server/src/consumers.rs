@@ -117,7 +117,10 @@ impl Consumers {
     }
 
     /// Every consumer and its position.
-    pub(crate) async fn list<C: ConnectionLike + Send>(&self, conn: &mut C) -> redis::RedisResult<Vec<(String, Position)>> {
+    pub(crate) async fn list<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> redis::RedisResult<Vec<(String, Position)>> {
         let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(&self.positions).query_async(conn).await?;
         Ok(all.into_iter().filter_map(|(k, v)| Some((k, Position::parse(&v).ok()?))).collect())
     }

@@ -27,7 +27,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
     AppState,
-    auth::Auth,
+    auth::{self, Auth},
     consumers,
     socket::{self, Mode, Opening, Token},
     sse::SseWire,
@@ -95,9 +95,11 @@ impl Params {
                 "ack" => match value.as_str() {
                     "auto" => params.auto_ack = true,
                     "manual" => params.auto_ack = false,
-                    other => return Err(bad_request(format!("invalid ack={other:?}: expected ack=auto or ack=manual"))),
+                    other => {
+                        return Err(bad_request(format!("invalid ack={other:?}: expected ack=auto or ack=manual")));
+                    }
                 },
-                "access_token" => params.access_token = Some(value),
+                auth::TOKEN_PARAM => params.access_token = Some(value),
                 // Unknown parameters (cache busters, tracking) are left alone.
                 _ => {}
             }
@@ -133,7 +135,8 @@ fn open(
                 (StatusCode::UNAUTHORIZED, format!("{message}; issue the token with a valid filter claim\n"))
                     .into_response()
             })?;
-            Token { scope, subject: claims.sub.clone(), exp: Some(claims.exp) }
+            let expires_at = Some(tokio::time::Instant::now() + state.auth.expires_in(claims));
+            Token { scope, subject: claims.sub.clone(), expires_at }
         }
     };
     let mode = mode_of(&params)?;
@@ -156,9 +159,13 @@ fn open(
         .map_err(bad_request)?;
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         state.stats.rejected_full.inc();
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "connection limit reached (WS_MAX_CONNECTIONS); try another replica\n")
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached (WS_MAX_CONNECTIONS); try another replica\n",
+        )
             .into_response());
     };
+    tracing::debug!(query = %auth::redact_query(query.unwrap_or("")), ?mode, "connection opening");
     let opening = Opening {
         mode,
         since,

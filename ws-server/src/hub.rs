@@ -306,11 +306,23 @@ mod tests {
     use futures_util::FutureExt;
 
     fn event(pos: u64) -> Event {
-        Event { epoch: Some("e".into()), pos: Some(pos), changed_at: None, frame: Utf8Bytes::from(format!("{pos}")), parsed: Lazy::default() }
+        Event {
+            epoch: Some("e".into()),
+            pos: Some(pos),
+            changed_at: None,
+            frame: Utf8Bytes::from(format!("{pos}")),
+            parsed: Lazy::default(),
+        }
     }
 
     fn sized(pos: u64, bytes: usize) -> Event {
-        Event { epoch: Some("e".into()), pos: Some(pos), frame: Utf8Bytes::from("x".repeat(bytes)), changed_at: None, parsed: Lazy::default() }
+        Event {
+            epoch: Some("e".into()),
+            pos: Some(pos),
+            frame: Utf8Bytes::from("x".repeat(bytes)),
+            changed_at: None,
+            parsed: Lazy::default(),
+        }
     }
 
     fn pos(item: Item) -> u64 {
@@ -329,7 +341,13 @@ mod tests {
         hub.publish(event(1));
         let (mut rx, after) = hub.subscribe();
         assert_eq!(after, Some(Cursor::new("e".into(), 1)));
-        hub.publish(Event { epoch: None, pos: None, changed_at: None, frame: "legacy".into(), parsed: Lazy::default() });
+        hub.publish(Event {
+            epoch: None,
+            pos: None,
+            changed_at: None,
+            frame: "legacy".into(),
+            parsed: Lazy::default(),
+        });
         hub.publish(event(2));
         assert_eq!(hub.subscribe().1.map(|c| c.pos), Some(2), "frames without a position do not move it");
         let Ok(Item::Event(first)) = rx.try_recv() else { panic!("an event") };

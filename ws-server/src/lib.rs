@@ -1,6 +1,7 @@
 //! The ws-server: one Redis subscription per replica, fanned out to WebSocket clients.
 //!
 //! - [`config`]: [`Config`] from the environment
+//! - `auth`: optional JWT auth (`WS_JWT_SECRET`, `WS_JWT_PUBLIC_KEY`) and `Origin` checks
 //! - `subscriber`: the Redis pub/sub session, with reconnect and resubscribe
 //! - `sequencer`: the replica's position in the history: gap filling from the replay log,
 //!   dedupe of the overlap, announcing holes it cannot fill

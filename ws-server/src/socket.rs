@@ -40,8 +40,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::StreamExt;
 use protocol::{
     frames::{
-        CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_PAYLOAD, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
-        CLOSE_TOKEN_EXPIRED, CLOSE_TRY_AGAIN_LATER, ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame,
+        CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_PAYLOAD, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED,
+        CLOSE_TOO_BIG, CLOSE_TRY_AGAIN_LATER, ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame,
     },
     log::Position,
 };
@@ -51,8 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    AppState,
-    consumers,
+    AppState, consumers,
     hub::{Cursor, Feed, Item, Lag},
     view::{Scope, View},
 };
@@ -66,7 +65,9 @@ pub(crate) trait Duplex:
 {
 }
 impl<T> Duplex for T where
-    T: futures_util::Sink<Message, Error = axum::Error> + futures_util::Stream<Item = Result<Message, axum::Error>> + Send
+    T: futures_util::Sink<Message, Error = axum::Error>
+        + futures_util::Stream<Item = Result<Message, axum::Error>>
+        + Send
 {
 }
 /// A connection's transport, boxed so one connection type serves both.
@@ -98,8 +99,9 @@ pub(crate) struct Token {
     pub(crate) scope: Scope,
     /// The token's `sub`, which scopes consumer names.
     pub(crate) subject: Option<String>,
-    /// When the token expires (Unix seconds); the connection is closed then unless refreshed.
-    pub(crate) exp: Option<u64>,
+    /// When the token stops being valid (its `exp` plus `WS_JWT_LEEWAY`); the connection is
+    /// closed then unless refreshed.
+    pub(crate) expires_at: Option<Instant>,
 }
 
 /// Which frames the client gets.
@@ -267,7 +269,7 @@ impl Conn<'_> {
         heartbeat.reset();
         let mut ack_flush = tokio::time::interval(ACK_FLUSH);
         loop {
-            let expires = self.token.exp.map(expiry_instant);
+            let expires = self.token.expires_at;
             let step = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Err(self.going_away().await),
@@ -357,7 +359,8 @@ impl Conn<'_> {
             let message = format!("subscription ended: under the new token, {error}");
             self.refuse(ErrorCode::Forbidden, Some(name), message).await?;
         }
-        self.token = Token { scope, subject: claims.sub, exp: Some(claims.exp) };
+        let expires_at = Some(Instant::now() + state.auth.expires_in(&claims));
+        self.token = Token { scope, subject: claims.sub, expires_at };
         info!(conn_id = self.conn_id, exp = claims.exp, "token refreshed");
         self.send_frame(&ServerFrame::Authenticated { exp: claims.exp }).await
     }
@@ -365,7 +368,8 @@ impl Conn<'_> {
     async fn token_expired(&mut self) -> End {
         self.state.stats.tokens_expired.inc();
         info!(conn_id = self.conn_id, "token expired; closing with 4011");
-        self.close(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a new token (or refresh with an auth frame)").await;
+        self.close(CLOSE_TOKEN_EXPIRED, "token expired; reconnect with a new token (or refresh with an auth frame)")
+            .await;
         End::TokenExpired
     }
 
@@ -465,7 +469,9 @@ impl Conn<'_> {
                 let limit = self.state.config.max_client_frames_per_second;
                 error_frame(
                     ErrorCode::RateLimited,
-                    format!("more than {limit} client frames per second (WS_MAX_CLIENT_FRAMES_PER_SECOND); this frame was dropped, send less often"),
+                    format!(
+                        "more than {limit} client frames per second (WS_MAX_CLIENT_FRAMES_PER_SECOND); this frame was dropped, send less often"
+                    ),
                 )
             }
             Message::Text(text) => match ClientFrame::parse(&text) {
@@ -526,13 +532,6 @@ fn error_frame(code: ErrorCode, message: String) -> ServerFrame {
 
 /// How often positions delivered to auto-acking consumers are stored.
 const ACK_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The instant a token that expires at Unix second `exp` stops being valid.
-fn expiry_instant(exp: u64) -> Instant {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let left = std::time::Duration::from_secs(exp).saturating_sub(now);
-    Instant::now() + left
-}
 
 async fn sleep_until_some(at: Option<Instant>) {
     match at {

@@ -172,7 +172,9 @@ mod tests {
     fn control_frames_are_named_and_positions_become_ids() {
         let out = encode_frame(r#"{"type":"snapshot","position":{"epoch":"e","pos":4},"rows":[]}"#);
         assert!(out.starts_with("event: snapshot\nid: e:4\ndata: {"), "{out}");
-        let out = encode_frame(r#"{"type":"reset","reason":"beyond_retention","position":{"epoch":"e","pos":9},"message":"m"}"#);
+        let out = encode_frame(
+            r#"{"type":"reset","reason":"beyond_retention","position":{"epoch":"e","pos":9},"message":"m"}"#,
+        );
         assert!(out.starts_with("event: reset\ndata: "), "a reset moves nothing: {out}");
     }
 

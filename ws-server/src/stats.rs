@@ -154,14 +154,42 @@ impl Health for Stats {
             "Seconds from a change's ts (the trigger's clock, at the write) to its live frame sent to a client.",
             &self.delivery_latency,
         );
-        out.counter("ws_subscriptions_total", "Subscriptions made (URL default ones and subscribe frames).", &self.subscriptions_made);
-        out.counter("ws_limit_refusals_total", "Subscriptions refused at WS_MAX_SUBSCRIPTIONS or WS_MAX_FILTERS.", &self.limit_refusals);
-        out.counter("ws_client_frames_rate_limited_total", "Client frames dropped over WS_MAX_CLIENT_FRAMES_PER_SECOND (each answered with an error frame).", &self.rate_limited);
-        out.counter("ws_auth_failures_total", "Requests and auth frames refused for their token (401, or an unauthorized error frame).", &self.auth_failures);
-        out.counter("ws_origins_refused_total", "Requests refused for an Origin not in WS_ALLOWED_ORIGINS (403).", &self.origins_refused);
-        out.counter("ws_tokens_expired_total", "Connections closed because their token expired unrefreshed (4011).", &self.tokens_expired);
+        out.counter(
+            "ws_subscriptions_total",
+            "Subscriptions made (URL default ones and subscribe frames).",
+            &self.subscriptions_made,
+        );
+        out.counter(
+            "ws_limit_refusals_total",
+            "Subscriptions refused at WS_MAX_SUBSCRIPTIONS or WS_MAX_FILTERS.",
+            &self.limit_refusals,
+        );
+        out.counter(
+            "ws_client_frames_rate_limited_total",
+            "Client frames dropped over WS_MAX_CLIENT_FRAMES_PER_SECOND (each answered with an error frame).",
+            &self.rate_limited,
+        );
+        out.counter(
+            "ws_auth_failures_total",
+            "Requests and auth frames refused for their token (401, or an unauthorized error frame).",
+            &self.auth_failures,
+        );
+        out.counter(
+            "ws_origins_refused_total",
+            "Requests refused for an Origin not in WS_ALLOWED_ORIGINS (403).",
+            &self.origins_refused,
+        );
+        out.counter(
+            "ws_tokens_expired_total",
+            "Connections closed because their token expired unrefreshed (4011).",
+            &self.tokens_expired,
+        );
         out.counter("ws_consumer_acks_total", "Durable consumer positions stored.", &self.acks);
-        out.gauge("ws_open_sse_streams", "Server-Sent Events streams open now (also counted in ws_open_connections).", &self.sse_streams);
+        out.gauge(
+            "ws_open_sse_streams",
+            "Server-Sent Events streams open now (also counted in ws_open_connections).",
+            &self.sse_streams,
+        );
         let lag = self.consumer_lag.lock().expect("never poisoned").clone();
         out.labelled_gauges(
             "ws_consumer_lag_events",

@@ -285,12 +285,18 @@ mod tests {
     }
 
     fn view(filter: &[&str], select: Option<&str>, scope: &Scope) -> View {
-        let spec = Spec { filter: filter.iter().map(|s| (*s).to_owned()).collect(), select: select.map(Into::into), table: None };
+        let spec = Spec {
+            filter: filter.iter().map(|s| (*s).to_owned()).collect(),
+            select: select.map(Into::into),
+            table: None,
+        };
         View::compile(&spec, scope, 8).unwrap()
     }
 
     fn update(old: Value, new: Value) -> Parsed {
-        parsed(json!({"type":"event","epoch":"e","pos":3,"id":9,"table":"orders","operation":"UPDATE","order":new,"old":old}))
+        parsed(
+            json!({"type":"event","epoch":"e","pos":3,"id":9,"table":"orders","operation":"UPDATE","order":new,"old":old}),
+        )
     }
 
     #[test]
@@ -302,7 +308,9 @@ mod tests {
         assert_eq!(v.route(&update(shipped.clone(), pending.clone())), Some(Delivery::Enter));
         assert_eq!(v.route(&update(pending.clone(), shipped.clone())), Some(Delivery::Leave));
         assert_eq!(v.route(&update(shipped.clone(), shipped)), None);
-        let leave: Value = serde_json::from_str(&v.render(&update(pending.clone(), json!({"id":1,"status":"x"})), Delivery::Leave)).unwrap();
+        let leave: Value =
+            serde_json::from_str(&v.render(&update(pending.clone(), json!({"id":1,"status":"x"})), Delivery::Leave))
+                .unwrap();
         assert_eq!(leave["view"], "leave");
         assert_eq!(leave["pos"], 3);
         assert_eq!(leave["order"]["status"], "x", "the client's own filter: the row may still be shown");
@@ -325,13 +333,18 @@ mod tests {
     #[test]
     fn select_projects_order_and_old_and_keeps_the_key() {
         let v = view(&[], Some("status"), &Scope::default());
-        let out: Value = serde_json::from_str(
-            &v.render(&update(json!({"id":1,"status":"a","x":1}), json!({"id":1,"status":"b","x":2})), Delivery::Change),
-        )
-        .unwrap();
+        let out: Value =
+            serde_json::from_str(&v.render(
+                &update(json!({"id":1,"status":"a","x":1}), json!({"id":1,"status":"b","x":2})),
+                Delivery::Change,
+            ))
+            .unwrap();
         assert_eq!(out["order"], json!({"id":1,"status":"b"}));
         assert_eq!(out["old"], json!({"id":1,"status":"a"}));
-        assert!(v.render(&update(json!({}), json!({"id":1})), Delivery::Change).starts_with(&protocol::log::frame_prefix("e")));
+        assert!(
+            v.render(&update(json!({}), json!({"id":1})), Delivery::Change)
+                .starts_with(&protocol::log::frame_prefix("e"))
+        );
     }
 
     #[test]
@@ -340,7 +353,10 @@ mod tests {
         let spec = Spec { select: Some("amount".into()), ..Spec::default() };
         assert!(matches!(View::compile(&spec, &scope, 8), Err(ViewError::Forbidden(_))));
         let wider = view(&["customer=eq.eve"], None, &scope);
-        assert_eq!(wider.route(&parsed(json!({"table":"orders","operation":"INSERT","order":{"id":1,"customer":"eve"}}))), None);
+        assert_eq!(
+            wider.route(&parsed(json!({"table":"orders","operation":"INSERT","order":{"id":1,"customer":"eve"}}))),
+            None
+        );
         let or_null = view(&["customer=is.null"], None, &scope);
         assert_eq!(or_null.route(&parsed(json!({"table":"orders","operation":"INSERT","order":{"id":1}}))), None);
     }

@@ -435,11 +435,21 @@ mod tests {
         use protocol::frames::ClientFrame;
         assert_eq!(
             Subscribe::Since(at("e", 3)).frame(),
-            ClientFrame::Subscribe(protocol::frames::Subscribe { since: Some(at("e", 3)), snapshot: false, conflate: false, ..Default::default() })
+            ClientFrame::Subscribe(protocol::frames::Subscribe {
+                since: Some(at("e", 3)),
+                snapshot: false,
+                conflate: false,
+                ..Default::default()
+            })
         );
         assert_eq!(
             Subscribe::Snapshot.frame(),
-            ClientFrame::Subscribe(protocol::frames::Subscribe { since: None, snapshot: true, conflate: false, ..Default::default() })
+            ClientFrame::Subscribe(protocol::frames::Subscribe {
+                since: None,
+                snapshot: true,
+                conflate: false,
+                ..Default::default()
+            })
         );
         let text = serde_json::to_string(&Subscribe::Since(at("e", 3)).frame()).unwrap();
         assert_eq!(text, r#"{"type":"subscribe","since":{"epoch":"e","pos":3},"snapshot":false,"conflate":false}"#);

@@ -348,7 +348,12 @@ async fn after_a_disconnect_it_resumes_from_the_last_event_and_prints_nothing_tw
     assert!(matches!(&items[9], FeedItem::Resumed { server_id: Some(id), .. } if id == "ws-b"), "{:?}", items[9]);
     assert_eq!(
         sent_rx.recv().await.unwrap(),
-        ClientFrame::Subscribe(protocol::frames::Subscribe { since: Some(at("e", 2)), snapshot: false, conflate: false, ..Default::default() })
+        ClientFrame::Subscribe(protocol::frames::Subscribe {
+            since: Some(at("e", 2)),
+            snapshot: false,
+            conflate: false,
+            ..Default::default()
+        })
     );
     assert_eq!(feed.position(), Some(&at("e", 6)));
     assert!(feed.seen_any());
@@ -382,9 +387,22 @@ async fn a_reset_takes_a_fresh_snapshot_by_default() {
     );
     assert_eq!(
         sent_rx.recv().await.unwrap(),
-        ClientFrame::Subscribe(protocol::frames::Subscribe { since: Some(at("old", 9)), snapshot: false, conflate: false, ..Default::default() })
+        ClientFrame::Subscribe(protocol::frames::Subscribe {
+            since: Some(at("old", 9)),
+            snapshot: false,
+            conflate: false,
+            ..Default::default()
+        })
     );
-    assert_eq!(sent_rx.recv().await.unwrap(), ClientFrame::Subscribe(protocol::frames::Subscribe { since: None, snapshot: true, conflate: false, ..Default::default() }));
+    assert_eq!(
+        sent_rx.recv().await.unwrap(),
+        ClientFrame::Subscribe(protocol::frames::Subscribe {
+            since: None,
+            snapshot: true,
+            conflate: false,
+            ..Default::default()
+        })
+    );
     assert_eq!(feed.position(), Some(&at("e2", 4)));
 }
 

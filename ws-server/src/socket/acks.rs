@@ -30,7 +30,8 @@ impl Conn<'_> {
         let key = match (consumer.as_deref(), holders.as_slice()) {
             (None, [only]) => (*only).clone(),
             (None, []) => {
-                let message = "no durable consumer on this connection; subscribe with \"consumer\": \"<name>\" first".into();
+                let message =
+                    "no durable consumer on this connection; subscribe with \"consumer\": \"<name>\" first".into();
                 return self.refuse(ErrorCode::UnknownSubscription, None, message).await;
             }
             (None, _) => {
@@ -48,7 +49,8 @@ impl Conn<'_> {
         let delivered = self.cursor.as_ref().is_some_and(|c| *c.epoch == position.epoch && position.pos <= c.pos);
         if !delivered {
             let sent = self.cursor.as_ref().map_or_else(|| "nothing yet".to_owned(), |c| c.to_position().to_string());
-            let message = format!("cannot ack {position}: it is not a position this connection delivered (last: {sent})");
+            let message =
+                format!("cannot ack {position}: it is not a position this connection delivered (last: {sent})");
             return self.refuse(ErrorCode::InvalidFrame, None, message).await;
         }
         let mut conn = self.log_conn().await?;

@@ -212,28 +212,28 @@ impl Conn<'_> {
         let state = self.state;
         let mut at = Cursor::new(cursor.epoch.clone(), after);
         while at.pos < cursor.pos {
-                match self.redis(state.history.page(&mut conn, &at.epoch, at.pos).await).await? {
-                    Page::End | Page::OtherEpoch => break,
-                    Page::Trimmed { first } => {
-                        let message = format!(
-                            "events after {} are no longer in the log (it keeps positions from {first} on); subscribe with \"snapshot\": true",
-                            at.to_position()
-                        );
-                        self.refuse_resume(ResetReason::BeyondRetention, Some(cursor.to_position()), message).await?;
-                        at.pos = first - 1;
+            match self.redis(state.history.page(&mut conn, &at.epoch, at.pos).await).await? {
+                Page::End | Page::OtherEpoch => break,
+                Page::Trimmed { first } => {
+                    let message = format!(
+                        "events after {} are no longer in the log (it keeps positions from {first} on); subscribe with \"snapshot\": true",
+                        at.to_position()
+                    );
+                    self.refuse_resume(ResetReason::BeyondRetention, Some(cursor.to_position()), message).await?;
+                    at.pos = first - 1;
+                }
+                Page::Frames(frames) => {
+                    let short = frames.len() < PAGE;
+                    for (pos, frame) in frames.into_iter().take_while(|(pos, _)| *pos <= cursor.pos) {
+                        at.pos = pos;
+                        // Only this subscription: the others already have these events.
+                        self.send_shaped(Some(&at), &frame, &Lazy::default(), true, Some(index)).await?;
                     }
-                    Page::Frames(frames) => {
-                        let short = frames.len() < PAGE;
-                        for (pos, frame) in frames.into_iter().take_while(|(pos, _)| *pos <= cursor.pos) {
-                            at.pos = pos;
-                            // Only this subscription: the others already have these events.
-                            self.send_shaped(Some(&at), &frame, &Lazy::default(), true, Some(index)).await?;
-                        }
-                        if short {
-                            break;
-                        }
+                    if short {
+                        break;
                     }
                 }
+            }
         }
         Ok(())
     }
@@ -254,7 +254,11 @@ impl Conn<'_> {
         };
         for frame in frames {
             let msg = Message::Text(frame.into());
-            if paced { self.send(msg).await? } else { self.send_live(msg).await? }
+            if paced {
+                self.send(msg).await?
+            } else {
+                self.send_live(msg).await?
+            }
             self.state.stats.messages_out.inc();
         }
         Ok(())
