@@ -46,8 +46,15 @@
 //! - A JSON object or array compares as its compact JSON text.
 //! - `like`/`ilike` match strings, and numbers and booleans by their JSON text; `ilike` lowers
 //!   both sides character by character (Unicode lowercase, as PostgreSQL's `lower()` does with
-//!   a libc UTF-8 locale). Matching takes time linear in the text times the pattern, whatever
-//!   the pattern.
+//!   a libc UTF-8 locale). Matching takes at most time proportional to the text's length times
+//!   the pattern's, whatever the pattern.
+//! - Timestamps are strings in the row's JSON, so they compare as text: right for `lt`/`gte`
+//!   on ISO 8601 literals written the way `row_to_json` writes them
+//!   (`2026-12-01T10:15:30+00:00`), not for other spellings or offsets.
+//!
+//! Where this differs from PostgREST's parsing: `in.("")` is the list holding the empty string
+//! (PostgREST reads it as the empty list); `\*` in a pattern is a literal `*` (PostgREST makes it
+//! `\%`, a literal `%`); an unquoted list value may not hold `(` (quote it).
 //!
 //! # Index
 //!
@@ -1542,7 +1549,7 @@ mod tests {
     #[test]
     fn like_and_ilike_patterns() {
         check(
-            json!({"s": "Smith & Sons", "n": 100.5, "u": "ÉCOLE ΟΔΟΣ", "p": "100%_x", "e": ""}),
+            json!({"s": "Smith & Sons", "n": 100.5, "u": "ÉCOLE ΟΔΟΣ", "p": "100%_x", "e": "", "star": "a*b"}),
             &[
                 ("s=like.Smith*", T),
                 ("s=like.smith*", F),
@@ -1570,6 +1577,12 @@ mod tests {
                 ("p=like.100\\%\\_y", F),
                 ("p=like.1\\00*", T),
                 ("s=like.Smith\\*", F),
+                ("p=like.100\\*_x", F),
+                ("p=like.*\\%*", T),
+                // `\*` is a literal star here.
+                ("star=like.a\\*b", T),
+                ("star=like.a\\*", F),
+                ("s=like.Smith\\* Sons", F),
                 // Unicode lowercase, character by character.
                 ("u=ilike.école*", T),
                 ("u=ilike.*οδοσ", T),
