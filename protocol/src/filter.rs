@@ -46,8 +46,15 @@
 //! - A JSON object or array compares as its compact JSON text.
 //! - `like`/`ilike` match strings, and numbers and booleans by their JSON text; `ilike` lowers
 //!   both sides character by character (Unicode lowercase, as PostgreSQL's `lower()` does with
-//!   a libc UTF-8 locale). Matching takes time linear in the text times the pattern, whatever
-//!   the pattern.
+//!   a libc UTF-8 locale). Matching takes at most time proportional to the text's length times
+//!   the pattern's, whatever the pattern.
+//! - Timestamps are strings in the row's JSON, so they compare as text: right for `lt`/`gte`
+//!   on ISO 8601 literals written the way `row_to_json` writes them
+//!   (`2026-12-01T10:15:30+00:00`), not for other spellings or offsets.
+//!
+//! Where this differs from PostgREST's parsing: `in.("")` is the list holding the empty string
+//! (PostgREST reads it as the empty list); `\*` in a pattern is a literal `*` (PostgREST makes it
+//! `\%`, a literal `%`); an unquoted list value may not hold `(` (quote it).
 //!
 //! # Index
 //!
@@ -494,8 +501,11 @@ struct Literal {
 enum Num {
     Finite {
         decimal: Decimal,
-        /// The value when it is an integer that fits: the fast path against integer rows.
-        int: Option<i128>,
+        /// The floor and whether it is the value, when it fits: integer rows compare with it.
+        floor: Option<(i128, bool)>,
+        /// The nearest f64: a float row that differs from it compares the same way with the
+        /// literal (see [`compare`]).
+        float: f64,
     },
     Infinity,
     NegInfinity,
@@ -536,9 +546,13 @@ impl Num {
         }
         let mut digits = vec![0; trimmed.len()];
         let decimal = DecimalRef::parse(trimmed, &mut digits)?;
-        let int = decimal.to_i128();
+        let floor = decimal.floor_i128();
+        let mut canonical = String::new();
+        decimal.write_canonical(&mut canonical).expect("writing to a String cannot fail");
+        // Scientific notation with any exponent parses (to an infinity or zero when far out).
+        let float = canonical.parse().ok()?;
         let decimal = Decimal { negative: decimal.negative, exponent: decimal.exponent, digits: decimal.digits.into() };
-        Some(Num::Finite { decimal, int })
+        Some(Num::Finite { decimal, floor, float })
     }
 }
 
@@ -646,19 +660,26 @@ impl<'a> DecimalRef<'a> {
         Some(DecimalRef { negative, exponent, digits: &buf[..n] })
     }
 
-    /// The value, when it is an integer within `i128`.
-    fn to_i128(self) -> Option<i128> {
-        let len = i64::try_from(self.digits.len()).ok()?;
-        // A fraction, or more digits than an i128 has.
-        if self.exponent < len || self.exponent > 39 {
+    /// The largest integer not above the value, and whether that is the value, when it is
+    /// within `i128`.
+    fn floor_i128(self) -> Option<(i128, bool)> {
+        // More digits before the point than an i128 has.
+        if self.exponent > 39 {
             return None;
         }
+        let integer_digits = usize::try_from(self.exponent).unwrap_or(0);
         let mut value: i128 = 0;
-        for position in 0..self.exponent {
-            let digit = usize::try_from(position).ok().and_then(|p| self.digits.get(p)).map_or(0, |d| d - b'0');
+        for position in 0..integer_digits {
+            let digit = self.digits.get(position).map_or(0, |d| d - b'0');
             value = value.checked_mul(10)?.checked_add(i128::from(digit))?;
         }
-        Some(if self.negative { -value } else { value })
+        // No trailing zeros: any digit after the point makes a fraction.
+        let exact = self.digits.len() <= integer_digits;
+        Some(match (self.negative, exact) {
+            (false, _) => (value, exact),
+            (true, true) => (-value, true),
+            (true, false) => (-value - 1, false),
+        })
     }
 
     fn cmp(self, other: DecimalRef<'_>) -> Ordering {
@@ -797,11 +818,21 @@ fn compare(value: &RowValue<'_>, literal: &Literal) -> Option<Ordering> {
             // A row's number is finite; PostgreSQL sorts NaN above every number.
             Num::Infinity | Num::NaN => Ordering::Less,
             Num::NegInfinity => Ordering::Greater,
-            Num::Finite { int: Some(int), .. } if n.as_i64().is_some() || n.as_u64().is_some() => {
-                let row = n.as_i64().map_or_else(|| n.as_u64().map(i128::from), |v| Some(i128::from(v)));
-                row.expect("checked to be an integer").cmp(int)
+            Num::Finite { decimal, floor, float } => {
+                let fast = match (n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from)), floor) {
+                    (Some(row), Some((floor, true))) => Some(row.cmp(floor)),
+                    // The literal has a fraction: never equal to an integer.
+                    (Some(row), Some((floor, false))) => {
+                        Some(if row <= *floor { Ordering::Less } else { Ordering::Greater })
+                    }
+                    (Some(_), None) => None,
+                    // Rounding to f64 keeps order, and the row's JSON text rounds to its f64: so
+                    // when the f64s differ, the decimals compare the same way. Only a tie needs
+                    // the exact decimals.
+                    (None, _) => n.as_f64().and_then(|row| row.partial_cmp(float)).filter(|o| o.is_ne()),
+                };
+                fast.unwrap_or_else(|| with_decimal(n, |row| row.cmp(decimal.as_ref())))
             }
-            Num::Finite { decimal, .. } => with_decimal(n, |row| row.cmp(decimal.as_ref())),
         }),
     }
 }
@@ -1324,6 +1355,44 @@ mod tests {
                 ("a=lt.1e400", T),
                 ("a=gt.-1e400", T),
                 ("a=gt.1e-400", T),
+                ("a=lt.1e99999999999999999999", T),
+                ("a=gt.1e-99999999999999999999", T),
+                ("z=lt.1e-99999999999999999999", T),
+                ("big=lt.1e99999999999999999999", T),
+            ],
+        );
+        // Integer rows against fractions, on both sides of zero.
+        check(
+            json!({"p": 5, "m": -5, "z": 0}),
+            &[
+                ("p=gt.4.5", T),
+                ("p=lt.5.5", T),
+                ("p=eq.5.0", T),
+                ("p=eq.5.5", F),
+                ("m=lt.-4.5", T),
+                ("m=gt.-5.5", T),
+                ("m=eq.-5.000", T),
+                ("m=gte.-4.999", F),
+                ("z=lt.0.5", T),
+                ("z=gt.-0.5", T),
+                ("p=lt.1e39", T),
+                ("m=gt.-1e39", T),
+                ("p=lt.1e40", T),
+                ("m=gt.-1e40", T),
+            ],
+        );
+        // Literals with more digits than an f64 keeps: they round to the row's f64, yet are
+        // not equal to the row's value (0.1 here, as its JSON text says).
+        check(
+            json!({"a": 0.1, "b": 100.5}),
+            &[
+                ("a=eq.0.1000000000000000055511151231257827", F),
+                ("a=lt.0.1000000000000000055511151231257827", T),
+                ("a=gt.0.09999999999999999999", T),
+                ("a=eq.0.1", T),
+                ("b=lte.100.50000000000000000001", T),
+                ("b=gte.100.49999999999999999999", T),
+                ("b=gt.100.49999999999999999999", T),
             ],
         );
         // NaN sorts above every number in PostgreSQL; infinities are infinite.
@@ -1480,7 +1549,7 @@ mod tests {
     #[test]
     fn like_and_ilike_patterns() {
         check(
-            json!({"s": "Smith & Sons", "n": 100.5, "u": "ÉCOLE ΟΔΟΣ", "p": "100%_x", "e": ""}),
+            json!({"s": "Smith & Sons", "n": 100.5, "u": "ÉCOLE ΟΔΟΣ", "p": "100%_x", "e": "", "star": "a*b"}),
             &[
                 ("s=like.Smith*", T),
                 ("s=like.smith*", F),
@@ -1508,6 +1577,12 @@ mod tests {
                 ("p=like.100\\%\\_y", F),
                 ("p=like.1\\00*", T),
                 ("s=like.Smith\\*", F),
+                ("p=like.100\\*_x", F),
+                ("p=like.*\\%*", T),
+                // `\*` is a literal star here.
+                ("star=like.a\\*b", T),
+                ("star=like.a\\*", F),
+                ("s=like.Smith\\* Sons", F),
                 // Unicode lowercase, character by character.
                 ("u=ilike.école*", T),
                 ("u=ilike.*οδοσ", T),
