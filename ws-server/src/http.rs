@@ -9,6 +9,11 @@
 //! `access_token` when auth is on (or `Authorization: Bearer`). Everything is checked before
 //! the upgrade: a bad parameter is a 400 naming it, a bad token a 401, a foreign `Origin` a 403.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "the error is the HTTP response a refused request gets, built once per request"
+)]
+
 use std::sync::{Arc, atomic::Ordering};
 
 use axum::{

@@ -21,10 +21,12 @@
 //! past what the replica missed, it says so with a [`Break`] in the ring, so every connection
 //! learns where the stream continues and protocol clients are told to take a snapshot.
 
+mod gates;
+
 use std::{
     collections::VecDeque,
     ops::Sub,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::SystemTime,
 };
 
@@ -32,6 +34,8 @@ use axum::extract::ws::Utf8Bytes;
 use protocol::{frames::ResetReason, log::Position};
 
 use crate::view::Lazy;
+use gates::{Gate, Gates};
+use protocol::filter::Filter;
 use tokio::sync::{Notify, broadcast::error::TryRecvError};
 
 /// A position with a shared epoch name, cheap to copy around per event.
@@ -70,6 +74,10 @@ pub(crate) struct Event {
     pub(crate) frame: Utf8Bytes,
     /// Its rows, parsed by the first connection whose subscriptions need them.
     pub(crate) parsed: Lazy,
+    /// Set by the feed that yields it: the position of the event this feed yielded before it.
+    /// The feed saw every event between the two, and none was for its connection (a gated
+    /// feed skips those), so a connection at or past `after` may take this one as the next.
+    pub(crate) after: Option<Cursor>,
 }
 
 impl Event {
@@ -176,12 +184,14 @@ pub(crate) struct Hub {
     bound: Bound,
     /// Woken on every push, for feeds waiting for an item or for their queue to overflow.
     pushed: Notify,
+    /// Gated feeds' filters: woken only for the events they match (`gates`).
+    gates: Mutex<Gates>,
 }
 
 impl Hub {
     pub(crate) fn new(bound: Bound) -> Self {
         let ring = Ring { slots: VecDeque::new(), base: Totals::default(), head: Totals::default(), newest: None };
-        Self { ring: RwLock::new(ring), bound, pushed: Notify::new() }
+        Self { ring: RwLock::new(ring), bound, pushed: Notify::new(), gates: Mutex::default() }
     }
 
     /// Sends one event to every connection.
@@ -197,12 +207,28 @@ impl Hub {
     }
 
     fn push(&self, item: Item, cursor: Option<Cursor>) {
-        {
+        let gated = match &item {
+            Item::Event(event) => Some(event.clone()),
+            Item::Break(_) => None,
+        };
+        let number = {
             let mut ring = self.ring.write().expect("hub lock is never poisoned");
             if cursor.is_some() {
                 ring.newest = cursor;
             }
             ring.push(item, self.bound);
+            ring.head.items
+        };
+        {
+            let mut gates = self.gates.lock().expect("gates lock is never poisoned");
+            if !gates.is_empty() {
+                let cap = usize::try_from(self.bound.events).unwrap_or(usize::MAX).saturating_add(1);
+                match &gated {
+                    // Parsed once here for every gated connection (and kept for their views).
+                    Some(event) => gates.offer_event(number, event.parsed.get(&event.frame), cap),
+                    None => gates.offer_all(number, cap),
+                }
+            }
         }
         self.pushed.notify_waiters();
     }
@@ -211,8 +237,15 @@ impl Hub {
     /// item the feed yields comes right after that position (`None`: no event yet).
     pub(crate) fn subscribe(&self) -> (Feed<'_>, Option<Cursor>) {
         let ring = self.ring.read().expect("hub lock is never poisoned");
-        (Feed { hub: self, taken: ring.head }, ring.newest.clone())
+        (Feed { hub: self, taken: ring.head, gate: None, last: ring.newest.clone() }, ring.newest.clone())
     }
+}
+
+/// A gated feed's registration.
+#[derive(Debug)]
+struct Gated {
+    gate: Arc<Gate>,
+    keys: Vec<u64>,
 }
 
 /// One connection's place in the hub.
@@ -221,6 +254,19 @@ pub(crate) struct Feed<'a> {
     hub: &'a Hub,
     /// Totals through the last item taken (or where the feed started).
     taken: Totals,
+    /// `Some`: woken only for the items its filters match.
+    gate: Option<Gated>,
+    /// The position of the last event yielded (or where the feed started, or `None` after it
+    /// skipped items without looking): what the next event's `after` says.
+    last: Option<Cursor>,
+}
+
+impl Drop for Feed<'_> {
+    fn drop(&mut self) {
+        if let Some(gated) = self.gate.take() {
+            self.hub.gates.lock().expect("gates lock is never poisoned").unregister(&gated.gate, &gated.keys);
+        }
+    }
 }
 
 impl Feed<'_> {
@@ -239,6 +285,15 @@ impl Feed<'_> {
     /// Cancel-safe: nothing is taken until the item is returned.
     pub(crate) async fn recv(&mut self) -> Result<Item, Lag> {
         loop {
+            if let Some(gate) = self.gate.as_ref().map(|g| g.gate.clone()) {
+                // A permit is kept by `notify_one`: an offer between the look and the wait is not lost.
+                match self.next() {
+                    Ok(item) => return Ok(item),
+                    Err(Some(lag)) => return Err(lag),
+                    Err(None) => gate.notify.notified().await,
+                }
+                continue;
+            }
             let pushed = self.hub.pushed.notified();
             tokio::pin!(pushed);
             // Registered before looking, so a push between the look and the wait still wakes us.
@@ -257,6 +312,17 @@ impl Feed<'_> {
     /// # Cancel safety
     /// Cancel-safe: it only looks.
     pub(crate) async fn overflowed(&self) -> Lag {
+        if let Some(gated) = &self.gate {
+            loop {
+                if let Some(lag) = self.gated_overflow(gated) {
+                    return lag;
+                }
+                gated.gate.notify.notified().await;
+                // Whatever woke us may be for `recv` as well: leave it a permit.
+                gated.gate.notify.notify_one();
+                tokio::task::yield_now().await;
+            }
+        }
         loop {
             let pushed = self.hub.pushed.notified();
             tokio::pin!(pushed);
@@ -275,6 +341,41 @@ impl Feed<'_> {
     /// from the replay log).
     pub(crate) fn skip_to_newest(&mut self) {
         self.taken = self.hub.ring.read().expect("hub lock is never poisoned").head;
+        self.last = None;
+        if let Some(gated) = &self.gate {
+            gated.gate.items.lock().expect("gate lock is never poisoned").clear();
+        }
+    }
+
+    /// Sets which events wake this feed: `Some(filters)` only those matching one of them (an
+    /// empty list: only breaks), `None` every event. Returns the newest position as of the
+    /// change: events after it are offered by the new filters.
+    pub(crate) fn gate_on(&mut self, filters: Option<&[&Filter]>) -> Option<Cursor> {
+        let mut gates = self.hub.gates.lock().expect("gates lock is never poisoned");
+        match (filters, self.gate.take()) {
+            (Some(filters), gated) => {
+                let gated = gated.unwrap_or_else(|| Gated { gate: Arc::default(), keys: Vec::new() });
+                let keys = gates.register(&gated.gate, &gated.keys, filters);
+                self.gate = Some(Gated { gate: gated.gate, keys });
+            }
+            (None, Some(gated)) => {
+                gates.unregister(&gated.gate, &gated.keys);
+                // What it skipped while gated was never looked at: the connection finds the gap
+                // against its cursor and reads it from the log.
+                self.skip_to_newest();
+            }
+            (None, None) => {}
+        }
+        self.hub.ring.read().expect("hub lock is never poisoned").newest.clone()
+    }
+
+    /// A gated feed's overflow: its oldest matched item left the ring before it was taken.
+    fn gated_overflow(&self, gated: &Gated) -> Option<Lag> {
+        let items = gated.gate.items.lock().expect("gate lock is never poisoned");
+        let first = *items.front()?;
+        let ring = self.hub.ring.read().expect("hub lock is never poisoned");
+        (first > self.taken.items && first <= ring.base.items)
+            .then(|| Lag { events: items.len() as u64, bytes: (ring.head - ring.base).bytes })
     }
 
     /// What this feed has not taken yet.
@@ -286,10 +387,59 @@ impl Feed<'_> {
     /// Takes the next item: `Err(None)` when there is none, `Err(Some(lag))` when it left the
     /// ring (this feed overflowed; it moves to the newest item).
     fn next(&mut self) -> Result<Item, Option<Lag>> {
+        let item = match &self.gate {
+            Some(gated) => self.next_gated(&gated.gate.clone()),
+            None => self.next_item(),
+        }?;
+        Ok(self.vouch(item))
+    }
+
+    /// Notes where the yielded item leaves this feed, and what the event before it was.
+    fn vouch(&mut self, item: Item) -> Item {
+        match item {
+            Item::Event(mut event) => {
+                event.after = self.last.take();
+                self.last = event.cursor().or_else(|| event.after.clone());
+                Item::Event(event)
+            }
+            Item::Break(brk) => {
+                self.last = Some(brk.resume.clone());
+                Item::Break(brk)
+            }
+        }
+    }
+
+    /// The next item its gate was offered.
+    fn next_gated(&mut self, gate: &Gate) -> Result<Item, Option<Lag>> {
+        let mut items = gate.items.lock().expect("gate lock is never poisoned");
+        let ring = self.hub.ring.read().expect("hub lock is never poisoned");
+        while let Some(&n) = items.front() {
+            if n <= self.taken.items {
+                items.pop_front(); // from before the feed last moved
+                continue;
+            }
+            if n <= ring.base.items {
+                let lag = Lag { events: items.len() as u64, bytes: (ring.head - ring.base).bytes };
+                items.clear();
+                self.taken = ring.head;
+                self.last = None;
+                return Err(Some(lag));
+            }
+            let index = usize::try_from(n - ring.base.items - 1).expect("the ring fits in memory");
+            let slot = ring.slots.get(index).ok_or(None)?;
+            items.pop_front();
+            self.taken = slot.through;
+            return Ok(slot.item.clone());
+        }
+        Err(None)
+    }
+
+    fn next_item(&mut self) -> Result<Item, Option<Lag>> {
         let ring = self.hub.ring.read().expect("hub lock is never poisoned");
         if ring.base.items > self.taken.items {
             let lag = ring.head - self.taken;
             self.taken = ring.head;
+            self.last = None;
             return Err(Some(lag));
         }
         // Items base+1 ..= head are slots[0 ..]; ours is taken+1.
@@ -312,6 +462,7 @@ mod tests {
             changed_at: None,
             frame: Utf8Bytes::from(format!("{pos}")),
             parsed: Lazy::default(),
+            after: None,
         }
     }
 
@@ -322,6 +473,7 @@ mod tests {
             frame: Utf8Bytes::from("x".repeat(bytes)),
             changed_at: None,
             parsed: Lazy::default(),
+            after: None,
         }
     }
 
@@ -347,6 +499,7 @@ mod tests {
             changed_at: None,
             frame: "legacy".into(),
             parsed: Lazy::default(),
+            after: None,
         });
         hub.publish(event(2));
         assert_eq!(hub.subscribe().1.map(|c| c.pos), Some(2), "frames without a position do not move it");
@@ -438,5 +591,90 @@ mod tests {
         let item = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.expect("woken by the push");
         assert_eq!(item.map(pos), Ok(1));
         push.await.expect("publisher task");
+    }
+
+    fn row(pos: u64, customer: &str) -> Event {
+        let frame = format!(
+            r#"{{"type":"event","epoch":"e","pos":{pos},"table":"orders","operation":"INSERT","order":{{"id":{pos},"customer":"{customer}"}}}}"#
+        );
+        Event {
+            epoch: Some("e".into()),
+            pos: Some(pos),
+            changed_at: None,
+            frame: frame.into(),
+            parsed: Lazy::default(),
+            after: None,
+        }
+    }
+
+    fn customer(c: &str) -> Filter {
+        Filter::parse([format!("customer=eq.{c}").as_str()]).unwrap()
+    }
+
+    #[test]
+    fn a_gated_feed_gets_only_its_matches_and_what_it_skipped_is_vouched_for() {
+        let hub = Hub::new(Bound { events: 8, bytes: UNBOUNDED });
+        hub.publish(row(1, "x"));
+        let (mut bob, _) = hub.subscribe();
+        let start = bob.gate_on(Some(&[&customer("bob")]));
+        assert_eq!(start.map(|c| c.pos), Some(1));
+        for (pos, c) in [(2, "al"), (3, "bob"), (4, "al"), (5, "al"), (6, "al"), (7, "al"), (8, "bob")] {
+            hub.publish(row(pos, c));
+        }
+        let Ok(Item::Event(first)) = bob.try_recv() else { panic!("bob's first event") };
+        assert_eq!((first.pos, first.after.map(|a| a.pos)), (Some(3), Some(1)));
+        let Ok(Item::Event(second)) = bob.try_recv() else { panic!("bob's second event") };
+        assert_eq!((second.pos, second.after.map(|a| a.pos)), (Some(8), Some(3)), "4..=7 skipped, vouched for");
+        assert_eq!(bob.try_recv().map(pos), Err(TryRecvError::Empty));
+        assert_eq!(bob.gate.as_ref().unwrap().gate.items.lock().unwrap().len(), 0, "only matches were offered");
+    }
+
+    #[test]
+    fn an_idle_gated_feed_never_overflows_and_breaks_reach_it() {
+        let hub = Hub::new(Bound { events: 2, bytes: UNBOUNDED });
+        let (mut quiet, _) = hub.subscribe();
+        quiet.gate_on(Some(&[&customer("nobody")]));
+        for pos in 1..=50 {
+            hub.publish(row(pos, "al"));
+        }
+        assert_eq!(quiet.try_recv().map(pos), Err(TryRecvError::Empty));
+        let head = Position { epoch: "f".into(), pos: 9 };
+        hub.publish_break(Break { reason: ResetReason::HistoryLost, resume: Cursor::new("f".into(), 3), head });
+        assert_eq!(quiet.try_recv().map(pos), Ok(3), "a break reaches every feed");
+    }
+
+    #[tokio::test]
+    async fn a_gated_feed_that_falls_behind_on_its_matches_overflows() {
+        let hub = Hub::new(Bound { events: 3, bytes: UNBOUNDED });
+        let (mut bob, _) = hub.subscribe();
+        bob.gate_on(Some(&[&customer("bob")]));
+        hub.publish(row(1, "bob"));
+        let lag = {
+            let noticed = bob.overflowed();
+            tokio::pin!(noticed);
+            assert!(futures_util::poll!(noticed.as_mut()).is_pending(), "its match is still in the ring");
+            for pos in 2..=5 {
+                hub.publish(row(pos, "al"));
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(5), noticed).await.expect("noticed")
+        };
+        assert_eq!(lag.events, 1);
+        assert!(matches!(bob.try_recv(), Err(TryRecvError::Lagged(1))));
+        hub.publish(row(6, "bob"));
+        assert_eq!(bob.try_recv().map(pos), Ok(6), "it continues with the newest");
+    }
+
+    #[test]
+    fn ungating_skips_to_the_newest_and_drops_the_registration() {
+        let hub = Hub::new(Bound { events: 8, bytes: UNBOUNDED });
+        let (mut feed, _) = hub.subscribe();
+        feed.gate_on(Some(&[&customer("bob")]));
+        hub.publish(row(1, "al"));
+        assert_eq!(feed.gate_on(None).map(|c| c.pos), Some(1));
+        assert!(hub.gates.lock().unwrap().is_empty());
+        hub.publish(row(2, "al"));
+        let Ok(Item::Event(next)) = feed.try_recv() else { panic!("every event now") };
+        assert_eq!((next.pos, next.after), (Some(2), None), "nothing vouched for across the switch");
+        drop(feed);
     }
 }

@@ -209,6 +209,7 @@ pub(crate) async fn serve(ws: Wire, opening: Opening, conn_id: u64, state: &AppS
         frame_budget: state.config.max_client_frames_per_second as f64,
         budget_at: Instant::now(),
     };
+    conn.regate();
     let end = conn.run(since, snapshot, conflate).await;
     conn.store_acks().await;
     match &end {
@@ -354,8 +355,11 @@ impl Conn<'_> {
                 Err(error) => dropped.push((sub.name().to_owned(), error)),
             }
         }
-        for (name, error) in dropped {
+        for (name, _) in &dropped {
             self.subs.retain(|s| s.name() != name);
+        }
+        self.regate();
+        for (name, error) in dropped {
             let message = format!("subscription ended: under the new token, {error}");
             self.refuse(ErrorCode::Forbidden, Some(name), message).await?;
         }

@@ -170,13 +170,13 @@ struct Probe<'a> {
 pub(crate) fn validate(payload: &[u8], epoch: Option<&Arc<str>>) -> Result<Event, String> {
     let text = std::str::from_utf8(payload).map_err(|e| format!("not UTF-8: {e}"))?;
     let Probed { epoch, pos, changed_at } = probe(text, epoch)?;
-    Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text), parsed: Lazy::default() })
+    Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text), parsed: Lazy::default(), after: None })
 }
 
 /// [`validate`] for a frame read from the log, already owned: no copy.
 pub(crate) fn validate_owned(text: String, epoch: Option<&Arc<str>>) -> Result<Event, String> {
     let Probed { epoch, pos, changed_at } = probe(&text, epoch)?;
-    Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text), parsed: Lazy::default() })
+    Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text), parsed: Lazy::default(), after: None })
 }
 
 /// What the hub's [`Event`] carries besides the frame.

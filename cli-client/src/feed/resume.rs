@@ -57,7 +57,7 @@ pub(super) async fn advance(
             not_resumed(cursor, problem, pending);
             Flow::Continue
         }
-        Step::Frame(inbound, raw) => frame(session, cursor, config, inbound, raw, pending),
+        Step::Frame(inbound, raw) => frame(session, cursor, config, *inbound, raw, pending),
     }
 }
 

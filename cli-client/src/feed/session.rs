@@ -52,7 +52,7 @@ pub(super) enum Step {
     /// The connection ended.
     Ended(DisconnectReason),
     /// A text frame, classified, and its text.
-    Frame(Inbound, String),
+    Frame(Box<Inbound>, String),
     /// A protocol connection sent no hello within `hello_timeout`.
     HelloTimeout,
     /// A `subscribe` went unanswered until `answer_deadline`.
@@ -179,7 +179,7 @@ impl Session {
         match message {
             Message::Text(text) => {
                 let text = text.as_str();
-                return Step::Frame(classify(text, self.protocol), text.to_owned());
+                return Step::Frame(Box::new(classify(text, self.protocol)), text.to_owned());
             }
             Message::Close(frame) => {
                 self.close = Some(match frame {

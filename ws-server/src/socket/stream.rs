@@ -67,6 +67,8 @@ impl Conn<'_> {
             Some(c) if c.epoch != *epoch => Verdict::Gap,
             Some(c) if pos <= c.pos => Verdict::Skip,
             Some(c) if pos == c.pos + 1 => Verdict::Send,
+            // A gated feed skipped the events between: none was for this connection.
+            Some(c) if event.after.as_ref().is_some_and(|a| a.epoch == c.epoch && a.pos <= c.pos) => Verdict::Send,
             Some(_) => Verdict::Gap,
         }
     }

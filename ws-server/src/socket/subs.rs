@@ -159,24 +159,48 @@ impl Conn<'_> {
             None => self.subs.push(sub),
         }
         let index = replacing.unwrap_or(self.subs.len() - 1);
+        let newest = self.regate();
         self.state.stats.subscriptions_made.inc();
         if self.subs.len() == 1 {
             // The only subscription: it moves the connection's cursor (as before subscriptions).
             return self.subscribe_live(since, frame.snapshot, frame.conflate).await;
         }
         self.conflate |= frame.conflate;
-        self.subscribe_beside(index, since, frame.snapshot).await
+        self.subscribe_beside(index, since, frame.snapshot, newest).await
     }
 
-    /// A subscription added beside others: it starts at the shared cursor, after its own
-    /// snapshot, or after its own replay from `since`.
-    async fn subscribe_beside(&mut self, index: usize, since: Option<Position>, snapshot: bool) -> Result<(), End> {
+    /// Tells the hub which events this connection's subscriptions want: a connection whose
+    /// every subscription is filtered is woken only for the events that match (`hub::gates`).
+    /// Returns the newest position as of the change: later events are matched with the new
+    /// subscriptions.
+    pub(super) fn regate(&mut self) -> Option<Cursor> {
+        let filters: Vec<&protocol::filter::Filter> = self.subs.iter().map(|s| s.view.filter()).collect();
+        let gated = filters.iter().all(|f| !f.is_empty());
+        self.rx.gate_on(gated.then_some(filters.as_slice()))
+    }
+
+    /// A subscription added beside others: it starts at the shared cursor or at `newest` (the
+    /// newest position when it was registered, before which the hub did not match events
+    /// against it), whichever is later; after its own snapshot; or after its own replay from
+    /// `since` up to that start.
+    async fn subscribe_beside(
+        &mut self,
+        index: usize,
+        since: Option<Position>,
+        snapshot: bool,
+        newest: Option<Cursor>,
+    ) -> Result<(), End> {
+        let start = match (&self.cursor, newest) {
+            (Some(c), Some(n)) if c.epoch == n.epoch => Some(if n.pos > c.pos { n } else { c.clone() }),
+            (c, n) => n.or_else(|| c.clone()),
+        };
+        self.subs[index].from = start.clone();
         let mut conn = self.log_conn().await?;
         if snapshot {
             let at = self.snapshot_for(&mut conn, index).await?;
-            match (&self.cursor, at) {
-                (Some(c), Some(at)) if c.epoch == at.epoch && at.pos < c.pos => {
-                    self.replay_sub(index, at.pos).await?;
+            match (&start, at) {
+                (Some(s), Some(at)) if s.epoch == at.epoch && at.pos < s.pos => {
+                    self.replay_sub(index, at.pos, s.clone()).await?;
                 }
                 (_, at) => self.subs[index].from = at,
             }
@@ -189,9 +213,11 @@ impl Conn<'_> {
                 }
             };
             self.state.stats.resumes.inc();
-            match &self.cursor {
-                Some(c) if *c.epoch == resume.epoch && resume.pos < c.pos => self.replay_sub(index, resume.pos).await?,
-                Some(c) if *c.epoch == resume.epoch => self.subs[index].from = Some(resume.into()),
+            match &start {
+                Some(s) if *s.epoch == resume.epoch && resume.pos < s.pos => {
+                    self.replay_sub(index, resume.pos, s.clone()).await?;
+                }
+                Some(s) if *s.epoch == resume.epoch => self.subs[index].from = Some(resume.into()),
                 _ => {}
             }
         }
@@ -205,9 +231,8 @@ impl Conn<'_> {
         self.send_frame(&ServerFrame::Subscribed { id, position }).await
     }
 
-    /// Sends subscription `index` the events after `after` up to the cursor, from the log.
-    async fn replay_sub(&mut self, index: usize, after: u64) -> Result<(), End> {
-        let Some(cursor) = self.cursor.clone() else { return Ok(()) };
+    /// Sends subscription `index` the events after `after` up to `cursor`, from the log.
+    async fn replay_sub(&mut self, index: usize, after: u64, cursor: Cursor) -> Result<(), End> {
         let mut conn = self.log_conn().await?;
         let state = self.state;
         let mut at = Cursor::new(cursor.epoch.clone(), after);
@@ -279,6 +304,7 @@ impl Conn<'_> {
             return self.refuse(ErrorCode::UnknownSubscription, Some(id), message).await;
         };
         self.subs.remove(index);
+        self.regate();
         debug!(conn_id = self.conn_id, sub = %id, "unsubscribed");
         self.send_frame(&ServerFrame::Unsubscribed { id }).await
     }
