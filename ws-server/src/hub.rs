@@ -677,4 +677,52 @@ mod tests {
         assert_eq!((next.pos, next.after), (Some(2), None), "nothing vouched for across the switch");
         drop(feed);
     }
+
+    /// What one event costs the replica as gated subscriptions grow: the push (parse once,
+    /// index lookup, offers) and the matched feeds taking their items. Run with
+    /// `cargo test --release -p ws-server --lib publish_cost -- --ignored --nocapture`
+    /// (figures in docs/filters-bench.md).
+    #[test]
+    #[ignore = "a benchmark: prints figures, asserts nothing"]
+    fn publish_cost_as_gated_subscriptions_grow() {
+        use std::time::Instant;
+        println!("| gated feeds | each event matches | per event (push + matched feeds take it) |");
+        println!("|---:|---:|---:|");
+        for feeds in [1usize, 100, 1_000, 10_000, 100_000] {
+            let hub = Hub::new(Bound { events: 1024, bytes: UNBOUNDED });
+            let filters: Vec<Filter> = (0..feeds).map(|i| customer(&format!("c{i}"))).collect();
+            let mut rxs: Vec<Feed<'_>> = filters
+                .iter()
+                .map(|f| {
+                    let (mut rx, _) = hub.subscribe();
+                    rx.gate_on(Some(&[f]));
+                    rx
+                })
+                .collect();
+            let events = 20_000u64;
+            let started = Instant::now();
+            for pos in 1..=events {
+                let target = (pos as usize * 7919) % feeds;
+                hub.publish(row(pos, &format!("c{target}")));
+                assert!(rxs[target].try_recv().is_ok());
+            }
+            let per = started.elapsed().as_nanos() as f64 / events as f64;
+            println!("| {feeds} | 1 | {:.2} µs |", per / 1000.0);
+        }
+        // For comparison: ungated feeds, each of which looks at every event.
+        for feeds in [1usize, 100, 1_000, 10_000] {
+            let hub = Hub::new(Bound { events: 1024, bytes: UNBOUNDED });
+            let mut rxs: Vec<Feed<'_>> = (0..feeds).map(|_| hub.subscribe().0).collect();
+            let events = 2_000u64;
+            let started = Instant::now();
+            for pos in 1..=events {
+                hub.publish(row(pos, "c0"));
+                for rx in &mut rxs {
+                    assert!(rx.try_recv().is_ok());
+                }
+            }
+            let per = started.elapsed().as_nanos() as f64 / events as f64;
+            println!("| ungated: {feeds} | all | {:.2} µs |", per / 1000.0);
+        }
+    }
 }
