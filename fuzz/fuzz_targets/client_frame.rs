@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 let (a, b) = (a.expect("client frames serialize"), b.expect("client frames serialize"));
                 assert!(same_but_float_rounding(&a, &b), "re-parsing {json} gave {again:?}, not {frame:?}");
             }
-            if let ClientFrame::Subscribe { since: Some(position), .. } = &frame {
+            if let ClientFrame::Subscribe(protocol::frames::Subscribe { since: Some(position), .. }) = &frame {
                 // The JSON form and the text form (`?since=EPOCH:POS`) name the same position.
                 assert_eq!(Position::parse(&position.to_string()).as_ref(), Ok(position));
             }
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
             let is_json = serde_json::from_str::<Value>(text).is_ok();
             assert_eq!(code == ErrorCode::InvalidJson, !is_json, "{code:?} for {text:?}");
             assert!(!message.is_empty());
-            let error = ServerFrame::Error { code, message };
+            let error = ServerFrame::Error { code, id: None, message };
             let parsed: ServerFrame = serde_json::from_str(&error.to_json()).expect("error frames parse back");
             assert_eq!(parsed, error);
         }
