@@ -684,6 +684,7 @@ mod tests {
     /// (figures in docs/filters-bench.md).
     #[test]
     #[ignore = "a benchmark: prints figures, asserts nothing"]
+    #[allow(clippy::print_stdout, reason = "a benchmark prints its table")]
     fn publish_cost_as_gated_subscriptions_grow() {
         use std::time::Instant;
         println!("| gated feeds | each event matches | per event (push + matched feeds take it) |");
