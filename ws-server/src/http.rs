@@ -253,6 +253,7 @@ async fn events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, h
         Ok(opened) => opened,
         Err(refused) => return refused,
     };
+    let origin = headers.get(header::ORIGIN).cloned();
     let (wire, body) = SseWire::new();
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let shutdown = state.shutdown.clone();
@@ -273,5 +274,11 @@ async fn events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, h
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx (and other proxies that honour it) must pass each event on at once.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // An EventSource on another origin may read the stream once its Origin passed the check
+    // (`WS_ALLOWED_ORIGINS`); no credentials are involved (tokens are in the URL or a header).
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
     response
 }
