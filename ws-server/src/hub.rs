@@ -317,10 +317,8 @@ impl Feed<'_> {
                 if let Some(lag) = self.gated_overflow(gated) {
                     return lag;
                 }
+                // Taking the permit is harmless: `recv` looks at the queue before it waits.
                 gated.gate.notify.notified().await;
-                // Whatever woke us may be for `recv` as well: leave it a permit.
-                gated.gate.notify.notify_one();
-                tokio::task::yield_now().await;
             }
         }
         loop {
