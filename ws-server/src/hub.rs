@@ -241,6 +241,9 @@ impl Hub {
     }
 }
 
+/// How often a gated feed whose send is blocked looks whether its items left the ring.
+const GATED_OVERFLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A gated feed's registration.
 #[derive(Debug)]
 struct Gated {
@@ -317,8 +320,10 @@ impl Feed<'_> {
                 if let Some(lag) = self.gated_overflow(gated) {
                     return lag;
                 }
-                // Taking the permit is harmless: `recv` looks at the queue before it waits.
-                gated.gate.notify.notified().await;
+                // Its items leave the ring when other connections' events are pushed, which do
+                // not wake it: look again now and then while the send is blocked. Taking the
+                // permit is harmless: `recv` looks at the queue before it waits.
+                let _ = tokio::time::timeout(GATED_OVERFLOW_CHECK, gated.gate.notify.notified()).await;
             }
         }
         loop {
