@@ -237,17 +237,6 @@ pub(crate) async fn serve(ws: Wire, opening: Opening, conn_id: u64, state: &AppS
 
 impl Conn<'_> {
     async fn run(&mut self, since: Option<Position>, snapshot: bool, conflate: bool) -> End {
-        if self.mode.speaks() {
-            let hello = ServerFrame::Hello {
-                protocol: PROTOCOL_VERSION,
-                server_id: self.state.server_id.clone(),
-                max_frame_bytes: self.state.config.max_frame_bytes,
-                position: self.cursor.as_ref().map(Cursor::to_position),
-            };
-            if let Err(end) = self.send_frame(&hello).await {
-                return end;
-            }
-        }
         let mut since = since;
         if since.is_none()
             && !snapshot
@@ -257,6 +246,25 @@ impl Conn<'_> {
             match self.consumer_position(&key).await {
                 Ok(stored) => since = stored,
                 Err(end) => return end,
+            }
+        }
+        if self.mode.speaks() {
+            // The stream starts after `hello.position` only when nothing is replayed first: an
+            // SSE client takes it as its `Last-Event-ID`, which must never pass what follows.
+            let replays = since.is_some() || snapshot;
+            let position = if replays && self.mode == Mode::Sse {
+                None
+            } else {
+                self.cursor.as_ref().map(Cursor::to_position)
+            };
+            let hello = ServerFrame::Hello {
+                protocol: PROTOCOL_VERSION,
+                server_id: self.state.server_id.clone(),
+                max_frame_bytes: self.state.config.max_frame_bytes,
+                position,
+            };
+            if let Err(end) = self.send_frame(&hello).await {
+                return end;
             }
         }
         if (since.is_some() || snapshot || conflate)
