@@ -480,14 +480,18 @@ async fn a_filtered_snapshot_taken_during_writes_and_the_events_after_it_fold_to
     let (all, _) = WsClient::connect_protocol(&ws.ws_url()).await;
     let watcher = follow(all, Fold::events_only("all"), finish.clone(), Some(progress_tx));
 
+    // Writes until told to stop (once every view is open and a little more), a few hundred
+    // changes a second, however fast the machine.
+    let (stop_writes, writing) = watch::channel(false);
     let writer = tokio::spawn({
         let db = db.clone();
         async move {
             let mut rng = Rng(0xc0ffee);
             let (mut ids, mut next_id, mut changed) = (Vec::new(), 1, 0);
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-            while tokio::time::Instant::now() < deadline && changed < 800 {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !*writing.borrow() && tokio::time::Instant::now() < deadline {
                 changed += exec(&db, &random_change(&mut rng, &mut ids, &mut next_id)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             changed
         }
@@ -511,6 +515,8 @@ async fn a_filtered_snapshot_taken_during_writes_and_the_events_after_it_fold_to
     let mut client = open(&ws.ws_url(), &[]).await;
     client.send_json(&json!({"type": "subscribe", "filter": ["status=eq.pending"], "snapshot": true})).await;
     readers.push(follow(client, Fold::new(views[2].0), finish.clone(), None));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_writes.send_replace(true);
 
     let changed = timeout(WAIT, writer).await.expect("the writer stops").expect("the writer did not panic");
     timeout(WAIT, progress.wait_for(|n| *n >= changed)).await.expect("every event reaches the watcher").unwrap();
