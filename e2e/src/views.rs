@@ -92,6 +92,19 @@ impl Fold {
         Fold { name: name.into(), ..Fold::default() }
     }
 
+    /// A fold that already holds `rows`, the view as of `epoch:pos` (a client resuming with
+    /// `since`); `snapshot_at` is `pos`.
+    pub fn resuming(name: impl Into<String>, rows: BTreeMap<i64, Value>, epoch: &str, pos: u64) -> Fold {
+        Fold {
+            name: name.into(),
+            rows,
+            position: Some((epoch.to_owned(), pos)),
+            snapshot_at: Some(pos),
+            complete: true,
+            ..Fold::default()
+        }
+    }
+
     /// The ids it holds.
     pub fn ids(&self) -> Vec<i64> {
         self.rows.keys().copied().collect()

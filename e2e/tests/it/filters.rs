@@ -752,6 +752,129 @@ async fn several_subscriptions_on_one_connection_name_theirs_in_each_frame() {
     assert_eq!(f[0], Vec::<Value>::new(), "no subscription left");
 }
 
+/// Applies a frame of a connection with named subscriptions to the fold of each subscription
+/// it is for (`subs` of an event, `id` of a snapshot).
+fn dispatch(folds: &mut BTreeMap<&str, Fold>, frame: &Value) {
+    let names: Vec<&str> = match frame["type"].as_str() {
+        Some("event") => frame["subs"]
+            .as_array()
+            .expect("events name their subscriptions")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect(),
+        Some("snapshot") => vec![frame["id"].as_str().expect("a named snapshot")],
+        _ => return,
+    };
+    for name in names {
+        folds.get_mut(name).unwrap_or_else(|| panic!("a frame for {name}, which is not held: {frame}")).apply(frame);
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_added_beside_others_during_writes_start_with_their_own_snapshot_or_replay() {
+    let system = System::start(1).await;
+    let db = pool(&system).await;
+    nullable_columns(&db).await;
+    let ws = &system.ws[0];
+    let (mut all, _) = WsClient::connect_protocol(&ws.ws_url()).await;
+    let mut rng = Rng(0xbe5_1de);
+    let (mut ids, mut next_id) = (Vec::new(), 1);
+    let mut changes = async |n: usize, rng: &mut Rng, ids: &mut Vec<i64>, next_id: &mut i64| -> Vec<Value> {
+        let mut changed = 0;
+        for _ in 0..n {
+            changed += exec(&db, &random_change(rng, ids, next_id)).await;
+        }
+        all.events(changed).await
+    };
+    let mut events = changes(20, &mut rng, &mut ids, &mut next_id).await;
+
+    // a: the only subscription, from a snapshot (it moves the connection's place).
+    let mut multi = open(&ws.ws_url(), &[("subscribe", "false")]).await;
+    let conditions = BTreeMap::from([
+        ("a", "status = 'pending'"),
+        ("b", "amount >= 100"),
+        // `not.` of a comparison: NULL amounts are in neither b nor c.
+        ("c", "NOT (amount >= 100)"),
+    ]);
+    let mut folds = BTreeMap::from([("a", Fold::new("a")), ("b", Fold::new("b"))]);
+    multi.send_json(&json!({"type": "subscribe", "id": "a", "filter": "status=eq.pending", "snapshot": true})).await;
+    for frame in multi.frames_until("subscribed").await {
+        dispatch(&mut folds, &frame);
+    }
+    events.extend(changes(30, &mut rng, &mut ids, &mut next_id).await);
+    // Where c will resume from, and what it held then.
+    let mark = events.last().unwrap().clone();
+    let (epoch, at) = (mark["epoch"].as_str().unwrap(), pos(&mark));
+    let held = sql_view(&db, conditions["c"]).await;
+    folds.insert("c", Fold::resuming("c", held, epoch, at));
+    events.extend(changes(30, &mut rng, &mut ids, &mut next_id).await);
+
+    // b (a snapshot, other columns) and c (a replay from the mark) join while rows change.
+    let (finish_tx, finish) = watch::channel(false);
+    let (progress_tx, mut progress) = watch::channel(0);
+    let watcher = follow(all, Fold::events_only("all"), finish.clone(), Some(progress_tx));
+    let (stop_writes, writing) = watch::channel(false);
+    let writer = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut changed = 0;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while !*writing.borrow() && tokio::time::Instant::now() < deadline {
+                changed += exec(&db, &random_change(&mut rng, &mut ids, &mut next_id)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            changed
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b =
+        json!({"type": "subscribe", "id": "b", "filter": "amount=gte.100", "select": "id,amount", "snapshot": true});
+    multi.send_json(&b).await;
+    let frames = multi.frames_until("subscribed").await;
+    assert_eq!(frames.last().unwrap()["id"], "b");
+    let snapshot = frames.iter().find(|f| f["type"] == "snapshot").expect("b's snapshot");
+    assert_eq!(snapshot["id"], "b");
+    let b_at = snapshot["position"]["pos"].as_u64().unwrap();
+    for frame in &frames {
+        if frame["type"] == "event" {
+            assert!(frame["subs"] != json!(["b"]) || pos(frame) > b_at, "nothing for b up to its snapshot: {frame}");
+        }
+        dispatch(&mut folds, frame);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    multi.send_json(&json!({"type": "subscribe", "id": "c", "filter": "amount=not.gte.100", "since": {"epoch": epoch, "pos": at}})).await;
+    let frames = multi.frames_until("subscribed").await;
+    assert_eq!(frames.last().unwrap()["id"], "c");
+    for frame in &frames {
+        dispatch(&mut folds, frame);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_writes.send_replace(true);
+    let written = timeout(WAIT, writer).await.expect("the writer stops").expect("the writer did not panic");
+    let before = events.len();
+    timeout(WAIT, progress.wait_for(|n| *n >= written)).await.expect("every event reaches the watcher").unwrap();
+    finish_tx.send_replace(true);
+    events.extend(watcher.await.unwrap().events);
+    assert_eq!(events.len(), before + written);
+    for frame in until_pong(&mut multi, "done").await {
+        dispatch(&mut folds, &frame);
+    }
+    let (a_fold, c_fold) = (&folds["a"], &folds["c"]);
+    check_fold(&db, a_fold, &events, conditions["a"]).await;
+    check_fold(&db, c_fold, &events, conditions["c"]).await;
+    let b_fold = &folds["b"];
+    assert!(b_fold.violations.is_empty(), "{:?}", b_fold.violations);
+    let after: Vec<Value> = events.iter().filter(|e| pos(e) > b_at).cloned().collect();
+    assert_eq!(deliveries(&b_fold.events), expected(&db, &after, conditions["b"]).await, "b's events");
+    let want: BTreeMap<i64, Value> =
+        sql_view(&db, conditions["b"]).await.into_iter().map(|(id, row)| (id, project(&row, &["amount"]))).collect();
+    assert_eq!(b_fold.rows, want, "b holds its rows, with its columns");
+    assert!(
+        written >= 50 && b_at > pos(&mark),
+        "b's snapshot and c's replay were taken while {written} changes were written"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Malformed filters on the URL
 
