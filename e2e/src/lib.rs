@@ -10,6 +10,8 @@
 //! - [`Process`]: a service as a real process (for SIGKILL)
 //! - [`history`]: what reached Redis (the replay log, the state) and the table, to compare
 //! - `logs`: every service's log lines, read back with [`Service::logs`]
+//! - [`views`]: subscription views (filters, select, table): URLs, a folding client, what
+//!   PostgreSQL says a view holds
 
 mod client;
 mod follower;
@@ -17,6 +19,7 @@ pub mod history;
 mod logs;
 mod process;
 mod service;
+pub mod views;
 
 pub use client::WsClient;
 pub use follower::{Follower, PlainFollower};

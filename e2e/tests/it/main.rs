@@ -4,6 +4,7 @@ mod chaos;
 mod close_codes;
 mod durability;
 mod faults;
+mod filters;
 mod logging;
 mod metrics;
 mod nginx;
