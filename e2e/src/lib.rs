@@ -7,6 +7,8 @@
 //! - [`WsClient`]: a WebSocket client with bounded waits
 //! - [`Follower`]: a resuming client that keeps a copy of the rows and records broken promises;
 //!   [`PlainFollower`]: the same for a plain connection that must last
+//! - [`SseClient`], [`SseRequest`]: a raw Server-Sent Events client (plain HTTP/1.1, chunked
+//!   bodies, the event-stream parser) with bounded waits
 //! - [`Process`]: a service as a real process (for SIGKILL)
 //! - [`history`]: what reached Redis (the replay log, the state) and the table, to compare
 //! - `logs`: every service's log lines, read back with [`Service::logs`]
@@ -20,11 +22,13 @@ mod logs;
 mod process;
 mod service;
 pub mod views;
+pub mod sse;
 
 pub use client::WsClient;
 pub use follower::{Follower, PlainFollower};
 pub use process::Process;
 pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, spawn_ws_on, ws_config};
+pub use sse::{SseClient, SseEvent, SseItem, SseRequest};
 pub use testkit::http_get;
 
 use std::time::Duration;

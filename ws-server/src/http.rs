@@ -254,7 +254,10 @@ async fn events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, h
         Err(refused) => return refused,
     };
     let origin = headers.get(header::ORIGIN).cloned();
-    let (wire, body) = SseWire::new();
+    // A stream that replays first (from `Last-Event-ID`, `since`, or a consumer's last ack)
+    // is behind the position its hello names.
+    let resumes = opening.since.is_some() || (opening.consumer.is_some() && !opening.snapshot);
+    let (wire, body) = SseWire::new(resumes);
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let shutdown = state.shutdown.clone();
     let task = state.clone();

@@ -249,14 +249,8 @@ impl Conn<'_> {
             }
         }
         if self.mode.speaks() {
-            // The stream starts after `hello.position` only when nothing is replayed first: an
-            // SSE client takes it as its `Last-Event-ID`, which must never pass what follows.
-            let replays = since.is_some() || snapshot;
-            let position = if replays && self.mode == Mode::Sse {
-                None
-            } else {
-                self.cursor.as_ref().map(Cursor::to_position)
-            };
+            // (SSE leaves the `id:` off a hello that a replay follows: `sse`.)
+            let position = self.cursor.as_ref().map(Cursor::to_position);
             let hello = ServerFrame::Hello {
                 protocol: PROTOCOL_VERSION,
                 server_id: self.state.server_id.clone(),

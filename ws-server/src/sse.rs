@@ -5,7 +5,11 @@
 //!   and the same JSON as the WebSocket frame as `data:`;
 //! - the protocol's other frames are named events (`event: hello`, `snapshot`, `subscribed`,
 //!   `reset`, `rebased`, `conflated`, `error`), with `id:` where they carry a position the
-//!   stream continues after, so `Last-Event-ID` always resumes at the right place;
+//!   stream continues after, so `Last-Event-ID` always resumes at the right place. `hello`
+//!   names the replica's newest position, which a resuming stream (`Last-Event-ID`, `since`,
+//!   a durable consumer) has not reached yet: it replays from further back first. There the
+//!   hello sets no `id:`, or a stream cut before the replay's end would come back after
+//!   events it never received;
 //! - a heartbeat comment (`: heartbeat`) every `WS_HEARTBEAT_INTERVAL`, and a `retry:` hint;
 //! - where a WebSocket would be closed with a code, the stream ends with
 //!   `event: close` and `data: {"code":…,"reason":"…"}`.
@@ -32,6 +36,8 @@ pub(crate) const RETRY_MS: u64 = 1000;
 /// One SSE stream, as a connection's transport.
 pub(crate) struct SseWire {
     tx: PollSender<Bytes>,
+    /// Whether `hello` sets `id:` (the stream continues after its position: no replay).
+    hello_id: bool,
     /// Resolves when the body was dropped (the client went away).
     gone: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -43,22 +49,24 @@ impl std::fmt::Debug for SseWire {
 }
 
 impl SseWire {
-    /// A stream and the body that carries it.
-    pub(crate) fn new() -> (Self, impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send) {
+    /// A stream and the body that carries it. `resumes`: the stream starts with a replay from
+    /// an older position than the replica's newest (then `hello` sets no `id:`).
+    pub(crate) fn new(resumes: bool) -> (Self, impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send) {
         let (tx, rx) = mpsc::channel::<Bytes>(1);
         let first = Bytes::from(format!("retry: {RETRY_MS}\n\n"));
         tx.try_send(first).expect("a new channel has room");
         let watch = tx.clone();
         let gone = Box::pin(async move { watch.closed().await });
         let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) });
-        (Self { tx: PollSender::new(tx), gone }, body)
+        (Self { tx: PollSender::new(tx), hello_id: !resumes, gone }, body)
     }
 }
 
-/// The SSE text of one frame; `None` for what SSE does not carry.
-pub(crate) fn encode(msg: &Message) -> Option<String> {
+/// The SSE text of one frame; `None` for what SSE does not carry. `hello_id`: whether a
+/// `hello` sets `id:` to its position.
+pub(crate) fn encode(msg: &Message, hello_id: bool) -> Option<String> {
     match msg {
-        Message::Text(text) => Some(encode_frame(text.as_str())),
+        Message::Text(text) => Some(encode_frame(text.as_str(), hello_id)),
         Message::Ping(_) => Some(": heartbeat\n\n".to_owned()),
         Message::Close(frame) => {
             let (code, reason) = frame.as_ref().map_or((1000, ""), |f| (f.code, f.reason.as_str()));
@@ -69,7 +77,7 @@ pub(crate) fn encode(msg: &Message) -> Option<String> {
     }
 }
 
-fn encode_frame(frame: &str) -> String {
+fn encode_frame(frame: &str, hello_id: bool) -> String {
     let mut out = String::with_capacity(frame.len() + 48);
     match frame_type(frame) {
         Some("event") => {
@@ -79,9 +87,12 @@ fn encode_frame(frame: &str) -> String {
         }
         Some(kind) => {
             let _ = writeln!(out, "event: {kind}");
-            if matches!(kind, "hello" | "snapshot" | "subscribed" | "rebased")
-                && let Some(position) = control_position(frame)
-            {
+            let positioned = match kind {
+                "hello" => hello_id,
+                "snapshot" | "subscribed" | "rebased" => true,
+                _ => false,
+            };
+            if positioned && let Some(position) = control_position(frame) {
                 let _ = writeln!(out, "id: {position}");
             }
         }
@@ -126,7 +137,7 @@ impl Sink<Message> for SseWire {
     }
 
     fn start_send(mut self: Pin<&mut Self>, msg: Message) -> Result<(), Self::Error> {
-        match encode(&msg) {
+        match encode(&msg, self.hello_id) {
             Some(text) => self.tx.send_item(Bytes::from(text)).map_err(|_| gone()),
             // Nothing to write: give back the slot `poll_ready` reserved.
             None => {
@@ -164,24 +175,39 @@ mod tests {
     #[test]
     fn events_carry_their_position_as_id_and_no_name() {
         let frame = format!("{}7,\"table\":\"orders\"}}", protocol::log::frame_prefix("k3x"));
-        let out = encode(&Message::Text(frame.clone().into())).unwrap();
+        let out = encode(&Message::Text(frame.clone().into()), true).unwrap();
         assert_eq!(out, format!("id: k3x:7\ndata: {frame}\n\n"));
     }
 
     #[test]
     fn control_frames_are_named_and_positions_become_ids() {
-        let out = encode_frame(r#"{"type":"snapshot","position":{"epoch":"e","pos":4},"rows":[]}"#);
+        let out = encode_frame(r#"{"type":"snapshot","position":{"epoch":"e","pos":4},"rows":[]}"#, true);
         assert!(out.starts_with("event: snapshot\nid: e:4\ndata: {"), "{out}");
         let out = encode_frame(
             r#"{"type":"reset","reason":"beyond_retention","position":{"epoch":"e","pos":9},"message":"m"}"#,
+            true,
         );
         assert!(out.starts_with("event: reset\ndata: "), "a reset moves nothing: {out}");
     }
 
     #[test]
+    fn hello_sets_an_id_only_when_the_stream_continues_after_it() {
+        let hello =
+            r#"{"type":"hello","protocol":1,"server_id":"s","max_frame_bytes":1,"position":{"epoch":"e","pos":9}}"#;
+        assert!(encode_frame(hello, true).starts_with("event: hello\nid: e:9\ndata: {"));
+        // A resume replays from before e:9 first: an id of e:9 would skip that replay on a reconnect.
+        assert!(encode_frame(hello, false).starts_with("event: hello\ndata: {"));
+        let subscribed = r#"{"type":"subscribed","position":{"epoch":"e","pos":12}}"#;
+        assert!(encode_frame(subscribed, false).starts_with("event: subscribed\nid: e:12\n"));
+    }
+
+    #[test]
     fn heartbeats_are_comments_and_closes_say_why() {
-        assert_eq!(encode(&Message::Ping(Bytes::new())).unwrap(), ": heartbeat\n\n");
+        assert_eq!(encode(&Message::Ping(Bytes::new()), true).unwrap(), ": heartbeat\n\n");
         let close = Message::Close(Some(CloseFrame { code: 4011, reason: Utf8Bytes::from("token expired") }));
-        assert_eq!(encode(&close).unwrap(), "event: close\ndata: {\"code\":4011,\"reason\":\"token expired\"}\n\n");
+        assert_eq!(
+            encode(&close, true).unwrap(),
+            "event: close\ndata: {\"code\":4011,\"reason\":\"token expired\"}\n\n"
+        );
     }
 }

@@ -13,5 +13,6 @@ mod publisher_shutdown;
 mod resume;
 mod shutdown;
 mod slow;
+mod sse;
 mod websocket;
 mod wipe;

@@ -1,18 +1,18 @@
 //! The shipped load-balancer configuration, run: a private nginx built from
 //! `deploy/nginx-debian.conf` and `deploy/ws-proxy.conf` (only the replica addresses and the
-//! listen address substituted) in front of two ws-server replicas (or, for event streams until
-//! ws-server serves `/events`, a stand-in upstream). If the shipped files stop parsing on
-//! Debian's nginx, stop passing the WebSocket upgrade or `?since=`/`Last-Event-ID`, or start
-//! buffering event streams, these tests fail.
+//! listen address substituted) in front of two ws-server replicas (in-process, or real
+//! processes where one is SIGKILLed), and in front of a stand-in upstream that writes an event
+//! stream one event at a time. If the shipped files stop parsing on Debian's nginx, stop
+//! passing the WebSocket upgrade or `?since=`/`Last-Event-ID`, or start buffering event
+//! streams, these tests fail.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use e2e::{System, WAIT, WsClient};
+use e2e::{Process, SseClient, SseItem, SseRequest, System, WAIT, WsClient};
 use serde_json::Value;
 use testkit::NginxServer;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
     time::timeout,
 };
 
@@ -102,84 +102,92 @@ async fn websocket_through_the_shipped_nginx_config_reaches_both_replicas_resume
     drop(nginx);
 }
 
-/// A minimal server-sent-events reader: `GET path` with optional `Last-Event-ID`, then one
-/// `(id, data)` per event as the lines arrive. It asks with HTTP/1.0 so the body comes without
-/// chunked encoding (nginx then ends it by closing), and the lines are the events' own.
-struct Sse {
-    lines: tokio::io::Lines<BufReader<TcpStream>>,
+/// A ws-server replica as a real process named `name` (its hello's `server_id`), so it can be
+/// SIGKILLed.
+async fn replica(name: &str, system: &System, dir: &Path) -> Process {
+    let port = testkit::free_port();
+    let env = [
+        ("REDIS_URL", system.redis.url()),
+        ("PORT", port.to_string()),
+        ("WS_BIND_ADDR", "127.0.0.1".to_owned()),
+        ("WS_SERVER_ID", name.to_owned()),
+        ("RETRY_MIN_DELAY", "50ms".to_owned()),
+        ("RETRY_MAX_DELAY", "500ms".to_owned()),
+    ];
+    let process = Process::start(env!("CARGO_BIN_EXE_e2e-ws-server"), name, port, &env, dir);
+    process.wait_ready().await;
+    process
 }
 
-impl Sse {
-    async fn open(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Sse {
-        let mut stream = timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
-        let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}\r\n");
-        stream.write_all(request.as_bytes()).await.expect("send request");
-        let mut lines = BufReader::new(stream).lines();
-        let status = Self::line(&mut lines).await;
-        assert!(status.starts_with("HTTP/1.1 200"), "SSE answered {status:?}");
-        let mut content_type = String::new();
-        loop {
-            let header = Self::line(&mut lines).await;
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-type")
-            {
-                content_type = value.trim().to_owned();
-            }
-        }
-        assert!(content_type.starts_with("text/event-stream"), "content type {content_type:?}");
-        Sse { lines }
+/// An event stream through nginx: 200, `text/event-stream`, the retry hint, then hello; the
+/// stream and hello's data.
+async fn sse_via(nginx: &NginxServer, last_event_id: Option<&str>) -> (SseClient, Value) {
+    let mut request = SseRequest::new(nginx.addr(), "/events");
+    if let Some(id) = last_event_id {
+        request = request.last_event_id(id);
     }
+    let mut sse = request.send().await;
+    assert_eq!(sse.status, 200, "{}", sse.status_line);
+    assert_eq!(sse.header("content-type"), Some("text/event-stream"));
+    assert_eq!(sse.next_event().await.retry, Some(1000), "the retry hint first");
+    let hello = sse.next_event().await;
+    assert!(hello.is("hello"), "{hello}");
+    (sse, hello.json())
+}
 
-    async fn line(lines: &mut tokio::io::Lines<BufReader<TcpStream>>) -> String {
-        timeout(WAIT, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no SSE line within {WAIT:?} (buffered by the proxy?)"))
-            .expect("read")
-            .expect("stream open")
-    }
-
-    /// The next event that carries data, as `(id, data)`; comments (keep-alives) are skipped.
-    async fn next_event(&mut self) -> (String, Value) {
-        let (mut id, mut data) = (String::new(), String::new());
-        loop {
-            let line = Self::line(&mut self.lines).await;
-            if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().to_owned();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            } else if line.is_empty() && !data.is_empty() {
-                return (id, serde_json::from_str(&data).expect("SSE data is JSON"));
-            }
-        }
-    }
+async fn insert(system: &System, name: &str) {
+    system.sql(&format!("INSERT INTO orders (customer_name, product_name) VALUES ('{name}', 'sse')")).await;
 }
 
 #[tokio::test]
-#[ignore = "needs GET /events (SSE) on ws-server, which is not on this branch yet; run with --ignored once it lands"]
-async fn sse_through_the_shipped_nginx_config_streams_unbuffered_and_resumes_with_last_event_id() {
-    let system = System::start(2).await;
-    let nginx = nginx_in_front_of(&system).await;
-    let mut a = Sse::open(nginx.addr(), "/events", None).await;
-    let mut b = Sse::open(nginx.addr(), "/events", None).await;
+async fn sse_through_the_shipped_nginx_config_streams_unbuffered_and_resumes_after_a_replica_is_killed() {
+    let system = System::start(0).await;
+    let dir = tempfile::tempdir().expect("log dir");
+    let mut replicas = [replica("ws-a", &system, dir.path()).await, replica("ws-b", &system, dir.path()).await];
+    let addrs: Vec<SocketAddr> = replicas.iter().map(Process::addr).collect();
+    let nginx = NginxServer::start(SITE, |listen| debian_config(listen, &addrs)).await;
 
-    // Arriving within the wait at all proves nginx does not buffer the stream: one small event
-    // never fills a proxy buffer.
-    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Via', 'sse')").await;
-    let (id, first) = a.next_event().await;
-    assert_eq!(first["order"]["customer_name"], "Via");
-    assert_eq!(id, position(&first), "the SSE id is EPOCH:POS");
-    assert_eq!(b.next_event().await.1["id"], first["id"]);
+    // least_conn: with the first stream open, the second goes to the other replica.
+    let (mut a, hello_a) = sse_via(&nginx, None).await;
+    let (mut b, hello_b) = sse_via(&nginx, None).await;
+    assert_ne!(hello_a["server_id"], hello_b["server_id"], "nginx spread the streams: {hello_a} {hello_b}");
 
-    drop(b);
-    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Missed', 'sse')").await;
-    let (_, live) = a.next_event().await;
-    let mut resumed = Sse::open(nginx.addr(), "/events", Some(&id)).await;
-    let (_, replayed) = resumed.next_event().await;
-    assert_eq!(replayed["id"], live["id"], "Last-Event-ID through nginx replays the missed event");
+    // Each event arrives before the next is even committed: one small event never fills a
+    // proxy buffer, so arriving within the wait at all means nginx does not buffer the stream.
+    let mut last_a = String::new();
+    for name in ["v1", "v2"] {
+        insert(&system, name).await;
+        let change = a.next_change().await;
+        assert_eq!(change.json()["order"]["customer_name"], name);
+        assert_eq!(change.id.as_deref(), Some(position(&change.json()).as_str()), "the SSE id is EPOCH:POS");
+        assert_eq!(b.next_change().await.json(), change.json(), "the same event through both replicas");
+        last_a = change.id.unwrap();
+    }
+
+    // A's replica is SIGKILLed: its stream ends (no close event: nothing could send one).
+    let killed = replicas.iter().position(|r| hello_a["server_id"] == r.name.as_str()).expect("a's replica");
+    replicas[killed].kill().await;
+    let rest = a.read_to_end(WAIT).await;
+    assert!(!rest.iter().any(|i| matches!(i, SseItem::Event(e) if e.is_change())), "nothing after the kill: {rest:?}");
+    insert(&system, "m1").await; // while A's client is away
+    insert(&system, "m2").await;
+    let seen_by_b = b.changes(2).await;
+
+    // The client reconnects through nginx with its Last-Event-ID: nginx skips the dead replica,
+    // and the survivor replays exactly what was missed, then goes live.
+    let (mut resumed, hello) = sse_via(&nginx, Some(&last_a)).await;
+    assert_eq!(hello["server_id"], replicas[1 - killed].name.as_str(), "the replica still up");
+    let events = resumed.events_until("subscribed").await;
+    let missed: Vec<Value> = events.iter().filter(|e| e.is_change()).map(|e| e.json()).collect();
+    assert_eq!(missed.len() + 1, events.len(), "only changes before subscribed: {events:?}");
+    assert_eq!(missed, seen_by_b, "exactly the missed events, as the other replica sent them");
+    let first = last_a.rsplit_once(':').unwrap().1.parse::<u64>().unwrap();
+    let positions: Vec<u64> = missed.iter().map(|e| e["pos"].as_u64().unwrap()).collect();
+    assert_eq!(positions, [first + 1, first + 2], "consecutive after the Last-Event-ID");
+    insert(&system, "l1").await;
+    let live = resumed.next_change().await.json();
+    assert_eq!((live["order"]["customer_name"].as_str(), live["pos"].as_u64()), (Some("l1"), Some(first + 3)));
+    assert_eq!(b.next_change().await.json(), live);
     drop(nginx);
 }
 
@@ -210,12 +218,16 @@ async fn the_shipped_nginx_config_streams_events_as_written_and_passes_last_even
     });
     let nginx = NginxServer::start(SITE, |listen| debian_config(listen, &[upstream_addr])).await;
 
-    let mut events = Sse::open(nginx.addr(), "/events", Some("e:5")).await;
-    let (id, first) = events.next_event().await;
-    assert_eq!((id.as_str(), first["n"].as_i64()), ("e:6", Some(1)), "the first event before the stream ends");
+    // HTTP/1.0 here (nginx sends the body unchunked, ending it by closing), HTTP/1.1 (chunked)
+    // in the test above: both paths pass events through as written.
+    let mut events = SseRequest::new(nginx.addr(), "/events").last_event_id("e:5").http10().send().await;
+    assert_eq!(events.status, 200, "{}", events.status_line);
+    assert!(!events.is_chunked());
+    let first = events.next_change().await;
+    assert_eq!((first.id.as_deref(), first.json()["n"].as_i64()), (Some("e:6"), Some(1)), "before the next is written");
     next_tx.send(()).unwrap();
-    let (id, second) = events.next_event().await;
-    assert_eq!((id.as_str(), second["n"].as_i64()), ("e:7", Some(2)));
+    let second = events.next_change().await;
+    assert_eq!((second.id.as_deref(), second.json()["n"].as_i64()), (Some("e:7"), Some(2)));
 
     let request = timeout(WAIT, request_rx).await.expect("upstream saw the request").unwrap().to_ascii_lowercase();
     assert!(request.starts_with("get /events http/1.1\r\n"), "{request}");
