@@ -1,5 +1,6 @@
 //! End-to-end tests: real PostgreSQL and Redis servers, the real publisher and ws-server.
 
+mod auth;
 mod chaos;
 mod close_codes;
 mod durability;
@@ -12,5 +13,6 @@ mod publisher_shutdown;
 mod resume;
 mod shutdown;
 mod slow;
+mod support;
 mod websocket;
 mod wipe;
