@@ -3,6 +3,7 @@
 mod auth;
 mod chaos;
 mod close_codes;
+mod consumers;
 mod durability;
 mod faults;
 mod logging;
