@@ -6,6 +6,7 @@ mod close_codes;
 mod consumers;
 mod durability;
 mod faults;
+mod limits;
 mod logging;
 mod metrics;
 mod nginx;
