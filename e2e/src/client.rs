@@ -43,17 +43,37 @@ impl WsClient {
 
     /// Connects without a protocol, resuming with a `Last-Event-ID` header (the SSE way).
     pub async fn connect_with_last_event_id(url: &str, last_event_id: &str) -> WsClient {
-        Self::open_with(url, false, None, Some(last_event_id)).await
+        Self::open_with(url, false, None, &[("Last-Event-ID", last_event_id)]).await
+    }
+
+    /// Connects with extra request headers (`Authorization`, `Origin`, …); with `protocol`,
+    /// offering `orders.v1`, and then returns its `hello` frame too.
+    pub async fn connect_with_headers(
+        url: &str,
+        protocol: bool,
+        headers: &[(&str, &str)],
+    ) -> (WsClient, Option<Value>) {
+        let mut client = Self::open_with(url, protocol, None, headers).await;
+        let hello = match protocol {
+            true => Some(client.next_json().await),
+            false => None,
+        };
+        if let Some(hello) = &hello {
+            assert_eq!(hello["type"], "hello", "first frame is hello: {hello}");
+        }
+        (client, hello)
     }
 
     async fn open(url: &str, protocol: bool, recv_buffer: Option<u32>) -> WsClient {
-        Self::open_with(url, protocol, recv_buffer, None).await
+        Self::open_with(url, protocol, recv_buffer, &[]).await
     }
 
-    async fn open_with(url: &str, protocol: bool, recv_buffer: Option<u32>, last_event_id: Option<&str>) -> WsClient {
+    async fn open_with(url: &str, protocol: bool, recv_buffer: Option<u32>, headers: &[(&str, &str)]) -> WsClient {
         let mut request = url.into_client_request().expect("valid ws url");
-        if let Some(id) = last_event_id {
-            request.headers_mut().insert("Last-Event-ID", HeaderValue::from_str(id).expect("a header value"));
+        for (name, value) in headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("a header name");
+            request.headers_mut().append(name, HeaderValue::from_str(value).expect("a header value"));
         }
         if protocol {
             request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("orders.v1"));

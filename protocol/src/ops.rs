@@ -152,6 +152,39 @@ impl FloatGauge {
     }
 }
 
+type GaugeFamily = prometheus_client::metrics::family::Family<Vec<(&'static str, String)>, gauge::Gauge>;
+
+/// A gauge per value of one label (`ws_consumer_lag_events{consumer="…"}`), the whole set
+/// replaced at once by whoever keeps it current. Registered once, like every metric here: the
+/// registry exports the series as they are at each scrape.
+#[derive(Debug)]
+pub struct LabelledGauges {
+    label: &'static str,
+    family: GaugeFamily,
+    /// The label values set by the last [`Self::replace`].
+    values: std::sync::Mutex<Vec<String>>,
+}
+
+impl LabelledGauges {
+    /// No series yet; `label` names the label (`consumer`).
+    pub fn new(label: &'static str) -> Self {
+        Self { label, family: GaugeFamily::default(), values: std::sync::Mutex::default() }
+    }
+
+    /// Makes `values` the series: each label value with its number, and no other.
+    pub fn replace(&self, values: impl IntoIterator<Item = (String, i64)>) {
+        let values: Vec<(String, i64)> = values.into_iter().collect();
+        let mut previous = self.values.lock().expect("never poisoned");
+        for gone in previous.iter().filter(|old| !values.iter().any(|(value, _)| value == *old)) {
+            self.family.remove(&vec![(self.label, gone.clone())]);
+        }
+        for (value, v) in &values {
+            self.family.get_or_create(&vec![(self.label, value.clone())]).set(*v);
+        }
+        *previous = values.into_iter().map(|(value, _)| value).collect();
+    }
+}
+
 /// Upper bounds of [`Histogram::latency`], in seconds: a healthy pipeline delivers within
 /// milliseconds; the long tail is an outage being caught up on (Redis down, a failover).
 const LATENCY_BUCKETS: [f64; 15] =
@@ -216,19 +249,10 @@ impl Registry {
         self.register(name, help, histogram.0.clone());
     }
 
-    /// Registers `name` as a gauge family with one `label`, one series per value.
-    pub fn labelled_gauges(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &'static str,
-        values: impl IntoIterator<Item = (String, i64)>,
-    ) {
-        let family = prometheus_client::metrics::family::Family::<Vec<(&'static str, String)>, gauge::Gauge>::default();
-        for (value, v) in values {
-            family.get_or_create(&vec![(label, value)]).set(v);
-        }
-        self.register(name, help, family);
+    /// Registers `gauges` as `name`: one series per value of its label, as they are at each
+    /// scrape.
+    pub fn labelled_gauges(&mut self, name: &str, help: &str, gauges: &LabelledGauges) {
+        self.register(name, help, gauges.family.clone());
     }
 
     /// Registers `<prefix>_build_info`, constant 1, labelled with what this binary is: its
@@ -396,6 +420,22 @@ mod tests {
         demo.latency.observe(0.003);
         demo.readiness.set("redis", true);
         demo
+    }
+
+    #[test]
+    fn labelled_gauges_are_exported_as_they_are_at_each_scrape() {
+        let lag = LabelledGauges::new("consumer");
+        let mut registry = Registry::default();
+        registry.labelled_gauges("demo_lag_events", "Lag.", &lag);
+        assert!(!registry.encode(Format::Text).contains("demo_lag_events{"));
+        lag.replace([("a".to_owned(), 3), ("b/x".to_owned(), 0)]);
+        let text = registry.encode(Format::Text);
+        assert!(text.contains("demo_lag_events{consumer=\"a\"} 3\n"), "{text}");
+        assert!(text.contains("demo_lag_events{consumer=\"b/x\"} 0\n"), "{text}");
+        lag.replace([("b/x".to_owned(), 7)]);
+        let text = registry.encode(Format::Text);
+        assert!(!text.contains("consumer=\"a\""), "a series no longer given is gone: {text}");
+        assert!(text.contains("demo_lag_events{consumer=\"b/x\"} 7\n"), "{text}");
     }
 
     #[test]

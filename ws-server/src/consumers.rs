@@ -154,7 +154,7 @@ pub(crate) async fn watch(state: &AppState, shutdown: &CancellationToken) {
             .collect();
         lag.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         lag.truncate(MAX_LISTED);
-        *state.stats.consumer_lag.lock().expect("never poisoned") = lag;
+        state.stats.consumer_lag.replace(lag);
     }
 }
 

@@ -135,10 +135,10 @@ fn open(
     let token = match &claims {
         None => Token::default(),
         Some(claims) => {
+            // A 401 like any other refused token: with its RFC 6750 challenge.
             let scope = Scope::from_claims(&claims.filter, claims.select.as_deref()).map_err(|message| {
                 state.stats.auth_failures.inc();
-                (StatusCode::UNAUTHORIZED, format!("{message}; issue the token with a valid filter claim\n"))
-                    .into_response()
+                auth::AuthError::BadClaims(message).into_response()
             })?;
             let expires_at = Some(tokio::time::Instant::now() + state.auth.expires_in(claims));
             Token { scope, subject: claims.sub.clone(), expires_at }

@@ -342,12 +342,16 @@ impl Conn<'_> {
             }
         };
         if claims.sub != self.token.subject {
+            state.stats.auth_failures.inc();
             let message = "the new token is for another subject (sub); open a new connection for it".to_owned();
             return self.refuse(ErrorCode::Unauthorized, None, message).await;
         }
         let scope = match Scope::from_claims(&claims.filter, claims.select.as_deref()) {
             Ok(scope) => scope,
-            Err(message) => return self.refuse(ErrorCode::Unauthorized, None, message).await,
+            Err(message) => {
+                state.stats.auth_failures.inc();
+                return self.refuse(ErrorCode::Unauthorized, None, message).await;
+            }
         };
         let max_filters = state.config.max_filters;
         let mut dropped = Vec::new();

@@ -1,6 +1,6 @@
 //! Readiness and metrics of one ws-server replica.
 
-use protocol::ops::{Counter, Gauge, Health, Histogram, Readiness, Registry};
+use protocol::ops::{Counter, Gauge, Health, Histogram, LabelledGauges, Readiness, Registry};
 
 pub(crate) const REDIS: &str = "redis";
 
@@ -39,7 +39,7 @@ pub(crate) struct Stats {
     pub(crate) acks: Counter,
     pub(crate) sse_streams: Gauge,
     /// Durable consumers and how many events each is behind (refreshed by `consumers::watch`).
-    pub(crate) consumer_lag: std::sync::Mutex<Vec<(String, i64)>>,
+    pub(crate) consumer_lag: LabelledGauges,
     /// Seconds from an event's `ts` to its live frame sent to a client.
     pub(crate) delivery_latency: Histogram,
 }
@@ -78,7 +78,7 @@ impl Stats {
             tokens_expired: Counter::default(),
             acks: Counter::default(),
             sse_streams: Gauge::default(),
-            consumer_lag: std::sync::Mutex::default(),
+            consumer_lag: LabelledGauges::new("consumer"),
             delivery_latency: Histogram::latency(),
         }
     }
@@ -190,12 +190,10 @@ impl Health for Stats {
             "Server-Sent Events streams open now (also counted in ws_open_connections).",
             &self.sse_streams,
         );
-        let lag = self.consumer_lag.lock().expect("never poisoned").clone();
         out.labelled_gauges(
             "ws_consumer_lag_events",
             "Events each durable consumer is behind the newest position (from its last ack).",
-            "consumer",
-            lag,
+            &self.consumer_lag,
         );
         out.gauge("ws_redis_up", "Whether the Redis subscription is live.", self.readiness.gauge(REDIS));
     }

@@ -1,10 +1,13 @@
 //! End-to-end tests: real PostgreSQL and Redis servers, the real publisher and ws-server.
 
+mod auth;
 mod chaos;
 mod close_codes;
+mod consumers;
 mod durability;
 mod faults;
 mod filters;
+mod limits;
 mod logging;
 mod metrics;
 mod nginx;
@@ -14,5 +17,6 @@ mod resume;
 mod shutdown;
 mod slow;
 mod sse;
+mod support;
 mod websocket;
 mod wipe;
