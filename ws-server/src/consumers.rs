@@ -31,8 +31,14 @@ pub(crate) struct Key {
 }
 
 impl Key {
-    /// The key for consumer `name` of token subject `sub`.
-    pub(crate) fn new(name: &str, sub: Option<&str>) -> Result<Self, String> {
+    /// The key for consumer `name` of token subject `sub`; with auth on (`authenticated`) a
+    /// token without `sub` cannot own one (its name would be shared with every such token).
+    pub(crate) fn new(name: &str, sub: Option<&str>, authenticated: bool) -> Result<Self, String> {
+        if authenticated && sub.is_none() {
+            return Err(format!(
+                "consumer {name:?} needs a token with a \"sub\" claim (consumer names belong to the token's subject)"
+            ));
+        }
         let valid = !name.is_empty()
             && name.len() <= MAX_NAME
             && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
@@ -164,10 +170,11 @@ mod tests {
 
     #[test]
     fn names_are_checked_and_scoped_by_subject() {
-        assert_eq!(Key::new("vendor-1", Some("alice/x")).unwrap().key, "alice/x/vendor-1");
-        assert_eq!(Key::new("vendor-1", None).unwrap().key, "vendor-1");
+        assert_eq!(Key::new("vendor-1", Some("alice/x"), true).unwrap().key, "alice/x/vendor-1");
+        assert_eq!(Key::new("vendor-1", None, false).unwrap().key, "vendor-1");
+        assert!(Key::new("vendor-1", None, true).unwrap_err().contains("\"sub\" claim"));
         for bad in ["", "a/b", "a b", &"x".repeat(MAX_NAME + 1)] {
-            let err = Key::new(bad, None).unwrap_err();
+            let err = Key::new(bad, None, false).unwrap_err();
             assert!(err.contains("e.g. vendor-42"), "{err}");
         }
     }

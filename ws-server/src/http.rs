@@ -159,7 +159,7 @@ fn open(
     let consumer = params
         .consumer
         .as_deref()
-        .map(|name| consumers::Key::new(name, token.subject.as_deref()))
+        .map(|name| consumers::Key::new(name, token.subject.as_deref(), state.auth.is_enabled()))
         .transpose()
         .map_err(bad_request)?;
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {

@@ -12,7 +12,7 @@ use crate::consumers::Key;
 impl Conn<'_> {
     /// The storage key of consumer `name` for this connection's token.
     pub(super) fn consumer_key(&self, name: &str) -> Result<Key, String> {
-        Key::new(name, self.token.subject.as_deref())
+        Key::new(name, self.token.subject.as_deref(), self.state.auth.is_enabled())
     }
 
     /// Where a consumer resumes (after its last ack), if it ever acked.
