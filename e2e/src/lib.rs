@@ -21,8 +21,8 @@ pub mod history;
 mod logs;
 mod process;
 mod service;
-pub mod views;
 pub mod sse;
+pub mod views;
 
 pub use client::WsClient;
 pub use follower::{Follower, PlainFollower};

@@ -71,7 +71,9 @@ pub(crate) enum ViewError {
     Select(FilterError),
     #[error("{0}")]
     Forbidden(String),
-    #[error("too many filters: {given} (the limit is {limit}, WS_MAX_FILTERS); combine values with in, e.g. status=in.(pending,paid)")]
+    #[error(
+        "too many filters: {given} (the limit is {limit}, WS_MAX_FILTERS); combine values with in, e.g. status=in.(pending,paid)"
+    )]
     TooManyFilters { given: usize, limit: usize },
     #[error("invalid table {0:?}: expected a table name, e.g. table=orders")]
     Table(String),

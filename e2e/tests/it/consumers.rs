@@ -144,7 +144,8 @@ async fn auto_ack_resumes_plain_websocket_and_sse_clients_after_what_was_deliver
     }
     assert_eq!(
         named,
-        [("hello".to_owned(), Some("auto:10".to_owned())), ("subscribed".to_owned(), Some("auto:10".to_owned()))]
+        // A hello that a replay follows carries no id: it would pass the replayed events.
+        [("hello".to_owned(), None), ("subscribed".to_owned(), Some("auto:10".to_owned()))]
     );
     assert_eq!(positions(&changes), [8, 9, 10]);
     writer.inserts(1, "Bob").await;
