@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image holding all three binaries; the command picks the role, e.g. in docker-compose.yml
-# or `docker run --rm IMAGE ws-server` (publisher, ws-server, cli-client).
+# One image holding all the binaries; the command picks the role, e.g. in docker-compose.yml
+# or `docker run --rm IMAGE ws-server` (publisher, ws-server, orders-api, cli-client).
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
@@ -12,7 +12,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bins \
     && install -D -m 0755 -t /out \
-        target/release/publisher target/release/ws-server target/release/cli-client
+        target/release/publisher target/release/ws-server target/release/orders-api target/release/cli-client
 
 FROM debian:bookworm-slim
 # ca-certificates: TLS to managed PostgreSQL/Redis; curl: the healthchecks in docker-compose.yml.
@@ -24,5 +24,5 @@ RUN groupadd --system --gid 10001 app \
         --shell /usr/sbin/nologin app
 COPY --from=builder /out/ /usr/local/bin/
 USER app:app
-# ws-server's PORT and the publisher's HEALTH_PORT defaults.
-EXPOSE 8080 9100
+# ws-server's PORT, the publisher's HEALTH_PORT and the API's API_PORT defaults.
+EXPOSE 8080 9100 3000

@@ -185,6 +185,40 @@ impl LabelledGauges {
     }
 }
 
+type CounterFamily = prometheus_client::metrics::family::Family<Vec<(&'static str, String)>, counter::Counter>;
+
+/// A counter per combination of label values (`api_requests_total{route="…",status="…"}`),
+/// each series created on its first increment. The label names are fixed when it is made, so
+/// every series of the family has the same ones.
+#[derive(Debug)]
+pub struct LabelledCounters {
+    labels: &'static [&'static str],
+    family: CounterFamily,
+}
+
+impl LabelledCounters {
+    /// No series yet; `labels` names the labels, in the order [`Self::inc`] takes their values.
+    pub fn new(labels: &'static [&'static str]) -> Self {
+        Self { labels, family: CounterFamily::default() }
+    }
+
+    /// Adds one to the series with these label `values` (one per label, in order).
+    ///
+    /// # Panics
+    /// If the number of values is not the number of labels (a programming error).
+    pub fn inc(&self, values: &[&str]) {
+        assert_eq!(values.len(), self.labels.len(), "one value per label");
+        let key = self.labels.iter().zip(values).map(|(l, v)| (*l, (*v).to_owned())).collect();
+        self.family.get_or_create(&key).inc();
+    }
+
+    /// The series' current value (0 before its first increment).
+    pub fn get(&self, values: &[&str]) -> u64 {
+        let key = self.labels.iter().zip(values).map(|(l, v)| (*l, (*v).to_owned())).collect();
+        self.family.get(&key).map_or(0, |c| c.get())
+    }
+}
+
 /// Upper bounds of [`Histogram::latency`], in seconds: a healthy pipeline delivers within
 /// milliseconds; the long tail is an outage being caught up on (Redis down, a failover).
 const LATENCY_BUCKETS: [f64; 15] =
@@ -262,6 +296,16 @@ impl Registry {
         let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
         let labels = vec![("version", version), ("profile", profile)];
         self.0.register(format!("{prefix}_build"), "Which build this process runs (always 1)", Info::new(labels));
+    }
+
+    /// Registers `counters` as `name`, which must end in `_total`: one series per combination
+    /// of label values seen so far.
+    ///
+    /// # Panics
+    /// If `name` does not end in `_total` (a programming error).
+    pub fn labelled_counters(&mut self, name: &str, help: &str, counters: &LabelledCounters) {
+        let base = name.strip_suffix("_total").expect("counter names end in _total");
+        self.register(base, help, counters.family.clone());
     }
 
     fn register(&mut self, name: &str, help: &str, metric: impl registry::Metric) {
@@ -436,6 +480,21 @@ mod tests {
         let text = registry.encode(Format::Text);
         assert!(!text.contains("consumer=\"a\""), "a series no longer given is gone: {text}");
         assert!(text.contains("demo_lag_events{consumer=\"b/x\"} 7\n"), "{text}");
+    }
+
+    #[test]
+    fn labelled_counters_make_a_series_per_combination() {
+        let requests = LabelledCounters::new(&["route", "status"]);
+        let mut registry = Registry::default();
+        registry.labelled_counters("demo_requests_total", "Requests.", &requests);
+        requests.inc(&["/a", "200"]);
+        requests.inc(&["/a", "200"]);
+        requests.inc(&["/a", "404"]);
+        assert_eq!((requests.get(&["/a", "200"]), requests.get(&["/b", "200"])), (2, 0));
+        let text = registry.encode(Format::Text);
+        assert!(text.contains("# TYPE demo_requests_total counter\n"), "{text}");
+        assert!(text.contains("demo_requests_total{route=\"/a\",status=\"200\"} 2\n"), "{text}");
+        assert!(text.contains("demo_requests_total{route=\"/a\",status=\"404\"} 1\n"), "{text}");
     }
 
     #[test]
