@@ -1,5 +1,6 @@
 //! End-to-end tests: real PostgreSQL and Redis servers, the real publisher and ws-server.
 
+mod api;
 mod auth;
 mod chaos;
 mod close_codes;
