@@ -16,6 +16,7 @@ use axum::{
     routing::{get, post},
 };
 use bytes::Bytes;
+use protocol::filter::{Predicate, SqlTest};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use tracing::warn;
@@ -29,8 +30,29 @@ use crate::{
 const DEFAULT_LIMIT: i64 = 100;
 /// The largest `limit`: a bigger page is one the client should ask for in parts.
 const MAX_LIMIT: i64 = 1000;
-/// Columns `order=<column>.<asc|desc>` may sort by: all of the table's.
-const SORTABLE: [&str; 7] = ["id", "customer_name", "product_name", "status", "amount", "created_at", "updated_at"];
+/// The table's columns and their SQL types: what `order=<column>.<asc|desc>` may sort by and
+/// PostgREST filters may test, and the type a filter's literal is cast to.
+const COLUMNS: [(&str, &str); 7] = [
+    ("id", "bigint"),
+    ("customer_name", "text"),
+    ("product_name", "text"),
+    ("status", "text"),
+    ("amount", "numeric"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+];
+/// Columns whose plain `column=value` is an equality test (other columns take only
+/// PostgREST filters, `amount=gte.100`).
+const PLAIN_EQUALITY: [&str; 2] = ["status", "customer_name"];
+
+/// The column named `name`, as this module's own `'static` text, and its SQL type.
+fn column(name: &str) -> Option<(&'static str, &'static str)> {
+    COLUMNS.into_iter().find(|(c, _)| *c == name)
+}
+
+fn column_names() -> String {
+    COLUMNS.map(|(c, _)| c).join(", ")
+}
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -73,8 +95,8 @@ fn order_id(raw: &str) -> Result<i64> {
 /// The query of `GET /orders`, checked.
 #[derive(Debug)]
 struct ListQuery {
-    status: Option<String>,
-    customer_name: Option<String>,
+    /// ANDed: PostgREST filters and plain equalities (as `eq` filters).
+    filters: Vec<Predicate>,
     limit: i64,
     sort: &'static str,
     descending: bool,
@@ -84,12 +106,9 @@ impl ListQuery {
     fn parse(raw: Option<&str>) -> Result<Self> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or_default())
             .map_err(|e| Problem::bad_request(format!("the query string cannot be read: {e}")))?;
-        let mut query =
-            Self { status: None, customer_name: None, limit: DEFAULT_LIMIT, sort: "updated_at", descending: true };
+        let mut query = Self { filters: Vec::new(), limit: DEFAULT_LIMIT, sort: "updated_at", descending: true };
         for (key, value) in pairs {
             match key.as_str() {
-                "status" => query.status = Some(value),
-                "customer_name" => query.customer_name = Some(value),
                 "limit" => {
                     query.limit = value.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
                         Problem::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}")).field("limit")
@@ -99,21 +118,23 @@ impl ListQuery {
                     let bad = || {
                         Problem::bad_request(format!(
                             "order must be <column>.asc or <column>.desc, with a column among {}",
-                            SORTABLE.join(", ")
+                            column_names()
                         ))
                         .field("order")
                     };
                     let (column, direction) = value.split_once('.').unwrap_or((&value, "asc"));
-                    query.sort = SORTABLE.into_iter().find(|c| *c == column).ok_or_else(bad)?;
+                    query.sort = self::column(column).ok_or_else(bad)?.0;
                     query.descending = match direction {
                         "asc" => false,
                         "desc" => true,
                         _ => return Err(bad()),
                     };
                 }
+                name if column(name).is_some() => query.filters.push(filter(name, &value)?),
                 _ => {
                     return Err(Problem::bad_request(format!(
-                        "unknown query parameter {key:?}: use status, customer_name, limit or order"
+                        "unknown query parameter {key:?}: use limit, order, or a column ({}) to filter on",
+                        column_names()
                     ))
                     .field(&key));
                 }
@@ -123,16 +144,60 @@ impl ListQuery {
     }
 }
 
-/// `GET /orders`: the newest-updated orders first, optionally only those with a given
-/// `status` and/or `customer_name`.
+/// `name=value` as a filter: a PostgREST filter when `value` is one (`eq.paid`, `gte.100`,
+/// `in.(a,b)`), else, for [`PLAIN_EQUALITY`] columns, the value itself is an equality test
+/// (`status=paid`).
+fn filter(name: &str, value: &str) -> Result<Predicate> {
+    let bad = |detail: String| Problem::bad_request(detail).field(name);
+    let predicate = match Predicate::parse(&format!("{name}={value}")) {
+        Ok(p) => p,
+        Err(_) if PLAIN_EQUALITY.contains(&name) => {
+            Predicate::parse(&format!("{name}=eq.{value}")).map_err(|e| bad(e.to_string()))?
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    // No column of the table is boolean: PostgreSQL would reject `IS TRUE` on one with an error
+    // that is the client's, so it is refused here.
+    if let (_, SqlTest::Is("TRUE" | "FALSE" | "UNKNOWN")) = predicate.sql_test() {
+        return Err(bad(format!("{name} is not a boolean column: use is.null or is.not_null")));
+    }
+    Ok(predicate)
+}
+
+/// Appends ` AND <predicate>` to `sql`: the column and its type from [`COLUMNS`], the
+/// operator from the filter module's fixed set, every literal bound.
+fn push_predicate(sql: &mut QueryBuilder<'_, Postgres>, predicate: &Predicate) {
+    let (col, ty) = column(predicate.column()).expect("filters are made only for known columns");
+    let (negated, test) = predicate.sql_test();
+    sql.push(if negated { " AND NOT (" } else { " AND (" });
+    match test {
+        SqlTest::Compare { op, value } => {
+            sql.push(format_args!("o.{col} {op} CAST(")).push_bind(value.to_owned()).push(format_args!(" AS {ty})"));
+        }
+        SqlTest::In(values) => {
+            let values: Vec<String> = values.into_iter().map(str::to_owned).collect();
+            sql.push(format_args!("o.{col} = ANY(CAST(")).push_bind(values).push(format_args!(" AS {ty}[]))"));
+        }
+        SqlTest::Is(what) => {
+            sql.push(format_args!("o.{col} IS {what}"));
+        }
+        SqlTest::Like { pattern, case_insensitive } => {
+            // Numbers and timestamps match by their text, as the filter module's own matching does.
+            let like = if case_insensitive { "ILIKE" } else { "LIKE" };
+            sql.push(format_args!("o.{col}::text {like} ")).push_bind(pattern);
+        }
+    }
+    sql.push(")");
+}
+
+/// `GET /orders`: the newest-updated orders first, optionally only those matching filters:
+/// `status=paid`, `customer_name=Ada` (equality), or PostgREST filters on any column
+/// (`amount=gte.100`, `id=in.(1,2)`, `product_name=ilike.*lamp*`).
 async fn list(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Response> {
     let query = ListQuery::parse(raw.as_deref())?;
     let mut sql = QueryBuilder::<Postgres>::new("SELECT to_jsonb(o) FROM orders o WHERE true");
-    if let Some(status) = query.status {
-        sql.push(" AND o.status = ").push_bind(status);
-    }
-    if let Some(name) = query.customer_name {
-        sql.push(" AND o.customer_name = ").push_bind(name);
+    for predicate in &query.filters {
+        push_predicate(&mut sql, predicate);
     }
     // `sort` and the direction come from the fixed lists above; the id breaks ties, so pages
     // are stable.
@@ -280,10 +345,22 @@ mod tests {
     fn list_queries_are_checked() {
         let q = ListQuery::parse(None).unwrap();
         assert_eq!((q.limit, q.sort, q.descending), (100, "updated_at", true));
-        let q = ListQuery::parse(Some("status=paid&limit=5&order=amount.asc&customer_name=Ada%20L")).unwrap();
-        assert_eq!((q.status.as_deref(), q.customer_name.as_deref()), (Some("paid"), Some("Ada L")));
+        let q =
+            ListQuery::parse(Some("status=paid&limit=5&order=amount.asc&customer_name=Ada%20L&amount=gte.5")).unwrap();
+        let filters: Vec<_> = q.filters.iter().map(Predicate::as_str).collect();
+        assert_eq!(filters, ["status=eq.paid", "customer_name=eq.Ada L", "amount=gte.5"]);
         assert_eq!((q.limit, q.sort, q.descending), (5, "amount", false));
-        for bad in ["limit=0", "limit=1001", "limit=x", "order=secret.desc", "order=id.sideways", "colour=red"] {
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "order=secret.desc",
+            "order=id.sideways",
+            "colour=red",
+            "amount=100",
+            "id=between.1.2",
+            "status=is.true",
+        ] {
             assert_eq!(ListQuery::parse(Some(bad)).unwrap_err().status(), StatusCode::BAD_REQUEST, "{bad}");
         }
     }

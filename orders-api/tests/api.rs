@@ -250,3 +250,48 @@ async fn metrics_count_requests_by_route_and_status() {
     assert_eq!(api.get("/healthz").await.body, "ok\n");
     let _: Value = api.get("/readyz").await.json();
 }
+
+#[tokio::test]
+async fn postgrest_filters_select_rows_with_bound_values() {
+    let (_pg, api) = Api::with_database().await;
+    for (customer, product, status, amount) in
+        [("Ada", "Desk lamp", "paid", 150), ("Bob", "Desk", "pending", 99), ("Cy", "Chair", "paid", 100)]
+    {
+        let body = json!({"customer_name": customer, "product_name": product, "status": status, "amount": amount});
+        assert_eq!(api.send("POST", "/orders", &body.to_string()).await.status, 201);
+    }
+    let names = |response: support::Response| -> Vec<String> {
+        assert_eq!(response.status, 200, "{response:?}");
+        let mut names: Vec<String> = response
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["customer_name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    for (query, expected) in [
+        ("amount=gte.100", &["Ada", "Cy"][..]),
+        ("amount=lt.100", &["Bob"]),
+        ("status=eq.paid&amount=gt.100", &["Ada"]),
+        ("status=not.eq.paid", &["Bob"]),
+        ("customer_name=in.(Ada,Bob)", &["Ada", "Bob"]),
+        ("id=in.()", &[]),
+        ("id=not.in.()", &["Ada", "Bob", "Cy"]),
+        ("product_name=like.Desk*", &["Ada", "Bob"]),
+        ("product_name=ilike.*LAMP", &["Ada"]),
+        ("product_name=is.not_null", &["Ada", "Bob", "Cy"]),
+        ("created_at=gte.2000-01-01T00:00:00Z", &["Ada", "Bob", "Cy"]),
+        // Quotes and SQL in a value are data, not SQL.
+        ("customer_name=eq.x'%20OR%20'1'='1", &[]),
+        ("status=paid'%3B%20DROP%20TABLE%20orders%3B--", &[]),
+    ] {
+        assert_eq!(names(api.get(&format!("/orders?{query}")).await), expected, "{query}");
+    }
+    // A literal that is not of the column's type is the client's error.
+    api.get("/orders?id=eq.abc").await.problem(422);
+    api.get("/orders?amount=gte.").await.problem(400);
+    assert_eq!(names(api.get("/orders").await).len(), 3, "the table is still there");
+}

@@ -286,6 +286,76 @@ impl Predicate {
     }
 }
 
+/// A predicate's test in the terms of SQL, for a server that runs the filter as a query (the
+/// HTTP API's `GET /orders`) rather than on events. Values are the literals' text, to be bound
+/// as parameters and cast to the column's type; never to be pasted into SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlTest<'a> {
+    /// `<column> <op> <value>`; `op` is one of `=`, `<>`, `<`, `<=`, `>`, `>=`.
+    Compare {
+        /// The SQL operator.
+        op: &'static str,
+        /// The literal.
+        value: &'a str,
+    },
+    /// `<column> = ANY(<values>)` (false for the empty list).
+    In(Vec<&'a str>),
+    /// `<column> IS <what>`; `what` is `NULL`, `NOT NULL`, `TRUE`, `FALSE` or `UNKNOWN`.
+    Is(&'static str),
+    /// `<column> LIKE <pattern>` (or `ILIKE`): the pattern in SQL's syntax, `%` and `_` with
+    /// `\` escaping, as PostgreSQL's default escape character reads it.
+    Like {
+        /// The pattern.
+        pattern: String,
+        /// ILIKE rather than LIKE.
+        case_insensitive: bool,
+    },
+}
+
+impl Predicate {
+    /// The test in SQL terms, and whether it is negated (`NOT (…)` around it).
+    pub fn sql_test(&self) -> (bool, SqlTest<'_>) {
+        let test = match &self.test {
+            Test::Compare(op, literal) => SqlTest::Compare {
+                op: match op {
+                    CmpOp::Eq => "=",
+                    CmpOp::Neq => "<>",
+                    CmpOp::Lt => "<",
+                    CmpOp::Lte => "<=",
+                    CmpOp::Gt => ">",
+                    CmpOp::Gte => ">=",
+                },
+                value: &literal.text,
+            },
+            Test::In(list) => SqlTest::In(list.iter().map(|l| &*l.text).collect()),
+            Test::Is(is) => SqlTest::Is(match is {
+                IsValue::Null => "NULL",
+                IsValue::NotNull => "NOT NULL",
+                IsValue::True => "TRUE",
+                IsValue::False => "FALSE",
+                IsValue::Unknown => "UNKNOWN",
+            }),
+            Test::Like(glob) => {
+                let mut pattern = String::new();
+                for token in &glob.tokens {
+                    match token {
+                        Token::Any => pattern.push('%'),
+                        Token::One => pattern.push('_'),
+                        Token::Char(c) => {
+                            if matches!(c, '%' | '_' | '\\') {
+                                pattern.push('\\');
+                            }
+                            pattern.push(*c);
+                        }
+                    }
+                }
+                SqlTest::Like { pattern, case_insensitive: glob.fold_case }
+            }
+        };
+        (self.negated, test)
+    }
+}
+
 /// `x IN (a, b)` is `x = a OR x = b`: true wins, then unknown, then false.
 fn in_test(value: &RowValue<'_>, list: &[Literal]) -> Option<bool> {
     let mut unknown = false;
@@ -1289,6 +1359,22 @@ impl<K: Copy + Eq + Hash + Ord> Index<K> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn predicates_translate_to_sql_terms() {
+        let sql = |text: &str| {
+            let p = Predicate::parse(text).unwrap();
+            let (negated, test) = p.sql_test();
+            format!("{negated} {test:?}")
+        };
+        assert_eq!(sql("amount=gte.100"), r#"false Compare { op: ">=", value: "100" }"#);
+        assert_eq!(sql("status=not.eq.a,b"), r#"true Compare { op: "=", value: "a,b" }"#);
+        assert_eq!(sql(r#"id=in.(1,"2,3")"#), r#"false In(["1", "2,3"])"#);
+        assert_eq!(sql("id=in.()"), "false In([])");
+        assert_eq!(sql("x=is.not_null"), r#"false Is("NOT NULL")"#);
+        assert_eq!(sql(r"name=like.*a_b\*c%d\%"), r#"false Like { pattern: "%a_b*c%d\\%", case_insensitive: false }"#);
+        assert_eq!(sql("name=ilike.*SMITH*"), r#"false Like { pattern: "%smith%", case_insensitive: true }"#);
+    }
 
     fn row(value: Value) -> Map<String, Value> {
         match value {
