@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole pipeline on this machine until Ctrl-C: private PostgreSQL and Redis, the
-# publisher and two ws-server replicas. `bash scripts/run-local.sh --help` for the options.
+# publisher, two ws-server replicas and the HTTP API. `bash scripts/run-local.sh --help` for the options.
 set -euo pipefail
 
 usage() {
@@ -8,8 +8,8 @@ usage() {
 usage: bash scripts/run-local.sh [--no-build] [--reset] [--help]
 
 Builds the release binaries, starts a private PostgreSQL (port \$PG_PORT) and Redis
-(port \$REDIS_PORT), the publisher (health on \$HEALTH_PORT) and two ws-server replicas
-(ports 8080 and 8081), waits until all are ready, prints how to try it, and runs until
+(port \$REDIS_PORT), the publisher (health on \$HEALTH_PORT), two ws-server replicas
+(ports 8080 and 8081) and the HTTP API (port \$API_PORT), waits until all are ready, prints how to try it, and runs until
 Ctrl-C, SIGTERM or any of them exits; then it stops everything it started.
 
   --no-build   use the binaries already in the cargo target dir
@@ -24,8 +24,9 @@ Environment (defaults in brackets):
   REDIS_URL      use this Redis instead of starting a private one
   HEALTH_PORT    publisher health/metrics port [9100]
   WS_PORTS       ws-server replica ports [8080 8081]
+  API_PORT       orders-api port [3000]
   READY_TIMEOUT  seconds to wait for each service to become ready [60]
-Every other variable (RUST_LOG, LOG_FORMAT, WS_*, PUBLISHER_*; see .env.example) passes
+Every other variable (RUST_LOG, LOG_FORMAT, WS_*, PUBLISHER_*, API_*; see .env.example) passes
 through to the binaries, which also read ./.env; the URLs and ports above override it.
 Exit status: 0 after Ctrl-C/SIGTERM, 1 if a service failed to start or died.
 EOF
@@ -43,7 +44,7 @@ done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_DIR=${RUN_DIR:-/tmp/orders-realtime-$(id -u)}
-PG_PORT=${PG_PORT:-55432} REDIS_PORT=${REDIS_PORT:-56379} HEALTH_PORT=${HEALTH_PORT:-9100}
+PG_PORT=${PG_PORT:-55432} REDIS_PORT=${REDIS_PORT:-56379} HEALTH_PORT=${HEALTH_PORT:-9100} API_PORT=${API_PORT:-3000}
 read -r -a WS_PORTS <<<"${WS_PORTS:-8080 8081}"
 READY_TIMEOUT=${READY_TIMEOUT:-60} STOP_TIMEOUT=15
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -146,14 +147,14 @@ if ((BUILD)); then
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 BIN=${TARGET_DIR:-$ROOT/target}/release
-for b in publisher ws-server cli-client; do
+for b in publisher ws-server orders-api cli-client; do
     [[ -x "$BIN/$b" ]] || die "$BIN/$b is missing: build it (drop --no-build)"
 done
 
 busy=()
 [[ -n "${DATABASE_URL:-}" ]] || ! port_busy "$PG_PORT" || busy+=("$PG_PORT (PG_PORT)")
 [[ -n "${REDIS_URL:-}" ]] || ! port_busy "$REDIS_PORT" || busy+=("$REDIS_PORT (REDIS_PORT)")
-for port in "$HEALTH_PORT" "${WS_PORTS[@]}"; do ! port_busy "$port" || busy+=("$port"); done
+for port in "$HEALTH_PORT" "$API_PORT" "${WS_PORTS[@]}"; do ! port_busy "$port" || busy+=("$port"); done
 ((${#busy[@]} == 0)) || die "ports in use: ${busy[*]}; is a previous run still going? stop it or pick other ports"
 
 mkdir -p "$RUN_DIR"
@@ -201,6 +202,10 @@ for port in "${WS_PORTS[@]}"; do
 done
 wait_for publisher http_ok "$HEALTH_PORT" /readyz
 for port in "${WS_PORTS[@]}"; do wait_for "ws-server-$port" http_ok "$port" /readyz; done
+# After the publisher is ready: its migrations create the orders table the API needs (the API
+# never migrates; it would only report 503 until then).
+start orders-api TERM "$RUN_DIR/orders-api.log" env API_PORT="$API_PORT" "$BIN/orders-api"
+wait_for orders-api http_ok "$API_PORT" /readyz
 
 cli=${BIN#"$ROOT"/} ws_urls="" health_urls=""
 for port in "${WS_PORTS[@]}"; do
@@ -211,6 +216,7 @@ cat <<EOF
 The pipeline is running (logs and data in $RUN_DIR).
   WebSocket ${ws_urls}
   Health     http://localhost:$HEALTH_PORT/readyz (publisher)${health_urls}
+  HTTP API   http://localhost:$API_PORT/orders  http://localhost:$API_PORT/readyz
              (each also serves /healthz and /metrics)
   Database   $DATABASE_URL
   Redis      $REDIS_URL
@@ -218,6 +224,7 @@ The pipeline is running (logs and data in $RUN_DIR).
 Try it from another terminal (in $ROOT):
   $cli/cli-client watch --url ws://localhost:${WS_PORTS[0]}/ws
   psql "$DATABASE_URL" -c "INSERT INTO orders (customer_name, product_name, status) VALUES ('John Doe', 'Premium Widget', 'pending');"
+  curl -i -X POST http://localhost:$API_PORT/orders -H 'Content-Type: application/json' -d '{"customer_name": "John Doe", "product_name": "Premium Widget", "amount": 100}'
 
 Press Ctrl-C to stop everything.
 EOF
