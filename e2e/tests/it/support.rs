@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    time::{Instant, timeout, timeout_at},
+    time::{Instant, timeout},
 };
 
 /// The HS256 secret of the test servers (at least 32 bytes, as the server requires).
@@ -338,70 +338,34 @@ fn dechunk(raw: &mut Vec<u8>, body: &mut Vec<u8>) -> bool {
     }
 }
 
-/// One event of an event stream (comments and `retry:` are skipped).
-#[derive(Debug, Clone)]
-pub(crate) struct SseEvent {
-    /// `event:`; `None` for changes (unnamed events).
-    pub(crate) event: Option<String>,
-    pub(crate) id: Option<String>,
-    pub(crate) data: String,
-}
+pub(crate) use e2e::sse::SseEvent;
 
-impl SseEvent {
-    /// `data:` parsed.
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("data is JSON ({e}): {self:?}"))
-    }
-}
-
-/// A `GET /events` stream, read raw.
-pub(crate) struct Sse {
-    stream: TcpStream,
-    raw: Vec<u8>,
-    chunked: bool,
-    text: Vec<u8>,
-    ended: bool,
-}
+/// A `GET /events` stream (the harness's raw client, `e2e::sse`), with the few verbs these
+/// tests use: blocks without data (`retry:`) and comments are skipped.
+pub(crate) struct Sse(e2e::sse::SseClient);
 
 impl Sse {
     /// Opens `target` (`/events?…`); panics unless it is a 200 event stream.
     pub(crate) async fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Sse {
-        let open = async {
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
-            let (status, headers, raw) = send_request(&mut stream, addr, target, headers).await;
-            (stream, status, headers, raw)
-        };
-        let (stream, status, headers, raw) = timeout(WAIT, open).await.expect("the stream opens in time");
-        let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        assert_eq!(status, 200, "GET {target}: {headers:?}");
-        assert_eq!(find("content-type").as_deref(), Some("text/event-stream"), "{headers:?}");
-        let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        Sse { stream, raw, chunked, text: Vec::new(), ended: false }
+        let request = headers.iter().fold(e2e::sse::SseRequest::new(addr, target), |r, (n, v)| r.header(n, v));
+        let client = request.send().await;
+        assert_eq!(client.status, 200, "GET {target}: {:?}", client.headers);
+        assert_eq!(client.header("content-type"), Some("text/event-stream"), "{:?}", client.headers);
+        Sse(client)
     }
 
-    /// The next event within `limit`: `Ok(None)` when the stream ended, `Err(())` on time out.
+    /// The next event with data within `limit`: `Ok(None)` when the stream ended, `Err(())` on
+    /// time out.
     pub(crate) async fn next_within(&mut self, limit: Duration) -> Result<Option<SseEvent>, ()> {
         let deadline = Instant::now() + limit;
         loop {
-            if self.chunked {
-                self.ended |= dechunk(&mut self.raw, &mut self.text);
-            } else {
-                self.text.append(&mut self.raw);
-            }
-            while let Some(end) = self.text.windows(2).position(|w| w == b"\n\n") {
-                let block = String::from_utf8(self.text[..end].to_vec()).expect("UTF-8 events");
-                self.text.drain(..end + 2);
-                if let Some(event) = parse_block(&block) {
+            match self.0.next_within(deadline.saturating_duration_since(Instant::now())).await {
+                e2e::sse::Next::Item(e2e::sse::SseItem::Event(event)) if event.data.is_some() => {
                     return Ok(Some(event));
                 }
-            }
-            if self.ended {
-                return Ok(None);
-            }
-            match timeout_at(deadline, read_more(&mut self.stream, &mut self.raw)).await {
-                Err(_) => return Err(()),
-                Ok(true) => {}
-                Ok(false) => self.ended = true,
+                e2e::sse::Next::Item(_) => {}
+                e2e::sse::Next::Ended => return Ok(None),
+                e2e::sse::Next::TimedOut => return Err(()),
             }
         }
     }
@@ -426,20 +390,4 @@ impl Sse {
         }
         out
     }
-}
-
-/// An event block's fields; `None` for a block with no `data:` (comments, `retry:`).
-fn parse_block(block: &str) -> Option<SseEvent> {
-    let (mut event, mut id, mut data) = (None, None, None::<String>);
-    for line in block.lines() {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
-        match field {
-            "event" => event = Some(value),
-            "id" => id = Some(value),
-            "data" => data = Some(data.map_or(value.clone(), |d| format!("{d}\n{value}"))),
-            _ => {}
-        }
-    }
-    Some(SseEvent { event, id, data: data? })
 }
