@@ -655,17 +655,7 @@ impl<'a> DecimalRef<'a> {
     fn parse(text: &str, buf: &'a mut [u8]) -> Option<DecimalRef<'a>> {
         let bytes = text.as_bytes();
         let mut i = 0;
-        let negative = match bytes.first() {
-            Some(b'-') => {
-                i += 1;
-                true
-            }
-            Some(b'+') => {
-                i += 1;
-                false
-            }
-            _ => false,
-        };
+        let negative = sign(bytes, &mut i);
         let (mut n, mut exponent, mut any_digit) = (0, 0i64, false);
         while let Some(&d) = bytes.get(i).filter(|b| b.is_ascii_digit()) {
             any_digit = true;
@@ -695,17 +685,7 @@ impl<'a> DecimalRef<'a> {
         }
         if matches!(bytes.get(i), Some(b'e' | b'E')) {
             i += 1;
-            let exponent_negative = match bytes.get(i) {
-                Some(b'-') => {
-                    i += 1;
-                    true
-                }
-                Some(b'+') => {
-                    i += 1;
-                    false
-                }
-                _ => false,
-            };
+            let exponent_negative = sign(bytes, &mut i);
             let start = i;
             let mut e = 0i64;
             while let Some(&d) = bytes.get(i).filter(|b| b.is_ascii_digit()) {
@@ -1352,6 +1332,21 @@ impl<K: Copy + Eq + Hash + Ord> Index<K> {
         for (k, filter) in &self.unindexed {
             f(*k, filter);
         }
+    }
+}
+
+/// Reads an optional sign at `bytes[*i]`, moving past it: whether it was `-`.
+fn sign(bytes: &[u8], i: &mut usize) -> bool {
+    match bytes.get(*i) {
+        Some(b'-') => {
+            *i += 1;
+            true
+        }
+        Some(b'+') => {
+            *i += 1;
+            false
+        }
+        _ => false,
     }
 }
 
