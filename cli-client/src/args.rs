@@ -4,7 +4,7 @@
 //! Parsing only: turning arguments into a [`FeedConfig`] or [`CheckConfig`] is here too, but
 //! nothing in this module reads the environment itself (clap's `env` does, for the two URLs).
 
-use std::time::Duration;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use protocol::log::Position;
@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::view::Color;
 use crate::{
     check::CheckConfig,
-    feed::{FeedConfig, OnReset, Start},
+    feed::{FeedConfig, OnReset, Params, Start},
+    tls::{self, TlsSetupError},
     view::Format,
 };
 
@@ -23,7 +24,9 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// `check`: at least one check failed. Also any other runtime error.
     pub const FAILED: u8 = 1;
-    /// Usage error: an unknown flag or a bad value (clap exits with it).
+    /// Usage error: an unknown flag or a bad value (clap exits with it); also the server
+    /// refusing --filter / --select / --table / --consumer / --token, a refused certificate,
+    /// and `table` without a terminal.
     pub const USAGE: u8 = 2;
     /// `watch --max-retries N`: N reconnect attempts in a row failed.
     pub const GAVE_UP: u8 = 3;
@@ -63,18 +66,24 @@ Examples:
   cli-client --url ws://ws1:8080/ws,ws://ws2:8080/ws   try the replicas in turn on reconnect
   cli-client --snapshot                       the current orders first, then every change
   cli-client --since k3xq9a:1042              every change after that position, then live
+  cli-client watch --filter status=eq.pending --select id,status,amount
+  cli-client table --url wss://orders.example.com/ws --token \"$ORDERS_TOKEN\"
   cli-client check                            is PostgreSQL, the trigger, Redis and ws-server up?
 
 Exit codes:
   0  ok; watch: stopped with Ctrl-C or SIGTERM
   1  check: at least one check failed (or another runtime error)
-  2  usage error: unknown flag or bad value
+  2  usage error: unknown flag or bad value; the server refused --filter, --select,
+     --table, --consumer or --token (HTTP 400/401/403 or an error frame); the server's TLS
+     certificate was refused; `table` without a terminal
   3  watch: gave up after --max-retries reconnect attempts in a row failed
   4  watch --on-reset exit: the server cannot resume from the position (it is older than
      the history the server keeps, or the history was lost)
 
 Environment:
   DATABASE_URL, REDIS_URL  used by `check` (also read from a .env file)
+  ORDERS_TOKEN             the JWT for --token
+  SSL_CERT_FILE            CA certificates (PEM) to trust instead of the system store
   NO_COLOR                 set to anything to turn colour off
   RUST_LOG                 diagnostics on stderr, e.g. RUST_LOG=cli_client=debug";
 
@@ -98,12 +107,18 @@ Exit codes: 0 stopped with Ctrl-C / SIGTERM; 2 usage error; 3 gave up (--max-ret
 4 cannot resume (--on-reset exit).";
 
 const CHECK_AFTER_HELP: &str = "\
-Checks, in order: PostgreSQL reachable; table `orders` exists; a trigger on `orders` that calls pg_notify \
-(these two are skipped when PostgreSQL is down); Redis answers PING; ws-server accepts a WebSocket \
-handshake. Each check times out after 5 seconds. Exit code 0 when all pass, 1 otherwise.
+Checks, in order: PostgreSQL reachable (a failure says which: connection refused, unknown host, role \
+missing, database missing, password refused, not allowed by pg_hba.conf); table `orders` exists; a \
+trigger on `orders` that calls pg_notify (these two are skipped when PostgreSQL is down); Redis answers \
+PING; the publisher's /readyz; its outbox backlog (committed changes not yet published: fails when the \
+oldest is older than --max-backlog-age); for every --url, the replica's /readyz and a WebSocket \
+handshake. Each failure comes with its fix. Each check times out after 5 seconds. Exit code 0 when all \
+pass, 1 otherwise.
 
 Examples:
   cli-client check
+  cli-client check --url ws://ws1:8080/ws,ws://ws2:8080/ws --publisher-url http://publisher:9100
+  cli-client check --json | jq -r '.checks[] | select(.status == \"fail\") | .fix'
   DATABASE_URL=postgres://app:secret@db:5432/app cli-client check --url ws://ws:8080/ws";
 
 /// `cli-client`: the parsed command line.
@@ -137,7 +152,10 @@ pub enum Command {
     /// Print each change to `orders` as it happens (the default)
     #[command(after_help = WATCH_AFTER_HELP)]
     Watch(WatchArgs),
-    /// Check PostgreSQL, the `orders` table and trigger, Redis and ws-server; say how to fix what is down
+    /// A full-screen live table of the current orders, updated in place
+    #[command(after_help = TABLE_AFTER_HELP)]
+    Table(TableArgs),
+    /// Check PostgreSQL, the trigger, Redis, the publisher and every ws-server; say how to fix what is down
     #[command(after_help = CHECK_AFTER_HELP)]
     Check(CheckArgs),
 }
@@ -177,7 +195,107 @@ pub struct WatchArgs {
     /// What to do when the server cannot resume from the position asked for
     #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnResetArg::Snapshot)]
     pub on_reset: OnResetArg,
+    #[command(flatten)]
+    pub view: ViewArgs,
 }
+
+/// What to receive and how to connect, shared by `watch` and `table`: the server's own
+/// parameters (docs/protocol.md, Filters and Auth), passed on unchanged.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ViewArgs {
+    /// Only rows matching a PostgREST filter, `<column>=<op>.<value>` (e.g.
+    /// status=eq.pending, amount=gte.100); repeat it to AND several
+    #[arg(long, value_name = "FILTER", action = clap::ArgAction::Append)]
+    pub filter: Vec<String>,
+    /// Only these columns (e.g. id,status,amount); `id` always comes along
+    #[arg(long, value_name = "COLUMNS")]
+    pub select: Option<String>,
+    /// Only events of this table (e.g. orders)
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+    /// A JWT for a server with auth on, sent as `Authorization: Bearer`
+    #[arg(long, value_name = "JWT", env = "ORDERS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A durable consumer: the server resumes it after its last acknowledged position
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// Also trust the CA certificates in this PEM file for wss:// (a private CA)
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ViewArgs {
+    /// The server parameters.
+    pub fn params(&self) -> Params {
+        Params {
+            filter: self.filter.clone(),
+            select: self.select.clone(),
+            table: self.table.clone(),
+            consumer: self.consumer.clone(),
+            token: self.token.clone().filter(|t| !t.trim().is_empty()),
+        }
+    }
+
+    /// The TLS settings, when any URL is `wss://` (loading the system store takes time).
+    ///
+    /// # Errors
+    /// `--ca-file` is unusable, or nothing is trusted.
+    pub fn tls(&self, urls: &[String]) -> Result<Option<Arc<rustls::ClientConfig>>, TlsSetupError> {
+        if !urls.iter().any(|url| url.starts_with("wss://")) {
+            return Ok(None);
+        }
+        tls::client_config(self.ca_file.as_deref()).map(Some)
+    }
+}
+
+/// Options of `table`.
+#[derive(Debug, Clone, Args)]
+pub struct TableArgs {
+    /// ws-server's WebSocket endpoint(s), as for `watch`
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = DEFAULT_WS_URL,
+        value_parser = parse_ws_url,
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub url: Vec<String>,
+    /// Give up after N reconnect attempts in a row fail [default: retry forever]
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+    #[command(flatten)]
+    pub view: ViewArgs,
+}
+
+impl TableArgs {
+    /// The feed: a snapshot first, and a fresh one whenever the server cannot resume.
+    pub fn feed_config(&self) -> FeedConfig {
+        FeedConfig {
+            max_retries: self.max_retries,
+            start: Start::Snapshot,
+            on_reset: OnReset::Snapshot,
+            params: self.view.params(),
+            ..FeedConfig::new(self.url.iter().cloned())
+        }
+    }
+}
+
+const TABLE_AFTER_HELP: &str = "\
+Shows the current orders (a snapshot), then keeps them up to date: changed cells are \
+highlighted for a moment, deleted rows disappear. The bottom line shows the connection, the \
+replica, the position, events per second and the lag from commit to screen.
+
+Keys: q quit · / edit the filter (Enter applies it with a fresh snapshot, Esc cancels) · s next \
+sort column · ↑ ↓ PgUp PgDn Home End scroll · p pause (events queue up; p again applies them) · \
+? help
+
+Needs a terminal; for scripts use `cli-client watch --json`.
+
+Examples:
+  cli-client table
+  cli-client table --filter status=eq.pending --select id,customer_name,status,amount
+  cli-client table --url wss://orders.example.com/ws --ca-file ca.pem --token \"$ORDERS_TOKEN\"";
 
 /// `--on-reset`: what to do when the server cannot resume from the position asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,6 +330,7 @@ impl WatchArgs {
             max_retries: self.max_retries,
             start,
             on_reset: self.on_reset.into(),
+            params: self.view.params(),
             ..FeedConfig::new(self.url.iter().cloned())
         }
     }
@@ -222,12 +341,38 @@ impl WatchArgs {
     }
 }
 
+/// The publisher's HTTP address when `--publisher-url` is not given.
+pub const DEFAULT_PUBLISHER_URL: &str = "http://localhost:9100";
+
 /// Options of `check`.
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
-    /// ws-server's WebSocket endpoint
-    #[arg(long, value_name = "URL", default_value = DEFAULT_WS_URL, value_parser = parse_ws_url)]
-    pub url: String,
+    /// Every ws-server replica's WebSocket endpoint (comma-separated, or the flag repeated):
+    /// each one's /readyz and a handshake are checked
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = DEFAULT_WS_URL,
+        value_parser = parse_ws_url,
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub url: Vec<String>,
+    /// The publisher's HTTP address (its /readyz and /metrics)
+    #[arg(long, value_name = "URL", default_value = DEFAULT_PUBLISHER_URL)]
+    pub publisher_url: String,
+    /// Fail the backlog check when the oldest unpublished change is older than this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub max_backlog_age: u64,
+    /// Print one JSON object for scripts: {"ok": bool, "checks": [{"name", "status": "ok"|"fail"|"skipped", …}]}
+    #[arg(long)]
+    pub json: bool,
+    /// A JWT for ws-servers with auth on
+    #[arg(long, value_name = "JWT", env = "ORDERS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Also trust the CA certificates in this PEM file for wss:// and https://
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// PostgreSQL to check
     #[arg(long, value_name = "URL", env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
@@ -241,13 +386,22 @@ pub struct CheckArgs {
 
 impl CheckArgs {
     /// The checks these options ask for, each with a 5 s timeout.
-    pub fn check_config(&self) -> CheckConfig {
-        CheckConfig {
+    ///
+    /// # Errors
+    /// `--ca-file` is unusable (only read when a URL is `wss://` or `https://`).
+    pub fn check_config(&self) -> Result<CheckConfig, TlsSetupError> {
+        let secure = self.url.iter().any(|u| u.starts_with("wss://")) || self.publisher_url.starts_with("https://");
+        let tls = if secure { Some(tls::client_config(self.ca_file.as_deref())?) } else { None };
+        Ok(CheckConfig {
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
-            ws_url: self.url.clone(),
+            ws_urls: self.url.clone(),
+            publisher_url: self.publisher_url.clone(),
+            max_backlog_age: Duration::from_secs(self.max_backlog_age),
+            params: Params { token: self.token.clone().filter(|t| !t.trim().is_empty()), ..Params::default() },
+            tls,
             timeout: Duration::from_secs(5),
-        }
+        })
     }
 }
 
@@ -257,13 +411,10 @@ fn parse_position(text: &str) -> Result<Position, String> {
         .map_err(|e| format!("{e}; pass the position a previous run printed as `last position: EPOCH:POS`"))
 }
 
-/// Accepts a `ws://` URL with a host; explains what is wrong with anything else.
+/// Accepts a `ws://` or `wss://` URL with a host; explains what is wrong with anything else.
 fn parse_ws_url(url: &str) -> Result<String, String> {
-    if url.starts_with("wss://") {
-        return Err("wss:// (TLS) is not supported by this build; connect with ws:// (e.g. to a TLS-terminating proxy's plain side)".to_owned());
-    }
-    if !url.starts_with("ws://") {
-        return Err(format!("expected a ws:// URL such as {DEFAULT_WS_URL}"));
+    if !url.starts_with("ws://") && !url.starts_with("wss://") {
+        return Err(format!("expected a ws:// or wss:// URL such as {DEFAULT_WS_URL}"));
     }
     url.into_client_request().map_err(|e| format!("not a usable WebSocket URL: {e}"))?;
     Ok(url.to_owned())
@@ -314,15 +465,17 @@ mod tests {
         else {
             panic!("expected check")
         };
-        let config = args.check_config();
+        let config = args.check_config().unwrap();
         assert_eq!(config.database_url, "postgres://u:p@db/app");
         assert_eq!(config.redis_url, "redis://r:6379");
-        assert_eq!(config.ws_url, DEFAULT_WS_URL);
+        assert_eq!(config.ws_urls, [DEFAULT_WS_URL]);
+        assert_eq!(config.publisher_url, DEFAULT_PUBLISHER_URL);
     }
 
     #[test]
     fn bad_urls_are_usage_errors_that_say_why() {
-        for (url, needle) in [("wss://h/ws", "TLS"), ("http://h/ws", "ws://"), ("ws://", "usable")] {
+        assert!(parse(&["--url", "wss://h/ws"]).is_ok());
+        for (url, needle) in [("http://h/ws", "ws://"), ("ws://", "usable")] {
             let err = parse(&["--url", url]).unwrap_err();
             assert_eq!(err.exit_code(), i32::from(exit::USAGE));
             assert!(err.to_string().contains(needle), "{url}: {err}");

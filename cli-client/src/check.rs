@@ -1,27 +1,36 @@
-//! The `check` command: walks the pipeline from the database to the WebSocket and says, for each
-//! part, whether it works and how to fix it when it does not.
+//! The `check` command: walks the pipeline from the database to the WebSockets and says, for
+//! each part, whether it works and, when it does not, the precise cause and its fix.
 //!
-//! 1. PostgreSQL reachable (`select 1`)
+//! 1. PostgreSQL reachable (`select 1`); a failure says which: refused, unknown host, role
+//!    missing, database missing, password refused, or not allowed (pg_hba)
 //! 2. table `orders` exists (`to_regclass`)
 //! 3. a trigger on `orders` whose function calls `pg_notify` (`pg_trigger`, `pg_proc`); 2 and 3
 //!    are skipped when 1 fails, 3 when 2 does
 //! 4. Redis answers `PING`
-//! 5. ws-server accepts a WebSocket handshake (and says hello, when it speaks `orders.v1`)
+//! 5. the publisher's `/readyz`, and 6. its outbox backlog from `/metrics`
+//!    (`publisher_outbox_backlog`, `publisher_outbox_backlog_age_seconds`): committed changes
+//!    not yet published, failed when the oldest is older than `--max-backlog-age`
+//! 7. every ws-server (`--url`, each): its `/readyz`, then a WebSocket handshake (and its hello)
 //!
 //! Each check has its own timeout, so a server that accepts connections and then hangs fails
 //! its check instead of hanging the command. URLs are shown with their password redacted.
 
-use std::time::Duration;
+mod http;
+mod postgres;
+
+use std::{io::Write as _, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 use protocol::env::redact_url;
+use serde::Serialize;
 use sqlx::{Connection as _, PgConnection};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     args::exit,
-    feed::{self, Inbound, Protocol},
+    feed::{self, Dial, Inbound, Params, Protocol},
+    view::{self, Color},
 };
 
 const MIGRATIONS_FIX: &str = "start the publisher once (it applies the sql/ migrations), or run the files in sql/ \
@@ -34,30 +43,42 @@ pub struct CheckConfig {
     pub database_url: String,
     /// Redis (`REDIS_URL`).
     pub redis_url: String,
-    /// ws-server's WebSocket endpoint.
-    pub ws_url: String,
+    /// Every ws-server replica's WebSocket endpoint.
+    pub ws_urls: Vec<String>,
+    /// The publisher's HTTP address (`/readyz`, `/metrics`).
+    pub publisher_url: String,
+    /// The oldest unpublished change may be this old before the backlog check fails.
+    pub max_backlog_age: Duration,
+    /// The token and TLS settings for the WebSocket handshakes.
+    pub params: Params,
+    /// TLS for `wss://` URLs.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Per-check timeout.
     pub timeout: Duration,
 }
 
 /// One check's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckResult {
     /// What was checked (`PostgreSQL`, `orders table`, …).
-    pub name: &'static str,
+    pub name: String,
     /// How it went.
+    #[serde(flatten)]
     pub outcome: Outcome,
 }
 
 /// How one check went.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     /// It works.
+    #[serde(rename = "ok")]
     Passed {
         /// What was found.
         detail: String,
     },
     /// It does not.
+    #[serde(rename = "fail")]
     Failed {
         /// What went wrong.
         problem: String,
@@ -69,6 +90,12 @@ pub enum Outcome {
         /// Which earlier check it needed.
         reason: String,
     },
+}
+
+impl Outcome {
+    fn failed(problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::Failed { problem: problem.into(), fix: fix.into() }
+    }
 }
 
 /// The result of the whole run.
@@ -90,14 +117,34 @@ impl Verdict {
     }
 }
 
+/// Runs every check and prints the results on stdout: one line each as they come, or with
+/// `json` one JSON object at the end (`{"ok":…,"checks":[{"name","status",…}]}`).
+pub async fn run_and_print(config: &CheckConfig, json: bool, color: Color) -> Verdict {
+    let mut results = Vec::new();
+    let verdict = run(config, |result| {
+        if json {
+            results.push(result.clone());
+        } else {
+            // A failing stdout has nowhere to be reported; the exit code still tells the result.
+            let _ = writeln!(std::io::stdout().lock(), "{}", view::check_line(result, color));
+        }
+    })
+    .await;
+    if json {
+        let doc = serde_json::json!({ "ok": verdict == Verdict::AllPassed, "checks": results });
+        let _ = writeln!(std::io::stdout().lock(), "{doc}");
+    }
+    verdict
+}
+
 /// Runs every check in order, handing each result to `report` as soon as it is known.
 pub async fn run(config: &CheckConfig, mut report: impl FnMut(&CheckResult)) -> Verdict {
     let mut verdict = Verdict::AllPassed;
-    let mut record = |name: &'static str, outcome: Outcome| {
+    let mut record = |name: &str, outcome: Outcome| {
         if matches!(outcome, Outcome::Failed { .. }) {
             verdict = Verdict::SomeFailed;
         }
-        report(&CheckResult { name, outcome });
+        report(&CheckResult { name: name.to_owned(), outcome });
     };
 
     match connect_postgres(config).await {
@@ -125,23 +172,36 @@ pub async fn run(config: &CheckConfig, mut report: impl FnMut(&CheckResult)) -> 
         }
     }
     record("Redis", check_redis(config).await);
-    record("ws-server", check_ws(config).await);
+    record("publisher", check_publisher(config).await);
+    // Also when /readyz says not ready: that is when the backlog grows.
+    record("outbox backlog", check_backlog(config).await);
+    let several = config.ws_urls.len() > 1;
+    for url in &config.ws_urls {
+        let name = if several { format!("ws-server {}", redact_url(url)) } else { "ws-server".to_owned() };
+        record(&name, check_ws(config, url).await);
+    }
     verdict
 }
 
 async fn connect_postgres(config: &CheckConfig) -> Result<PgConnection, Outcome> {
     let url = redact_url(&config.database_url);
-    let fix = format!("start PostgreSQL, or point DATABASE_URL / --database-url at it (now {url})");
-    let fail = |problem: String| Outcome::Failed { problem, fix: fix.clone() };
     let mut conn = match timeout(config.timeout, PgConnection::connect(&config.database_url)).await {
-        Err(_elapsed) => return Err(fail(format!("{url}: no connection within {}s", config.timeout.as_secs()))),
-        Ok(Err(err)) => return Err(fail(format!("{url}: {err}"))),
+        Err(_elapsed) => {
+            return Err(Outcome::failed(
+                format!("{url}: no connection within {}s", config.timeout.as_secs()),
+                format!("is PostgreSQL at {url} up and reachable (a firewall dropping packets looks like this)?"),
+            ));
+        }
+        Ok(Err(err)) => return Err(postgres::diagnose(&url, &err)),
         Ok(Ok(conn)) => conn,
     };
     match timeout(config.timeout, sqlx::query_scalar::<_, i32>("select 1").fetch_one(&mut conn)).await {
         Ok(Ok(_)) => Ok(conn),
-        Ok(Err(err)) => Err(fail(format!("{url}: select 1 failed: {err}"))),
-        Err(_elapsed) => Err(fail(format!("{url}: select 1 got no answer within {}s", config.timeout.as_secs()))),
+        Ok(Err(err)) => Err(Outcome::failed(format!("{url}: select 1 failed: {err}"), "see PostgreSQL's log")),
+        Err(_elapsed) => Err(Outcome::failed(
+            format!("{url}: select 1 got no answer within {}s", config.timeout.as_secs()),
+            "PostgreSQL is overloaded or stuck: see its log",
+        )),
     }
 }
 
@@ -221,17 +281,95 @@ async fn check_redis(config: &CheckConfig) -> Outcome {
     }
 }
 
-async fn check_ws(config: &CheckConfig) -> Outcome {
-    let url = redact_url(&config.ws_url);
+async fn check_publisher(config: &CheckConfig) -> Outcome {
+    let url = redact_url(&config.publisher_url);
+    let base = config.publisher_url.trim_end_matches('/');
+    let down_fix = format!(
+        "start the publisher, or point --publisher-url at its HTTP address (now {url}; it listens on \
+         PUBLISHER_HTTP_PORT, 9100 by default)"
+    );
+    match http::get(&format!("{base}/readyz"), config.tls.as_ref(), config.timeout).await {
+        Ok((200, _)) => Outcome::Passed { detail: format!("{url}/readyz is ready") },
+        Ok((status, body)) => Outcome::failed(
+            format!("publisher not ready: {url}/readyz answered {status}: {}", one_line(&body)),
+            "it is running but not connected to PostgreSQL or Redis: see the checks above and its log",
+        ),
+        Err(err) => Outcome::failed(format!("publisher down: {url}: {err}"), down_fix),
+    }
+}
+
+async fn check_backlog(config: &CheckConfig) -> Outcome {
+    let url = redact_url(&config.publisher_url);
+    let base = config.publisher_url.trim_end_matches('/');
+    let body = match http::get(&format!("{base}/metrics"), config.tls.as_ref(), config.timeout).await {
+        Ok((200, body)) => body,
+        Ok((status, _)) => {
+            return Outcome::failed(format!("{url}/metrics answered {status}"), "see the publisher's log");
+        }
+        Err(_) => return Outcome::Skipped { reason: "needs the publisher's /metrics".to_owned() },
+    };
+    let (Some(count), Some(age)) =
+        (metric(&body, "publisher_outbox_backlog"), metric(&body, "publisher_outbox_backlog_age_seconds"))
+    else {
+        return Outcome::failed(
+            format!("{url}/metrics has no publisher_outbox_backlog gauges"),
+            "is --publisher-url the publisher (not a ws-server)? An older publisher does not report its backlog",
+        );
+    };
+    let limit = config.max_backlog_age.as_secs_f64();
+    if count > 0.0 && age > limit {
+        return Outcome::failed(
+            format!(
+                "backlog growing: {count} committed {} not yet published, the oldest {age:.0}s old (limit {limit:.0}s)",
+                if count == 1.0 { "change" } else { "changes" }
+            ),
+            "the publisher cannot publish: check Redis (above) and the publisher's log; it catches up by \
+             itself once Redis takes writes again",
+        );
+    }
+    Outcome::Passed { detail: format!("{count} unpublished, oldest {age:.1}s old") }
+}
+
+/// The value of an unlabelled gauge in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let value = rest.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn one_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+async fn check_ws(config: &CheckConfig, ws_url: &str) -> Outcome {
+    let url = redact_url(ws_url);
+    let start_fix = "start ws-server, or pass its WebSocket endpoint with --url (e.g. ws://localhost:8080/ws)";
+    let Some(readyz) = http::readyz_url(ws_url) else {
+        return Outcome::failed(format!("{url}: not a ws:// or wss:// URL"), start_fix);
+    };
+    match http::get(&readyz, config.tls.as_ref(), config.timeout).await {
+        Ok((200, _)) => {}
+        Ok((status, body)) => {
+            return Outcome::failed(
+                format!("{url}: /readyz answered {status}: {}", one_line(&body)),
+                "the replica is up but not connected to Redis: check Redis (above) and the replica's log",
+            );
+        }
+        Err(err) => return Outcome::failed(format!("{url}: {err}"), start_fix),
+    }
     let deadline = Instant::now() + config.timeout;
-    let (mut ws, protocol) = match feed::handshake(&config.ws_url, config.timeout).await {
+    let dial = Dial { params: &config.params, tls: config.tls.as_ref() };
+    let (mut ws, protocol) = match feed::handshake(ws_url, dial, config.timeout).await {
         Ok(connection) => connection,
         Err(err) => {
-            return Outcome::Failed {
-                problem: format!("{url}: {err}"),
-                fix: "start ws-server, or pass its WebSocket endpoint with --url (e.g. ws://localhost:8080/ws)"
-                    .to_owned(),
+            let fix = if err.is_refusal() {
+                "pass a valid token with --token / ORDERS_TOKEN, or the CA with --ca-file"
+            } else {
+                start_fix
             };
+            return Outcome::failed(format!("{url}: {err}"), fix);
         }
     };
     let detail = match protocol {
@@ -255,5 +393,5 @@ async fn check_ws(config: &CheckConfig) -> Outcome {
     };
     // Best effort: the check has its answer, and the server copes with a dropped socket.
     let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
-    Outcome::Passed { detail }
+    Outcome::Passed { detail: format!("{detail}; ready") }
 }

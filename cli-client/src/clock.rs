@@ -1,136 +1,111 @@
 //! Times of day for the human view: an event's `ts` (or, without one, the current time) as
-//! `HH:MM:SS` in the local time zone.
+//! `HH:MM:SS` in the local time zone, and the commit→screen lag for `table`.
 //!
-//! The standard library has no time zone database, so the local UTC offset is asked of the
-//! system once at start (`date +%z`, which honours `TZ`), falling back to UTC where that fails.
-//! A run that spans a daylight-saving change keeps the offset it started with.
+//! The zone comes from jiff (`TZ`, else /etc/localtime, with the system's tz database), and
+//! each instant is converted with the rules in force at that instant: a run that spans a
+//! daylight-saving change shows the times on both sides of it correctly.
 
-use std::{
-    process::Command,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime};
 
-const DAY: i64 = 86_400;
+use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 
-/// An offset from UTC, east positive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UtcOffset {
-    seconds: i32,
+/// The local time zone; UTC when it cannot be found.
+pub fn local_zone() -> TimeZone {
+    TimeZone::try_system().unwrap_or_else(|err| {
+        tracing::debug!(%err, "local time zone unknown; showing times in UTC");
+        TimeZone::UTC
+    })
 }
 
-impl UtcOffset {
-    /// UTC itself.
-    pub const UTC: Self = Self { seconds: 0 };
-
-    /// An offset of `seconds` east of UTC.
-    pub fn from_seconds(seconds: i32) -> Self {
-        Self { seconds }
-    }
-
-    /// The local offset, from `date +%z`; UTC when it cannot be found.
-    pub fn local() -> Self {
-        let output = Command::new("date").arg("+%z").output();
-        match output {
-            Ok(out) if out.status.success() => {
-                Self::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or(Self::UTC)
-            }
-            Ok(_) | Err(_) => {
-                tracing::debug!("local UTC offset unknown; showing times in UTC");
-                Self::UTC
-            }
-        }
-    }
-
-    /// Parses `Z`, `+01`, `+0100`, `+01:00`, `-05:30`.
-    pub fn parse(text: &str) -> Option<Self> {
-        if text == "Z" || text == "z" {
-            return Some(Self::UTC);
-        }
-        let (sign, rest) = match text.as_bytes().first()? {
-            b'+' => (1, &text[1..]),
-            b'-' => (-1, &text[1..]),
-            _ => return None,
-        };
-        let digits: String = rest.chars().filter(|c| *c != ':').collect();
-        if !(digits.len() == 2 || digits.len() == 4) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let hours: i32 = digits[..2].parse().ok()?;
-        let minutes: i32 = if digits.len() == 4 { digits[2..].parse().ok()? } else { 0 };
-        (hours <= 23 && minutes <= 59).then(|| Self::from_seconds(sign * (hours * 3600 + minutes * 60)))
-    }
+/// An event's `ts` as an instant: ISO 8601 / RFC 3339 or PostgreSQL's text form, with an
+/// offset (`+00`, `+00:00`, `Z`). `None` without an offset or when it does not parse.
+pub fn parse_ts(ts: &str) -> Option<Timestamp> {
+    ts.trim().parse::<Timestamp>().ok()
 }
 
-/// `HH:MM:SS` at `offset` for an event: from `ts` when it is an ISO 8601 / PostgreSQL timestamp
-/// with an offset, as written when it has none, and from `now` when there is no usable `ts`.
-pub fn time_of_day(ts: Option<&str>, offset: UtcOffset, now: SystemTime) -> String {
-    let seconds = ts.and_then(|ts| ts_seconds_of_day(ts, offset)).unwrap_or_else(|| {
-        let since_epoch = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        (since_epoch + i64::from(offset.seconds)).rem_euclid(DAY)
-    });
-    format!("{:02}:{:02}:{:02}", seconds / 3600, seconds % 3600 / 60, seconds % 60)
+/// `HH:MM:SS` in `zone` for an event: from `ts` when it has an offset, as written when it has
+/// none, and from `now` when there is no usable `ts`.
+pub fn time_of_day(ts: Option<&str>, zone: &TimeZone, now: SystemTime) -> String {
+    if let Some(ts) = ts {
+        if let Some(instant) = parse_ts(ts) {
+            return zone.to_datetime(instant).strftime("%H:%M:%S").to_string();
+        }
+        if let Ok(written) = ts.trim().parse::<DateTime>() {
+            return written.strftime("%H:%M:%S").to_string();
+        }
+    }
+    let now = Timestamp::try_from(now).unwrap_or(Timestamp::UNIX_EPOCH);
+    zone.to_datetime(now).strftime("%H:%M:%S").to_string()
 }
 
-/// Seconds since local midnight for `2026-11-26T17:39:19.123456+00:00` (or with a space
-/// instead of `T`, or a `Z`); `None` when it does not look like that.
-fn ts_seconds_of_day(ts: &str, local: UtcOffset) -> Option<i64> {
-    let time = ts.get(11..)?;
-    if !matches!(ts.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
-        return None;
-    }
-    let field = |range: std::ops::Range<usize>| -> Option<i64> {
-        let s = time.get(range)?;
-        s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse().ok())?
-    };
-    let (h, m, s) = (field(0..2)?, field(3..5)?, field(6..8)?);
-    if time.as_bytes().get(2) != Some(&b':') || time.as_bytes().get(5) != Some(&b':') || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let written = h * 3600 + m * 60 + s.min(59);
-    // Whatever follows the seconds: an optional fraction, then the offset (if any).
-    let rest = time[8..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    if rest.is_empty() {
-        return Some(written);
-    }
-    let ts_offset = UtcOffset::parse(rest)?;
-    Some((written - i64::from(ts_offset.seconds) + i64::from(local.seconds)).rem_euclid(DAY))
+/// How long ago `ts` was at `now` (zero when the clocks disagree the other way); `None` when
+/// `ts` is not an instant.
+pub fn lag(ts: &str, now: SystemTime) -> Option<Duration> {
+    let then = SystemTime::try_from(parse_ts(ts)?).ok()?;
+    Some(now.duration_since(then).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     const TS: &str = "2026-11-26T17:39:19.123456+00:00";
 
+    fn fixed(hours: i8) -> TimeZone {
+        TimeZone::fixed(jiff::tz::Offset::constant(hours))
+    }
+
     #[test]
     fn ts_is_shown_in_local_time() {
-        assert_eq!(time_of_day(Some(TS), UtcOffset::UTC, UNIX_EPOCH), "17:39:19");
-        assert_eq!(time_of_day(Some(TS), UtcOffset::from_seconds(3600), UNIX_EPOCH), "18:39:19");
-        assert_eq!(time_of_day(Some(TS), UtcOffset::from_seconds(-18 * 3600), UNIX_EPOCH), "23:39:19");
-        assert_eq!(time_of_day(Some("2026-11-26 23:30:00+05:30"), UtcOffset::UTC, UNIX_EPOCH), "18:00:00");
-        assert_eq!(time_of_day(Some("2026-11-26T01:02:03Z"), UtcOffset::UTC, UNIX_EPOCH), "01:02:03");
+        assert_eq!(time_of_day(Some(TS), &TimeZone::UTC, UNIX_EPOCH), "17:39:19");
+        assert_eq!(time_of_day(Some(TS), &fixed(1), UNIX_EPOCH), "18:39:19");
+        assert_eq!(time_of_day(Some(TS), &fixed(-18), UNIX_EPOCH), "23:39:19");
+        assert_eq!(time_of_day(Some("2026-11-26 23:30:00+05:30"), &TimeZone::UTC, UNIX_EPOCH), "18:00:00");
+        assert_eq!(time_of_day(Some("2026-11-26 23:30:00.5+01"), &TimeZone::UTC, UNIX_EPOCH), "22:30:00");
+        assert_eq!(time_of_day(Some("2026-11-26T01:02:03Z"), &TimeZone::UTC, UNIX_EPOCH), "01:02:03");
     }
 
     #[test]
     fn ts_without_offset_is_shown_as_written() {
-        assert_eq!(time_of_day(Some("2026-11-26T17:39:19.5"), UtcOffset::from_seconds(7200), UNIX_EPOCH), "17:39:19");
+        assert_eq!(time_of_day(Some("2026-11-26T17:39:19.5"), &fixed(2), UNIX_EPOCH), "17:39:19");
     }
 
     #[test]
     fn without_a_usable_ts_the_time_is_now() {
-        let now = UNIX_EPOCH + Duration::from_secs(DAY as u64 * 100 + 3 * 3600 + 4 * 60 + 5);
-        assert_eq!(time_of_day(None, UtcOffset::UTC, now), "03:04:05");
-        assert_eq!(time_of_day(Some("yesterday"), UtcOffset::from_seconds(-4 * 3600), now), "23:04:05");
+        let now = UNIX_EPOCH + Duration::from_secs(86_400 * 100 + 3 * 3600 + 4 * 60 + 5);
+        assert_eq!(time_of_day(None, &TimeZone::UTC, now), "03:04:05");
+        assert_eq!(time_of_day(Some("yesterday"), &fixed(-4), now), "23:04:05");
+    }
+
+    /// New York's rules as a POSIX TZ string (no tz database needed): EST, EDT from the
+    /// second Sunday of March to the first Sunday of November, at 02:00 local.
+    fn new_york() -> TimeZone {
+        TimeZone::posix("EST5EDT,M3.2.0,M11.1.0").unwrap()
     }
 
     #[test]
-    fn offsets_parse_in_every_common_spelling() {
-        for (text, seconds) in [("Z", 0), ("+01", 3600), ("+0100", 3600), ("+01:00", 3600), ("-05:30", -19800)] {
-            assert_eq!(UtcOffset::parse(text), Some(UtcOffset::from_seconds(seconds)), "{text}");
+    fn daylight_saving_changes_are_followed_instant_by_instant() {
+        let zones = [new_york()].into_iter().chain(TimeZone::get("America/New_York").ok());
+        for zone in zones {
+            // 2026-03-08: 02:00 EST becomes 03:00 EDT (07:00 UTC).
+            assert_eq!(time_of_day(Some("2026-03-08T06:59:59Z"), &zone, UNIX_EPOCH), "01:59:59");
+            assert_eq!(time_of_day(Some("2026-03-08T07:00:00Z"), &zone, UNIX_EPOCH), "03:00:00");
+            // 2026-11-01: 02:00 EDT becomes 01:00 EST (06:00 UTC): 01:30 happens twice.
+            assert_eq!(time_of_day(Some("2026-11-01T05:30:00Z"), &zone, UNIX_EPOCH), "01:30:00");
+            assert_eq!(time_of_day(Some("2026-11-01T06:30:00Z"), &zone, UNIX_EPOCH), "01:30:00");
+            assert_eq!(time_of_day(Some("2026-11-01T07:00:00Z"), &zone, UNIX_EPOCH), "02:00:00");
+            // Summer and winter offsets away from the changes.
+            assert_eq!(time_of_day(Some("2026-07-01T12:00:00+00:00"), &zone, UNIX_EPOCH), "08:00:00");
+            assert_eq!(time_of_day(Some("2026-12-01T12:00:00+00:00"), &zone, UNIX_EPOCH), "07:00:00");
         }
-        for bad in ["", "01:00", "+1", "+24:00", "+01:0x"] {
-            assert_eq!(UtcOffset::parse(bad), None, "{bad}");
-        }
+    }
+
+    #[test]
+    fn lag_is_the_time_since_ts() {
+        let now = SystemTime::try_from(parse_ts("2026-11-26T17:39:20.5Z").unwrap()).unwrap();
+        assert_eq!(lag("2026-11-26T17:39:19+00", now), Some(Duration::from_millis(1500)));
+        assert_eq!(lag("2026-11-26T17:39:21Z", now), Some(Duration::ZERO));
+        assert_eq!(lag("soon", now), None);
     }
 }

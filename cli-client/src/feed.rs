@@ -53,9 +53,9 @@ use protocol::{log::Position, retry::Backoff};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{FeedConfig, OnReset, Start};
+pub use config::{FeedConfig, OnReset, Params, Start};
 pub use connect::Protocol;
-pub(crate) use connect::handshake;
+pub(crate) use connect::{Dial, handshake};
 pub use cursor::Subscribe;
 pub use error::{FeedError, reset_explanation};
 pub(crate) use inbound::{Inbound, classify};

@@ -8,14 +8,20 @@
 //!   `--since` / `--snapshot` starts and `reset` handling; yields [`feed::FeedItem`]s
 //! - [`view`]: rendering only (event lines, snapshot lines, JSON lines, status lines, check lines); knows
 //!   nothing about sockets
-//! - [`clock`]: an event's time as local `HH:MM:SS`
+//! - [`clock`]: an event's time as local `HH:MM:SS` (jiff, DST-correct), and its lag
 //! - [`watch`]: the `watch` command, joining the feed to the renderer
-//! - [`check`]: the `check` command: PostgreSQL, the `orders` table and trigger, Redis, ws-server
+//! - [`table`]: the `table` command: a full-screen live table (ratatui), its state kept in a
+//!   pure model
+//! - [`tls`]: `wss://`: the trusted CAs (system store, `--ca-file`) and certificate errors in words
+//! - [`check`]: the `check` command: PostgreSQL, the `orders` table and trigger, Redis, the
+//!   publisher and its backlog, every ws-server
 
 pub mod args;
 pub mod check;
 pub mod clock;
 pub mod feed;
+pub mod table;
+pub mod tls;
 #[allow(clippy::print_stdout)]
 pub mod view;
 pub mod watch;

@@ -15,6 +15,7 @@ use std::{
 pub use event::{
     FieldChange, changed_fields, describe_changes, event_line, json_line, snapshot_header, snapshot_line, sort_rows,
 };
+use jiff::tz::TimeZone;
 use protocol::{
     env::redact_url,
     frames::{EventFrame, SnapshotRow},
@@ -23,7 +24,7 @@ use protocol::{
 
 use crate::{
     check::{CheckResult, Outcome},
-    clock::{self, UtcOffset},
+    clock,
     feed::{DisconnectReason, FeedItem, Protocol, Subscribe, reset_explanation},
 };
 
@@ -56,22 +57,22 @@ pub enum Format {
 #[derive(Debug)]
 pub struct Printer<O, E> {
     format: Format,
-    offset: UtcOffset,
+    zone: TimeZone,
     out: O,
     err: E,
 }
 
 impl Printer<io::Stdout, io::Stderr> {
-    /// A printer on the process's stdout and stderr, showing times at `offset`.
-    pub fn stdio(format: Format, offset: UtcOffset) -> Self {
-        Self::new(format, offset, io::stdout(), io::stderr())
+    /// A printer on the process's stdout and stderr, showing times in `zone`.
+    pub fn stdio(format: Format, zone: TimeZone) -> Self {
+        Self::new(format, zone, io::stdout(), io::stderr())
     }
 }
 
 impl<O: Write, E: Write> Printer<O, E> {
     /// A printer on the given writers (tests pass buffers).
-    pub fn new(format: Format, offset: UtcOffset, out: O, err: E) -> Self {
-        Self { format, offset, out, err }
+    pub fn new(format: Format, zone: TimeZone, out: O, err: E) -> Self {
+        Self { format, zone, out, err }
     }
 
     /// Prints one event and flushes, so each line reaches a pipe as soon as it happens.
@@ -82,7 +83,7 @@ impl<O: Write, E: Write> Printer<O, E> {
         match self.format {
             Format::Json => writeln!(self.out, "{}", json_line(raw))?,
             Format::Human(color) => {
-                let time = clock::time_of_day(frame.ts.as_deref(), self.offset, SystemTime::now());
+                let time = clock::time_of_day(frame.ts.as_deref(), &self.zone, SystemTime::now());
                 writeln!(self.out, "{}", event_line(frame, &time, color))?;
             }
         }
@@ -260,7 +261,7 @@ mod tests {
     fn json_mode_prints_the_raw_frame_one_per_line_and_no_status_on_stdout() {
         let raw = r#"{"type":"event","id":7,"table":"orders","operation":"INSERT","order":{"id":1,"amount":10.50},"ts":"2026-11-26T17:39:19.123456+00:00"}"#;
         let frame: EventFrame = serde_json::from_str(raw).unwrap();
-        let mut printer = Printer::new(Format::Json, UtcOffset::UTC, Vec::new(), Vec::new());
+        let mut printer = Printer::new(Format::Json, TimeZone::UTC, Vec::new(), Vec::new());
         printer.status(&FeedItem::Connected {
             url: "ws://h/ws".into(),
             server_id: Some("ws-1".into()),
@@ -286,7 +287,7 @@ mod tests {
             old: None,
             ts: Some("2026-11-26T17:39:19.123456+00:00".into()),
         };
-        let mut printer = Printer::new(Format::Human(Color::Off), UtcOffset::UTC, Vec::new(), Vec::new());
+        let mut printer = Printer::new(Format::Human(Color::Off), TimeZone::UTC, Vec::new(), Vec::new());
         printer.event(&frame, "{}").unwrap();
         let (out, _) = printer.into_parts();
         assert_eq!(String::from_utf8(out).unwrap(), "17:39:19 INSERT #5 Bo · Lamp · pending · 5.00\n");
@@ -384,7 +385,7 @@ mod tests {
         let protocol::frames::ServerFrame::Snapshot { position, rows, .. } = serde_json::from_str(raw).unwrap() else {
             panic!("a snapshot")
         };
-        let mut printer = Printer::new(Format::Human(Color::Off), UtcOffset::UTC, Vec::new(), Vec::new());
+        let mut printer = Printer::new(Format::Human(Color::Off), TimeZone::UTC, Vec::new(), Vec::new());
         printer.snapshot(position.as_ref(), &rows, raw).unwrap();
         let (out, err) = printer.into_parts();
         assert_eq!(
@@ -393,7 +394,7 @@ mod tests {
         );
         assert_eq!(String::from_utf8(err).unwrap(), "--- live from e1:7 ---\n");
 
-        let mut printer = Printer::new(Format::Json, UtcOffset::UTC, Vec::new(), Vec::new());
+        let mut printer = Printer::new(Format::Json, TimeZone::UTC, Vec::new(), Vec::new());
         printer.snapshot(position.as_ref(), &rows, raw).unwrap();
         let (out, _) = printer.into_parts();
         assert_eq!(String::from_utf8(out).unwrap(), format!("{raw}\n"));
@@ -401,16 +402,18 @@ mod tests {
 
     #[test]
     fn check_lines_align_and_carry_the_fix() {
-        let passed = CheckResult { name: "Redis", outcome: Outcome::Passed { detail: "PONG".into() } };
+        let passed = CheckResult { name: "Redis".into(), outcome: Outcome::Passed { detail: "PONG".into() } };
         assert_eq!(check_line(&passed, Color::Off), "ok      Redis: PONG");
         let failed = CheckResult {
-            name: "Redis",
+            name: "Redis".into(),
             outcome: Outcome::Failed { problem: "no answer".into(), fix: "start Redis".into() },
         };
         assert_eq!(check_line(&failed, Color::Off), "FAIL    Redis: no answer — fix: start Redis");
         assert_eq!(check_line(&failed, Color::On), "\x1b[31mFAIL   \x1b[0m Redis: no answer — fix: start Redis");
-        let skipped =
-            CheckResult { name: "orders table", outcome: Outcome::Skipped { reason: "needs PostgreSQL".into() } };
+        let skipped = CheckResult {
+            name: "orders table".into(),
+            outcome: Outcome::Skipped { reason: "needs PostgreSQL".into() },
+        };
         assert_eq!(check_line(&skipped, Color::Off), "skipped orders table: needs PostgreSQL");
     }
 }

@@ -28,7 +28,7 @@ impl WatchError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Feed(FeedError::GaveUp { .. }) => exit::GAVE_UP,
-            Self::Feed(FeedError::InvalidUrl { .. }) => exit::USAGE,
+            Self::Feed(FeedError::InvalidUrl { .. } | FeedError::Refused { .. }) => exit::USAGE,
             Self::Feed(FeedError::Reset { .. }) => exit::RESET,
             Self::Output(_) => exit::FAILED,
         }

@@ -7,7 +7,12 @@
 use protocol::env::redact_url;
 use tokio::time::Instant;
 
-use super::{DisconnectReason, Feed, FeedError, Protocol, State, connect::handshake, resume, session::Session};
+use super::{
+    DisconnectReason, Feed, FeedError, Protocol, State,
+    connect::{Dial, handshake},
+    resume,
+    session::Session,
+};
 
 impl Feed {
     /// Attempts a connection: on success the state becomes `Open`, on a retryable failure the
@@ -25,13 +30,14 @@ impl Feed {
             return Err(FeedError::InvalidUrl { url: String::new(), reason: "no ws:// URL to connect to".to_owned() });
         };
         let started = Instant::now();
+        let dial = Dial { params: &self.config.params, tls: self.config.tls.as_ref() };
         let attempt = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => {
                 self.state = State::Done;
                 return Ok(());
             }
-            attempt = handshake(&url, self.config.connect_timeout) => attempt,
+            attempt = handshake(&url, dial, self.config.connect_timeout) => attempt,
         };
         match attempt {
             Ok((ws, protocol)) => {
@@ -45,6 +51,10 @@ impl Feed {
             Err(err) if err.is_fatal() => {
                 self.state = State::Done;
                 return Err(FeedError::InvalidUrl { url: redact_url(&url), reason: err.to_string() });
+            }
+            Err(err) if err.is_refusal() => {
+                self.state = State::Done;
+                return Err(FeedError::Refused { url: redact_url(&url), reason: err.to_string() });
             }
             Err(err) => self.fail(url, DisconnectReason::ConnectFailed(err.to_string()), started),
         }

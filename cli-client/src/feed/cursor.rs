@@ -37,14 +37,23 @@ pub enum Subscribe {
 }
 
 impl Subscribe {
-    /// The client frame for it.
-    pub(crate) fn frame(&self) -> protocol::frames::ClientFrame {
+    /// The client frame for it, carrying `params` (it replaces the default subscription the
+    /// URL made, so it must ask for the same view).
+    pub(crate) fn frame(&self, params: &super::Params) -> protocol::frames::ClientFrame {
         let (since, snapshot) = match self {
             Self::Since(position) => (Some(position.clone()), false),
             Self::Snapshot => (None, true),
             Self::Live => (None, false),
         };
-        protocol::frames::ClientFrame::Subscribe(protocol::frames::Subscribe { since, snapshot, ..Default::default() })
+        protocol::frames::ClientFrame::Subscribe(protocol::frames::Subscribe {
+            since,
+            snapshot,
+            filter: params.filter.clone(),
+            select: params.select.clone(),
+            table: params.table.clone(),
+            consumer: params.consumer.clone(),
+            ..Default::default()
+        })
     }
 }
 
@@ -434,7 +443,7 @@ mod tests {
     fn subscribe_frames_say_what_is_asked() {
         use protocol::frames::ClientFrame;
         assert_eq!(
-            Subscribe::Since(at("e", 3)).frame(),
+            Subscribe::Since(at("e", 3)).frame(&Default::default()),
             ClientFrame::Subscribe(protocol::frames::Subscribe {
                 since: Some(at("e", 3)),
                 snapshot: false,
@@ -443,7 +452,7 @@ mod tests {
             })
         );
         assert_eq!(
-            Subscribe::Snapshot.frame(),
+            Subscribe::Snapshot.frame(&Default::default()),
             ClientFrame::Subscribe(protocol::frames::Subscribe {
                 since: None,
                 snapshot: true,
@@ -451,7 +460,7 @@ mod tests {
                 ..Default::default()
             })
         );
-        let text = serde_json::to_string(&Subscribe::Since(at("e", 3)).frame()).unwrap();
+        let text = serde_json::to_string(&Subscribe::Since(at("e", 3)).frame(&Default::default())).unwrap();
         assert_eq!(text, r#"{"type":"subscribe","since":{"epoch":"e","pos":3},"snapshot":false,"conflate":false}"#);
     }
 }

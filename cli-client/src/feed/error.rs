@@ -33,6 +33,15 @@ pub enum FeedError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The server refused what was asked for (a filter, select, table, consumer or token),
+    /// or its certificate was refused: the settings must change.
+    #[error("{url}: {reason}")]
+    Refused {
+        /// The URL, password redacted.
+        url: String,
+        /// What was refused, and what to change.
+        reason: String,
+    },
     /// `max_retries` attempts in a row failed.
     #[error("gave up on {url} after {retries} {}; last error: {last}", if *retries == 1 { "retry" } else { "retries" })]
     GaveUp {

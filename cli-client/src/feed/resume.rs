@@ -20,6 +20,9 @@ use super::{
     session::{Session, Step},
 };
 
+/// Error codes that mean the view asked for is refused (docs/protocol.md, Errors).
+const REFUSALS: &[&str] = &["invalid_filter", "forbidden", "unauthorized", "limit_exceeded"];
+
 /// What one step of an open session leads to.
 pub(super) enum Flow {
     /// Keep reading.
@@ -101,7 +104,7 @@ fn not_resumed(cursor: &mut Cursor, problem: String, pending: &mut VecDeque<Feed
 }
 
 fn send(session: &mut Session, config: &FeedConfig, subscribe: &Subscribe) {
-    session.queue(&subscribe.frame());
+    session.queue(&subscribe.frame(&config.params));
     session.answer_deadline = Some(Instant::now() + config.answer_timeout);
 }
 
@@ -161,6 +164,14 @@ fn frame(
         }
         Inbound::Rebased { from, position } => cursor.rebased(&from, position),
         Inbound::Conflated { from, to, folded } => pending.push_back(FeedItem::Conflated { from, to, folded }),
+        Inbound::ServerError { code, message } if REFUSALS.contains(&code.as_str()) => {
+            // About the filter, select, table, consumer or token: the same request would be
+            // refused again on every replica.
+            return Flow::Stop(FeedError::Refused {
+                url: protocol::env::redact_url(&session.url),
+                reason: format!("the server refused the subscription ({code}): {message}"),
+            });
+        }
         Inbound::ServerError { code, message } => {
             if cursor.awaiting().is_some() {
                 // The one frame this client sends is `subscribe`: the error is about it.

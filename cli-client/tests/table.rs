@@ -1,0 +1,167 @@
+//! `cli-client table` in a real terminal: tmux on a private socket runs it in a pane; the
+//! test reads the screen with `capture-pane`, types with `send-keys`, and changes rows with
+//! SQL. Needs tmux (Debian package `tmux`): under CI (`CI=true`) its absence fails the test,
+//! elsewhere the test is skipped with a message.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use e2e::{System, WAIT};
+use tokio::time::{Instant, sleep};
+
+/// A tmux server of this test's own; killed on drop, whatever the test's outcome.
+struct Tmux {
+    socket: String,
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(Stdio::null()).status();
+    }
+}
+
+impl Tmux {
+    /// `None` (after saying why) when tmux is missing outside CI; panics when it is missing in CI.
+    fn start(width: u16, height: u16, command: &str) -> Option<Tmux> {
+        let found = Command::new("tmux").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if !found.is_ok_and(|s| s.success()) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "tmux is required in CI for the table test: install the Debian package `tmux`"
+            );
+            eprintln!("skipped: tmux is not installed (Debian: apt-get install tmux)");
+            return None;
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let tmux = Tmux { socket: format!("cli-table-{}-{nanos}", std::process::id()) };
+        let (w, h) = (width.to_string(), height.to_string());
+        // `-f /dev/null`: no user configuration; the pane's shell stays after the command for the checks.
+        let ok = Command::new("tmux")
+            .args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", &w, "-y", &h, command])
+            .env_remove("TMUX")
+            .status()
+            .expect("tmux runs");
+        assert!(ok.success(), "tmux new-session failed");
+        Some(tmux)
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("tmux runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The visible screen, as text.
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        self.tmux(&args);
+    }
+
+    /// Waits until `ready` holds for the screen; returns that screen.
+    async fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if ready(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {WAIT:?}; the screen:\n{screen}");
+            sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The text of the cell in `column` on the row whose id is `id`, read by the header's layout.
+fn cell(screen: &str, id: i64, column: &str) -> Option<String> {
+    let header = screen.lines().find(|l| l.trim_start().starts_with("id"))?;
+    let start = header.find(column)?;
+    let row = screen.lines().find(|l| l.split_whitespace().next() == Some(id.to_string().as_str()))?;
+    let rest: String = row.chars().skip(header[..start].chars().count()).collect();
+    Some(rest.split("  ").next().unwrap_or_default().trim().to_owned())
+}
+
+#[tokio::test]
+async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal() {
+    let system = System::start(1).await;
+    for (name, status) in [("Ann", "pending"), ("Bob", "pending")] {
+        system
+            .sql(&format!(
+                "INSERT INTO orders (customer_name, product_name, status) VALUES ('{name}', 'Lamp', '{status}')"
+            ))
+            .await;
+    }
+    let command = format!(
+        "{} table --url {}; echo \"exit=$?\"; stty -a; sleep 120",
+        env!("CARGO_BIN_EXE_cli-client"),
+        system.ws[0].ws_url()
+    );
+    let Some(tmux) = Tmux::start(120, 30, &command) else { return };
+
+    // The snapshot first.
+    let screen = tmux.wait_for("snapshot", |s| cell(s, 2, "customer_name").as_deref() == Some("Bob")).await;
+    assert_eq!(cell(&screen, 1, "status").as_deref(), Some("pending"), "{screen}");
+    assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "1");
+
+    // An UPDATE lands in the right cell, highlighted; the other row is untouched.
+    system.sql("UPDATE orders SET status = 'shipped' WHERE id = 1").await;
+    let screen = tmux.wait_for("the update", |s| cell(s, 1, "status").as_deref() == Some("shipped")).await;
+    assert_eq!(cell(&screen, 2, "status").as_deref(), Some("pending"), "{screen}");
+    assert!(screen.contains("connected") && screen.contains("2 rows"), "status line: {screen}");
+    let styled = tmux.tmux(&["capture-pane", "-p", "-e", "-t", "t"]);
+    assert!(styled.contains("43m") || styled.contains("48;5;3m"), "the changed cell is highlighted:\n{styled}");
+
+    // A DELETE removes the row; an INSERT adds one.
+    system.sql("DELETE FROM orders WHERE id = 2").await;
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Cy', 'Desk')").await;
+    let screen = tmux.wait_for("delete and insert", |s| cell(s, 3, "customer_name").as_deref() == Some("Cy")).await;
+    assert_eq!(cell(&screen, 2, "customer_name"), None, "{screen}");
+
+    // Pause queues; unpausing applies what came meanwhile.
+    tmux.keys(&["p"]);
+    tmux.wait_for("pause", |s| s.contains("PAUSED")).await;
+    system.sql("UPDATE orders SET status = 'void' WHERE id = 3").await;
+    tmux.wait_for("a queued change", |s| s.contains("(1 queued)")).await;
+    assert_ne!(cell(&tmux.screen(), 3, "status").as_deref(), Some("void"));
+    tmux.keys(&["p"]);
+    tmux.wait_for("the queued change applied", |s| cell(s, 3, "status").as_deref() == Some("void")).await;
+
+    // Help opens and closes; the table follows a resize.
+    tmux.keys(&["?"]);
+    tmux.wait_for("help", |s| s.contains("edit the filter")).await;
+    tmux.keys(&["x"]);
+    tmux.wait_for("help closed", |s| !s.contains("edit the filter")).await;
+    tmux.tmux(&["resize-window", "-t", "t", "-x", "90", "-y", "16"]);
+    tmux.wait_for("a redraw at the new size", |s| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines.len() == 16 && lines.last().is_some_and(|l| l.contains("rows"))
+    })
+    .await;
+
+    // q: exit code 0, the alternate screen left, echo and canonical mode back.
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("exit", |s| s.contains("exit=") && s.contains("icanon")).await;
+    assert!(screen.contains("exit=0"), "{screen}");
+    assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "0");
+    let modes: Vec<&str> = screen.split(|c: char| c.is_whitespace() || c == ';').collect();
+    for mode in ["icanon", "echo", "isig"] {
+        assert!(modes.contains(&mode), "{mode} not restored:\n{screen}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_terminal_table_points_to_watch_json_and_exits_2() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cli-client"))
+        .args(["table", "--url", "ws://127.0.0.1:1/ws"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("watch --json"));
+}

@@ -1,0 +1,63 @@
+//! `wss://`: through a TLS terminator with a private CA in front of a real ws-server, `watch`
+//! works with `--ca-file` (or `SSL_CERT_FILE`) and, without it, fails with a line saying the
+//! issuer is unknown and how to fix it; a certificate for another name says so.
+
+mod support;
+
+use std::{process::Stdio, time::Duration};
+
+use e2e::{System, WAIT};
+use serde_json::Value;
+use support::tls::TlsFront;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+    time::timeout,
+};
+
+async fn first_event(system: &System, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cli-client"));
+    command.args(["watch", "--json"]).args(args).env_remove("SSL_CERT_FILE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let connected = timeout(WAIT, stderr.next_line()).await.expect("status in time").unwrap().unwrap_or_default();
+    assert!(connected.starts_with("connected to wss://"), "{connected}");
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Tia', 'Secure')").await;
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = timeout(WAIT, stdout.next_line()).await.expect("an event in time").unwrap().expect("stdout open");
+    child.kill().await.unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn wss_works_with_the_private_ca_and_says_what_is_wrong_without_it() {
+    let system = System::start(1).await;
+    let front = TlsFront::start(system.ws[0].addr).await;
+    let url = front.wss_url();
+    let ca = front.ca_file.to_str().unwrap();
+
+    let event = first_event(&system, &["--url", &url, "--ca-file", ca], &[]).await;
+    assert_eq!(event["order"]["product_name"], "Secure");
+    let event = first_event(&system, &["--url", &url], &[("SSL_CERT_FILE", ca)]).await;
+    assert_eq!(event["order"]["customer_name"], "Tia");
+
+    let started = std::time::Instant::now();
+    let run = support::run(&["watch", "--url", &url], &[]).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("unknown issuer") && run.stderr.contains("--ca-file"), "{run:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "a certificate error is not retried");
+
+    // The certificate is for localhost, not 127.0.0.1.
+    let by_ip = format!("wss://127.0.0.1:{}/ws", front.port);
+    let run = support::run(&["watch", "--url", &by_ip, "--ca-file", ca], &[]).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("name mismatch"), "{run:?}");
+
+    let missing = support::run(&["watch", "--url", &url, "--ca-file", "/nonexistent/ca.pem"], &[]).await;
+    assert_eq!(missing.code, Some(2), "{missing:?}");
+    assert!(missing.stderr.contains("/nonexistent/ca.pem"), "{missing:?}");
+}
