@@ -101,7 +101,7 @@ async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal(
         env!("CARGO_BIN_EXE_cli-client"),
         system.ws[0].ws_url()
     );
-    let Some(tmux) = Tmux::start(120, 30, &command) else { return };
+    let Some(tmux) = Tmux::start(160, 30, &command) else { return };
 
     // The snapshot first.
     let screen = tmux.wait_for("snapshot", |s| cell(s, 2, "customer_name").as_deref() == Some("Bob")).await;

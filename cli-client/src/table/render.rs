@@ -53,6 +53,7 @@ fn table(frame: &mut Frame<'_>, area: Rect, model: &mut Model, now: Instant) {
     // Header row, then one row per order.
     let height = usize::from(area.height.saturating_sub(1));
     let (_, rows) = model.visible(height);
+    // Room for the header and its sort marker, then for the widest cell shown (at most 40).
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count() + 2).collect();
     let body: Vec<Vec<String>> =
         rows.iter().map(|(_, row)| columns.iter().map(|c| cell(row.get(c))).collect()).collect();
