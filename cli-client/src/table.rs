@@ -18,7 +18,7 @@ use crossterm::event::{Event, EventStream};
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-pub use model::{Action, Change, Model};
+pub use model::{Action, Change, Model, RowRef};
 
 use crate::{
     args::exit,

@@ -22,6 +22,9 @@ pub(super) const HIGHLIGHT: Duration = Duration::from_millis(1500);
 /// The window events per second is measured over.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
+/// A row on screen: its id and its columns.
+pub type RowRef<'a> = (i64, &'a Map<String, Value>);
+
 /// One change to apply, or to queue while paused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -34,8 +37,8 @@ pub enum Change {
     },
     /// One event; `leave`: an UPDATE that moved the row out of the filtered view.
     Event {
-        /// The event.
-        frame: EventFrame,
+        /// The event (boxed: it is much larger than a snapshot's handle).
+        frame: Box<EventFrame>,
         /// The row left the view (`"view":"leave"`).
         leave: bool,
         /// Commit→receipt lag, from the event's `ts`.
@@ -49,7 +52,7 @@ impl Change {
         let leave = serde_json::from_str::<Value>(raw)
             .ok()
             .is_some_and(|v| v.get("view").and_then(Value::as_str) == Some("leave"));
-        Self::Event { frame, leave, lag }
+        Self::Event { frame: Box::new(frame), leave, lag }
     }
 }
 
@@ -130,9 +133,10 @@ impl Model {
                     self.position = Some(position);
                 }
                 self.lag = lag.or(self.lag);
-                let Value::Object(fields) = frame.order else { return };
-                let Some(id) = fields.get("id").and_then(Value::as_i64).or(frame.id) else { return };
-                if frame.operation == Operation::Delete || leave {
+                let EventFrame { order, id: frame_id, operation, .. } = *frame;
+                let Value::Object(fields) = order else { return };
+                let Some(id) = fields.get("id").and_then(Value::as_i64).or(frame_id) else { return };
+                if operation == Operation::Delete || leave {
                     self.rows.remove(&id);
                     self.changed.retain(|(row, _), _| *row != id);
                     self.clamp();
@@ -204,7 +208,7 @@ impl Model {
     }
 
     /// Every row, sorted by the sort column (numbers as numbers), ties by id.
-    pub fn sorted(&self) -> Vec<(i64, &Map<String, Value>)> {
+    pub fn sorted(&self) -> Vec<RowRef<'_>> {
         let mut rows: Vec<_> = self.rows.iter().map(|(id, row)| (*id, row)).collect();
         if let Some(column) = self.sort_column() {
             rows.sort_by(|a, b| compare(a.1.get(column), b.1.get(column)).then(a.0.cmp(&b.0)));
@@ -213,7 +217,7 @@ impl Model {
     }
 
     /// The rows on screen for a viewport of `height` rows (and remembers it for paging).
-    pub fn visible(&mut self, height: usize) -> (usize, Vec<(i64, &Map<String, Value>)>) {
+    pub fn visible(&mut self, height: usize) -> (usize, Vec<RowRef<'_>>) {
         self.page = height.max(1);
         self.clamp();
         let offset = self.offset;
@@ -351,7 +355,7 @@ mod tests {
 
     fn event(op: Operation, pos: u64, order: Value) -> Change {
         Change::Event {
-            frame: EventFrame {
+            frame: Box::new(EventFrame {
                 epoch: Some("e".into()),
                 pos: Some(pos),
                 id: None,
@@ -360,7 +364,7 @@ mod tests {
                 order,
                 old: None,
                 ts: None,
-            },
+            }),
             leave: false,
             lag: Some(Duration::from_millis(20)),
         }
@@ -396,7 +400,7 @@ mod tests {
             unreachable!()
         };
         let raw = r#"{"type":"event","view":"leave","operation":"UPDATE","table":"orders","order":{"id":3}}"#;
-        model.push(Change::event(frame, raw, None), t);
+        model.push(Change::event(*frame, raw, None), t);
         assert_eq!(statuses(&model), [(2, "shipped".into())]);
     }
 
