@@ -286,7 +286,7 @@ async fn check_publisher(config: &CheckConfig) -> Outcome {
     let base = config.publisher_url.trim_end_matches('/');
     let down_fix = format!(
         "start the publisher, or point --publisher-url at its HTTP address (now {url}; it listens on \
-         PUBLISHER_HTTP_PORT, 9100 by default)"
+         HEALTH_PORT, 9100 by default)"
     );
     match http::get(&format!("{base}/readyz"), config.tls.as_ref(), config.timeout).await {
         Ok((200, _)) => Outcome::Passed { detail: format!("{url}/readyz is ready") },
