@@ -30,6 +30,9 @@ use crate::{
 /// How often the screen is redrawn without news (highlights fading, events/s).
 const TICK: Duration = Duration::from_millis(250);
 
+/// The notice while a new filter's snapshot is on its way.
+const REFILTERING: &str = "new filter: taking a fresh snapshot";
+
 /// Why `table` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -92,7 +95,7 @@ pub async fn run(config: FeedConfig, shutdown: CancellationToken) -> Result<(), 
                     Action::Refilter(filters) => {
                         current.params.filter.clone_from(&filters);
                         model.refiltered(filters);
-                        model.notice = Some("new filter: taking a fresh snapshot".to_owned());
+                        model.notice = Some(REFILTERING.to_owned());
                         model.connection = "connecting".to_owned();
                         feed = Feed::new(current.clone(), shutdown.child_token());
                     }
@@ -133,7 +136,9 @@ fn on_item(model: &mut Model, item: FeedItem) -> bool {
         FeedItem::Snapshot { position, rows, .. } => {
             model.push(Change::Snapshot { rows, position }, now);
             model.connection = "connected".to_owned();
-            model.notice = None;
+            if model.notice.as_deref() == Some(REFILTERING) {
+                model.notice = None;
+            }
             return true;
         }
         FeedItem::Connected { server_id, .. } => {

@@ -89,12 +89,11 @@ fn cell(screen: &str, id: i64, column: &str) -> Option<String> {
 #[tokio::test]
 async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal() {
     let system = System::start(1).await;
-    for (name, status) in [("Ann", "pending"), ("Bob", "pending")] {
-        system
-            .sql(&format!(
-                "INSERT INTO orders (customer_name, product_name, status) VALUES ('{name}', 'Lamp', '{status}')"
-            ))
-            .await;
+    for (name, product, amount) in [("Ann Lee", "Desk lamp", "49.90"), ("Bob Ray", "Standing desk", "320.00")] {
+        let sql = format!(
+            "INSERT INTO orders (customer_name, product_name, status, amount) VALUES ('{name}', '{product}', 'pending', {amount})"
+        );
+        system.sql(&sql).await;
     }
     let command = format!(
         "{} table --url {}; echo \"exit=$?\"; stty -a; sleep 120",
@@ -104,7 +103,7 @@ async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal(
     let Some(tmux) = Tmux::start(160, 30, &command) else { return };
 
     // The snapshot first.
-    let screen = tmux.wait_for("snapshot", |s| cell(s, 2, "customer_name").as_deref() == Some("Bob")).await;
+    let screen = tmux.wait_for("snapshot", |s| cell(s, 2, "customer_name").as_deref() == Some("Bob Ray")).await;
     assert_eq!(cell(&screen, 1, "status").as_deref(), Some("pending"), "{screen}");
     assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "1");
 
@@ -113,6 +112,10 @@ async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal(
     let screen = tmux.wait_for("the update", |s| cell(s, 1, "status").as_deref() == Some("shipped")).await;
     assert_eq!(cell(&screen, 2, "status").as_deref(), Some("pending"), "{screen}");
     assert!(screen.contains("connected") && screen.contains("2 rows"), "status line: {screen}");
+    if let Some(path) = std::env::var_os("CLI_TABLE_CAPTURE") {
+        // How docs/cli-table.txt is made: CLI_TABLE_CAPTURE=$PWD/docs/cli-table.txt cargo test …
+        std::fs::write(path, &screen).expect("the capture is written");
+    }
     let styled = tmux.tmux(&["capture-pane", "-p", "-e", "-t", "t"]);
     assert!(styled.contains("43m") || styled.contains("48;5;3m"), "the changed cell is highlighted:\n{styled}");
 
@@ -130,6 +133,26 @@ async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal(
     assert_ne!(cell(&tmux.screen(), 3, "status").as_deref(), Some("void"));
     tmux.keys(&["p"]);
     tmux.wait_for("the queued change applied", |s| cell(s, 3, "status").as_deref() == Some("void")).await;
+
+    // `/` edits the filter: a fresh snapshot with only the matching rows.
+    tmux.keys(&["/"]);
+    tmux.wait_for("the filter prompt", |s| s.contains("filter: ")).await;
+    tmux.keys(&["-l", "status=eq.void"]);
+    tmux.keys(&["Enter"]);
+    let screen =
+        tmux.wait_for("the filtered snapshot", |s| s.contains("1 rows") && s.contains("filter status=eq.void")).await;
+    assert_eq!((cell(&screen, 1, "status"), cell(&screen, 3, "status").as_deref()), (None, Some("void")), "{screen}");
+    // A filter the server refuses: its reason on the status line, the previous filter kept.
+    tmux.keys(&["/"]);
+    tmux.wait_for("the filter prompt", |s| s.contains("filter: status=eq.void")).await;
+    for _ in 0.."status=eq.void".len() {
+        tmux.keys(&["BSpace"]);
+    }
+    tmux.keys(&["-l", "status"]);
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the refusal", |s| s.contains("HTTP 400")).await;
+    assert!(screen.contains("filter status=eq.void"), "{screen}");
+    tmux.wait_for("the previous view back", |s| cell(s, 3, "status").as_deref() == Some("void")).await;
 
     // Help opens and closes; the table follows a resize.
     tmux.keys(&["?"]);
