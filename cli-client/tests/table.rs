@@ -188,3 +188,39 @@ async fn without_a_terminal_table_points_to_watch_json_and_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("watch --json"));
 }
+
+#[tokio::test]
+async fn the_table_reconnects_and_resumes_after_its_replica_restarts() {
+    let system = System::start(0).await;
+    // The replica's listening socket, and a second handle on it for the replacement, so the
+    // port is never released in between.
+    let socket = std::net::TcpListener::bind(("127.0.0.1", testkit::free_port())).expect("bind");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let spare = socket.try_clone().expect("clone the listening socket");
+    let old = e2e::spawn_ws_on(e2e::ws_config(&system.redis.url()), tokio::net::TcpListener::from_std(socket).unwrap());
+    old.wait_ready().await;
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Dee', 'Shelf')").await;
+    let command =
+        format!("{} table --url {}; echo \"exit=$?\"; sleep 120", env!("CARGO_BIN_EXE_cli-client"), old.ws_url());
+    let Some(tmux) = Tmux::start(160, 20, &command) else { return };
+    tmux.wait_for("snapshot", |s| cell(s, 1, "customer_name").as_deref() == Some("Dee")).await;
+
+    old.stop().await;
+    tmux.wait_for("the disconnect", |s| s.contains("reconnecting")).await;
+    // Changed while no replica runs: the resume replays it.
+    system.sql("UPDATE orders SET status = 'missed' WHERE id = 1").await;
+    let replica =
+        e2e::spawn_ws_on(e2e::ws_config(&system.redis.url()), tokio::net::TcpListener::from_std(spare).unwrap());
+    let screen = tmux
+        .wait_for("the replayed change", |s| {
+            cell(s, 1, "status").as_deref() == Some("missed") && s.contains("connected")
+        })
+        .await;
+    assert!(screen.contains("1 rows"), "{screen}");
+    system.sql("UPDATE orders SET status = 'live' WHERE id = 1").await;
+    tmux.wait_for("a live change", |s| cell(s, 1, "status").as_deref() == Some("live")).await;
+    tmux.keys(&["q"]);
+    let screen = tmux.wait_for("exit", |s| s.contains("exit=")).await;
+    assert!(screen.contains("exit=0"), "{screen}");
+    replica.stop().await;
+}

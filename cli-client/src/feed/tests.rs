@@ -459,3 +459,41 @@ async fn reconnects_rotate_through_the_urls() {
     assert!(matches!(&items[1], FeedItem::Retrying { next_url: Some(next), .. } if *next == url), "{items:?}");
     assert!(matches!(&items[2], FeedItem::Connected { url: u, server_id: Some(_), .. } if *u == url), "{items:?}");
 }
+
+#[tokio::test]
+async fn the_subscribe_keeps_the_view_and_a_refused_view_stops_the_feed() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let url = fake_server(true, move |mut ws| {
+        let tx = tx.clone();
+        async move {
+            send_all(&mut ws, &[hello("ws-a", None)]).await;
+            let _ = tx.send(client_frame(&mut ws).await);
+            let refusal =
+                r#"{"type":"error","code":"forbidden","message":"column amount is outside the token's select"}"#;
+            send_all(&mut ws, &[refusal.to_owned()]).await;
+            drain(ws).await;
+        }
+    })
+    .await;
+    let params = Params {
+        filter: vec!["status=eq.pending".into()],
+        select: Some("id,amount".into()),
+        table: Some("orders".into()),
+        consumer: Some("ops".into()),
+        token: None,
+    };
+    let config = FeedConfig { start: Start::Snapshot, params, ..fast(&url) };
+    let mut feed = Feed::new(config, CancellationToken::new());
+    assert!(matches!(next(&mut feed).await, FeedItem::Connected { .. }));
+    let err = timeout(Duration::from_secs(5), feed.next()).await.expect("in time").unwrap_err();
+    assert!(matches!(&err, FeedError::Refused { .. }), "{err:?}");
+    assert!(err.to_string().contains("refused the subscription (forbidden): column amount"), "{err}");
+    let ClientFrame::Subscribe(subscribe) = rx.recv().await.unwrap() else { panic!("a subscribe") };
+    // It replaces the URL's default subscription, so it asks for the same view.
+    assert_eq!(subscribe.filter, ["status=eq.pending"]);
+    assert_eq!(
+        (subscribe.select.as_deref(), subscribe.table.as_deref(), subscribe.consumer.as_deref()),
+        (Some("id,amount"), Some("orders"), Some("ops"))
+    );
+    assert!(subscribe.snapshot);
+}
