@@ -112,8 +112,9 @@ async fn gives_up_with_exit_3_after_max_retries() {
 #[tokio::test]
 async fn check_reports_each_dependency_with_a_fix() {
     let system = System::start(1).await;
+    let publisher = format!("http://{}", system.publisher.addr);
     let ok = Command::new(env!("CARGO_BIN_EXE_cli-client"))
-        .args(["check", "--url", &system.ws[0].ws_url()])
+        .args(["check", "--url", &system.ws[0].ws_url(), "--publisher-url", &publisher])
         .env("DATABASE_URL", system.pg.url())
         .env("REDIS_URL", system.redis.url())
         .output()
@@ -121,11 +122,11 @@ async fn check_reports_each_dependency_with_a_fix() {
         .unwrap();
     let out = String::from_utf8_lossy(&ok.stdout);
     assert_eq!(ok.status.code(), Some(0), "{out}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("ok")).count(), 5, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok")).count(), 7, "{out}");
 
     let dead = testkit::free_port();
     let bad = Command::new(env!("CARGO_BIN_EXE_cli-client"))
-        .args(["check", "--url", &format!("ws://127.0.0.1:{dead}/ws")])
+        .args(["check", "--url", &format!("ws://127.0.0.1:{dead}/ws"), "--publisher-url", &publisher])
         .env("DATABASE_URL", system.pg.url())
         .env("REDIS_URL", format!("redis://127.0.0.1:{dead}"))
         .output()
