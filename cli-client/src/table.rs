@@ -72,6 +72,7 @@ impl Drop for Restore {
 /// with `/` that the server refuses only shows a notice and keeps the previous one);
 /// [`TableError::Terminal`] when the terminal fails.
 pub async fn run(config: FeedConfig, shutdown: CancellationToken) -> Result<(), TableError> {
+    let zone = clock::local_zone();
     let mut terminal = ratatui::try_init().map_err(TableError::Terminal)?;
     let _restore = Restore;
     let mut keys = EventStream::new();
@@ -84,7 +85,7 @@ pub async fn run(config: FeedConfig, shutdown: CancellationToken) -> Result<(), 
     loop {
         let now = Instant::now();
         model.expire(now);
-        terminal.draw(|frame| render::draw(frame, &mut model, now)).map_err(TableError::Terminal)?;
+        terminal.draw(|frame| render::draw(frame, &mut model, &zone, now)).map_err(TableError::Terminal)?;
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}

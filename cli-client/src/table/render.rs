@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use jiff::tz::TimeZone;
+
 use ratatui::{
     Frame,
     layout::{Constraint, Layout, Rect},
@@ -13,6 +15,7 @@ use ratatui::{
 };
 
 use super::model::{Model, cell};
+use crate::clock;
 
 const HELP: &[&str] = &[
     "q          quit (also Ctrl-C)",
@@ -27,10 +30,10 @@ const HELP: &[&str] = &[
     "?          this help (any key closes it)",
 ];
 
-/// Draws the whole screen.
-pub(super) fn draw(frame: &mut Frame<'_>, model: &mut Model, now: Instant) {
+/// Draws the whole screen, timestamps in `zone`.
+pub(super) fn draw(frame: &mut Frame<'_>, model: &mut Model, zone: &TimeZone, now: Instant) {
     let [body, status] = Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(frame.area());
-    table(frame, body, model, now);
+    table(frame, body, model, zone, now);
     frame.render_widget(Paragraph::new(status_line(model, now)), status);
     if let Some(text) = model.editing() {
         let area = Rect { y: status.y, ..status };
@@ -47,7 +50,7 @@ pub(super) fn draw(frame: &mut Frame<'_>, model: &mut Model, now: Instant) {
     }
 }
 
-fn table(frame: &mut Frame<'_>, area: Rect, model: &mut Model, now: Instant) {
+fn table(frame: &mut Frame<'_>, area: Rect, model: &mut Model, zone: &TimeZone, now: Instant) {
     let columns = model.columns().to_vec();
     let sort = model.sort_column().map(str::to_owned);
     // Header row, then one row per order.
@@ -56,7 +59,7 @@ fn table(frame: &mut Frame<'_>, area: Rect, model: &mut Model, now: Instant) {
     // Room for the header and its sort marker, then for the widest cell shown (at most 40).
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count() + 2).collect();
     let body: Vec<Vec<String>> =
-        rows.iter().map(|(_, row)| columns.iter().map(|c| cell(row.get(c))).collect()).collect();
+        rows.iter().map(|(_, row)| columns.iter().map(|c| local(cell(row.get(c)), zone)).collect()).collect();
     for cells in &body {
         for (width, text) in widths.iter_mut().zip(cells) {
             *width = (*width).max(text.chars().count()).min(40);
@@ -103,8 +106,31 @@ fn status_line(model: &Model, now: Instant) -> Line<'static> {
     Line::from(spans)
 }
 
+/// A timestamp cell (`created_at`) in the local zone, to the second; anything else as it is.
+fn local(text: String, zone: &TimeZone) -> String {
+    match clock::parse_ts(&text) {
+        Some(instant) if text.len() >= 19 => zone.to_datetime(instant).strftime("%Y-%m-%d %H:%M:%S").to_string(),
+        _ => text,
+    }
+}
+
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let width = width.min(area.width);
     let height = height.min(area.height);
     Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_cells_are_shown_in_the_local_zone() {
+        let new_york = TimeZone::posix("EST5EDT,M3.2.0,M11.1.0").unwrap();
+        assert_eq!(local("2026-03-08T07:00:00.25+00:00".into(), &new_york), "2026-03-08 03:00:00");
+        assert_eq!(local("2026-03-08 06:59:59+00".into(), &new_york), "2026-03-08 01:59:59");
+        for text in ["pending", "49.9", ""] {
+            assert_eq!(local(text.into(), &new_york), text);
+        }
+    }
 }
