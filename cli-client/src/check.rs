@@ -6,7 +6,7 @@
 //! 2. table `orders` exists (`to_regclass`)
 //! 3. a trigger on `orders` whose function calls `pg_notify` (`pg_trigger`, `pg_proc`); 2 and 3
 //!    are skipped when 1 fails, 3 when 2 does
-//! 4. Redis answers `PING`
+//! 4. Redis answers `PING` (refused and a refused password told apart)
 //! 5. the publisher's `/readyz`, and 6. its outbox backlog from `/metrics`
 //!    (`publisher_outbox_backlog`, `publisher_outbox_backlog_age_seconds`): committed changes
 //!    not yet published, failed when the oldest is older than `--max-backlog-age`
@@ -274,6 +274,13 @@ async fn check_redis(config: &CheckConfig) -> Outcome {
     };
     match timeout(config.timeout, ping).await {
         Ok(Ok(pong)) => Outcome::Passed { detail: format!("{url} answered PING with {pong}") },
+        Ok(Err(err)) if err.is_connection_refusal() => {
+            Outcome::failed(format!("{url}: connection refused (nothing listens there)"), fix)
+        }
+        Ok(Err(err)) if is_auth_error(&err) => Outcome::failed(
+            format!("{url}: authentication failed ({err})"),
+            "put Redis's password in REDIS_URL / --redis-url: redis://:PASSWORD@host:6379 (or USER:PASSWORD@ with an ACL user)",
+        ),
         Ok(Err(err)) => Outcome::Failed { problem: format!("{url}: {err}"), fix },
         Err(_elapsed) => {
             Outcome::Failed { problem: format!("{url}: no answer to PING within {}s", config.timeout.as_secs()), fix }
@@ -328,6 +335,13 @@ async fn check_backlog(config: &CheckConfig) -> Outcome {
         );
     }
     Outcome::Passed { detail: format!("{count} unpublished, oldest {age:.1}s old") }
+}
+
+/// Whether Redis refused the credentials (none given, or wrong ones).
+fn is_auth_error(err: &redis::RedisError) -> bool {
+    let text = err.to_string();
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || ["NOAUTH", "WRONGPASS", "invalid password"].iter().any(|needle| text.contains(needle))
 }
 
 /// The value of an unlabelled gauge in Prometheus text.

@@ -107,3 +107,18 @@ async fn a_backlog_the_publisher_cannot_publish_is_reported_as_growing() {
     assert_failed(&doc, "outbox backlog", "backlog growing: 1 committed change not yet published", "check Redis");
     assert_eq!(named(&doc, "Redis")["status"], "fail");
 }
+
+#[tokio::test]
+async fn redis_refusing_the_password_is_an_authentication_failure_not_a_refusal() {
+    let redis = testkit::RedisServer::start_with_password("right-password").await;
+    let args = ["--url", "ws://127.0.0.1:1/ws", "--publisher-url", "http://127.0.0.1:1"];
+    let pg = format!("postgres://postgres@127.0.0.1:{}/postgres", testkit::free_port());
+    let (_, doc) = check(&args, &pg, &format!("redis://127.0.0.1:{}", redis.port())).await;
+    assert_failed(&doc, "Redis", "authentication failed", "REDIS_URL");
+    let (_, doc) = check(&args, &pg, &redis.url_with_password("wrong")).await;
+    assert_failed(&doc, "Redis", "authentication failed", "password");
+    let (_, doc) = check(&args, &pg, &redis.url()).await;
+    assert_eq!(named(&doc, "Redis")["status"], "ok", "{doc}");
+    let (_, doc) = check(&args, &pg, &format!("redis://127.0.0.1:{}", testkit::free_port())).await;
+    assert_failed(&doc, "Redis", "connection refused", "start Redis");
+}
