@@ -100,10 +100,17 @@ async fn tokens_from_the_flag_or_orders_token_open_an_auth_server_and_refusals_e
     assert!(run.stderr.contains("HTTP 403"), "{run:?}");
     assert!(!run.stderr.contains(&narrow), "the token is never printed: {run:?}");
 
-    // A good token through ORDERS_TOKEN: events arrive, within the token's scope.
+    // A durable consumer needs a token with `sub` to scope its name: the server's 400, exit 2.
+    let anonymous = support::token_without_sub();
+    let run = support::run(&["watch", "--url", &url, "--token", &anonymous, "--consumer", "ops-1"], &[]).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("HTTP 400") && run.stderr.contains("consumer"), "{run:?}");
+
+    // A good token through ORDERS_TOKEN (with a durable consumer its `sub` scopes): events
+    // arrive, within the token's scope.
     let scoped = support::token("ops", json!({"filter": ["customer_name=eq.Cy"]}));
-    let events =
-        watch_events(&system, &["--url", &url], &[("ORDERS_TOKEN", scoped.as_str())], &[PENDING, MARKER], 1).await;
+    let args = ["--url", &url, "--consumer", "ops-1"];
+    let events = watch_events(&system, &args, &[("ORDERS_TOKEN", scoped.as_str())], &[PENDING, MARKER], 1).await;
     assert_eq!(events[0]["order"]["customer_name"], "Cy", "{events:?}");
     ws.stop().await;
 }

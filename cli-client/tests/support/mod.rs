@@ -42,6 +42,13 @@ pub fn token(sub: &str, extra: Value) -> String {
     encode(&Header::new(Algorithm::HS256), &claims, &key).expect("claims serialize")
 }
 
+/// An HS256 token without `sub`, valid for an hour.
+pub fn token_without_sub() -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).expect("an HMAC key");
+    encode(&Header::new(Algorithm::HS256), &json!({"exp": exp}), &key).expect("claims serialize")
+}
+
 /// The outcome of a finished `cli-client` run.
 #[derive(Debug)]
 pub struct Run {
