@@ -190,7 +190,7 @@ async fn without_a_terminal_table_points_to_watch_json_and_exits_2() {
 }
 
 #[tokio::test]
-async fn the_table_reconnects_and_resumes_after_its_replica_restarts() {
+async fn the_table_reconnects_and_resumes_after_its_replica_restarts_and_ctrl_c_leaves_cleanly() {
     let system = System::start(0).await;
     // The replica's listening socket, and a second handle on it for the replacement, so the
     // port is never released in between.
@@ -200,8 +200,11 @@ async fn the_table_reconnects_and_resumes_after_its_replica_restarts() {
     let old = e2e::spawn_ws_on(e2e::ws_config(&system.redis.url()), tokio::net::TcpListener::from_std(socket).unwrap());
     old.wait_ready().await;
     system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Dee', 'Shelf')").await;
-    let command =
-        format!("{} table --url {}; echo \"exit=$?\"; sleep 120", env!("CARGO_BIN_EXE_cli-client"), old.ws_url());
+    let command = format!(
+        "{} table --url {}; echo \"exit=$?\"; stty -a; sleep 120",
+        env!("CARGO_BIN_EXE_cli-client"),
+        old.ws_url()
+    );
     let Some(tmux) = Tmux::start(160, 20, &command) else { return };
     tmux.wait_for("snapshot", |s| cell(s, 1, "customer_name").as_deref() == Some("Dee")).await;
 
@@ -219,8 +222,12 @@ async fn the_table_reconnects_and_resumes_after_its_replica_restarts() {
     assert!(screen.contains("1 rows"), "{screen}");
     system.sql("UPDATE orders SET status = 'live' WHERE id = 1").await;
     tmux.wait_for("a live change", |s| cell(s, 1, "status").as_deref() == Some("live")).await;
-    tmux.keys(&["q"]);
-    let screen = tmux.wait_for("exit", |s| s.contains("exit=")).await;
+    // Ctrl-C (a key in raw mode) leaves as cleanly as q.
+    tmux.keys(&["C-c"]);
+    let screen = tmux.wait_for("exit", |s| s.contains("exit=") && s.contains("icanon")).await;
     assert!(screen.contains("exit=0"), "{screen}");
+    assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "0");
+    let modes: Vec<&str> = screen.split(|c: char| c.is_whitespace() || c == ';').collect();
+    assert!(modes.contains(&"icanon") && modes.contains(&"echo"), "not restored:\n{screen}");
     replica.stop().await;
 }
