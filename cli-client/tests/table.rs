@@ -1,4 +1,5 @@
-//! `cli-client table` in a real terminal: tmux on a private socket runs it in a pane; the
+//! `cli-client table` in a real terminal: tmux on a private socket (`-S`, in a temporary
+//! directory) runs it in a pane; the
 //! test reads the screen with `capture-pane`, types with `send-keys`, and changes rows with
 //! SQL. Needs tmux (Debian package `tmux`): under CI (`CI=true`) its absence fails the test,
 //! elsewhere the test is skipped with a message.
@@ -11,44 +12,52 @@ use std::{
 use e2e::{System, WAIT};
 use tokio::time::{Instant, sleep};
 
-/// A tmux server of this test's own; killed on drop, whatever the test's outcome.
+/// A tmux server of this test's own (its socket in a private directory); killed on drop,
+/// whatever the test's outcome, and the directory removed after it.
 struct Tmux {
     socket: String,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).stderr(Stdio::null()).status();
+        let _ = Command::new("tmux").args(["-S", &self.socket, "kill-server"]).stderr(Stdio::null()).status();
     }
 }
 
 impl Tmux {
-    /// `None` (after saying why) when tmux is missing outside CI; panics when it is missing in CI.
-    fn start(width: u16, height: u16, command: &str) -> Option<Tmux> {
+    /// Whether tmux is installed: `false` (after saying why) outside CI; panics in CI.
+    fn available() -> bool {
         let found = Command::new("tmux").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
-        if !found.is_ok_and(|s| s.success()) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "tmux is required in CI for the table test: install the Debian package `tmux`"
-            );
-            eprintln!("skipped: tmux is not installed (Debian: apt-get install tmux)");
-            return None;
+        if found.is_ok_and(|s| s.success()) {
+            return true;
         }
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let tmux = Tmux { socket: format!("cli-table-{}-{nanos}", std::process::id()) };
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "tmux is required in CI for the table tests: install the Debian package `tmux`"
+        );
+        eprintln!("skipped: tmux is not installed (Debian: apt-get install tmux)");
+        false
+    }
+
+    /// A session of `width`×`height` running `command`.
+    fn start(width: u16, height: u16, command: &str) -> Tmux {
+        let dir = tempfile::tempdir().expect("a directory for the socket");
+        let socket = dir.path().join("tmux.sock").to_str().expect("a UTF-8 path").to_owned();
+        let tmux = Tmux { socket, _dir: dir };
         let (w, h) = (width.to_string(), height.to_string());
         // `-f /dev/null`: no user configuration; the pane's shell stays after the command for the checks.
         let ok = Command::new("tmux")
-            .args(["-L", &tmux.socket, "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", &w, "-y", &h, command])
+            .args(["-S", &tmux.socket, "-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", &w, "-y", &h, command])
             .env_remove("TMUX")
             .status()
             .expect("tmux runs");
         assert!(ok.success(), "tmux new-session failed");
-        Some(tmux)
+        tmux
     }
 
     fn tmux(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("tmux runs");
+        let out = Command::new("tmux").args(["-S", &self.socket]).args(args).output().expect("tmux runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -88,6 +97,9 @@ fn cell(screen: &str, id: i64, column: &str) -> Option<String> {
 
 #[tokio::test]
 async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal() {
+    if !Tmux::available() {
+        return;
+    }
     let system = System::start(1).await;
     for (name, product, amount) in [("Ann Lee", "Desk lamp", "49.90"), ("Bob Ray", "Standing desk", "320.00")] {
         let sql = format!(
@@ -100,7 +112,7 @@ async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal(
         env!("CARGO_BIN_EXE_cli-client"),
         system.ws[0].ws_url()
     );
-    let Some(tmux) = Tmux::start(160, 30, &command) else { return };
+    let tmux = Tmux::start(160, 30, &command);
 
     // The snapshot first.
     let screen = tmux.wait_for("snapshot", |s| cell(s, 2, "customer_name").as_deref() == Some("Bob Ray")).await;
@@ -191,6 +203,9 @@ async fn without_a_terminal_table_points_to_watch_json_and_exits_2() {
 
 #[tokio::test]
 async fn the_table_reconnects_and_resumes_after_its_replica_restarts_and_ctrl_c_leaves_cleanly() {
+    if !Tmux::available() {
+        return;
+    }
     let system = System::start(0).await;
     // The replica's listening socket, and a second handle on it for the replacement, so the
     // port is never released in between.
@@ -205,7 +220,7 @@ async fn the_table_reconnects_and_resumes_after_its_replica_restarts_and_ctrl_c_
         env!("CARGO_BIN_EXE_cli-client"),
         old.ws_url()
     );
-    let Some(tmux) = Tmux::start(160, 20, &command) else { return };
+    let tmux = Tmux::start(160, 20, &command);
     tmux.wait_for("snapshot", |s| cell(s, 1, "customer_name").as_deref() == Some("Dee")).await;
 
     old.stop().await;
