@@ -1,6 +1,7 @@
 //! `wss://`: through a TLS terminator with a private CA in front of a real ws-server, `watch`
 //! works with `--ca-file` (or `SSL_CERT_FILE`) and, without it, fails with a line saying the
-//! issuer is unknown and how to fix it; a certificate for another name says so.
+//! issuer is unknown and how to fix it; a certificate for another name, or an expired one,
+//! says so.
 
 mod support;
 
@@ -56,6 +57,12 @@ async fn wss_works_with_the_private_ca_and_says_what_is_wrong_without_it() {
     let run = support::run(&["watch", "--url", &by_ip, "--ca-file", ca], &[]).await;
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("name mismatch"), "{run:?}");
+
+    let expired = TlsFront::start_expired(system.ws[0].addr).await;
+    let ca = expired.ca_file.to_str().unwrap();
+    let run = support::run(&["watch", "--url", &expired.wss_url(), "--ca-file", ca], &[]).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("expired") && run.stderr.contains("renew"), "{run:?}");
 
     let missing = support::run(&["watch", "--url", &url, "--ca-file", "/nonexistent/ca.pem"], &[]).await;
     assert_eq!(missing.code, Some(2), "{missing:?}");

@@ -32,12 +32,26 @@ impl TlsFront {
 
     /// Starts the terminator in front of `backend` (a ws-server's address).
     pub async fn start(backend: SocketAddr) -> TlsFront {
+        Self::start_with(backend, false).await
+    }
+
+    /// The same with a certificate that expired in 2021.
+    pub async fn start_expired(backend: SocketAddr) -> TlsFront {
+        Self::start_with(backend, true).await
+    }
+
+    async fn start_with(backend: SocketAddr, expired: bool) -> TlsFront {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(DnType::CommonName, "cli-client test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        if expired {
+            leaf.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            leaf.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let leaf = leaf.signed_by(&key, &ca).unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
