@@ -58,6 +58,22 @@ async fn wss_works_with_the_private_ca_and_says_what_is_wrong_without_it() {
     assert_eq!(run.code, Some(2), "{run:?}");
     assert!(run.stderr.contains("name mismatch"), "{run:?}");
 
+    // check: the replica's /readyz over https and the handshake over wss, with the same CA.
+    // Nothing else of this system is given to check: dead ports, never the machine's own servers.
+    let dead = testkit::free_port();
+    let (pg, redis) = (format!("postgres://postgres@127.0.0.1:{dead}/postgres"), format!("redis://127.0.0.1:{dead}"));
+    let env = [("DATABASE_URL", pg.as_str()), ("REDIS_URL", redis.as_str())];
+    let publisher = format!("http://127.0.0.1:{dead}");
+    let checked =
+        support::run(&["check", "--json", "--url", &url, "--ca-file", ca, "--publisher-url", &publisher], &env).await;
+    let doc: serde_json::Value = serde_json::from_str(checked.stdout.trim()).expect("JSON");
+    let ws = doc["checks"].as_array().unwrap().iter().find(|c| c["name"] == "ws-server").expect("a ws-server check");
+    assert_eq!(ws["status"], "ok", "{doc}");
+    let checked = support::run(&["check", "--json", "--url", &url, "--publisher-url", &publisher], &env).await;
+    let doc: serde_json::Value = serde_json::from_str(checked.stdout.trim()).expect("JSON");
+    let ws = doc["checks"].as_array().unwrap().iter().find(|c| c["name"] == "ws-server").expect("a ws-server check");
+    assert!(ws["problem"].as_str().unwrap().contains("unknown issuer"), "{doc}");
+
     let expired = TlsFront::start_expired(system.ws[0].addr).await;
     let ca = expired.ca_file.to_str().unwrap();
     let run = support::run(&["watch", "--url", &expired.wss_url(), "--ca-file", ca], &[]).await;
