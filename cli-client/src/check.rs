@@ -17,6 +17,7 @@
 
 mod http;
 mod postgres;
+mod publisher;
 
 use std::{io::Write as _, sync::Arc, time::Duration};
 
@@ -172,9 +173,9 @@ pub async fn run(config: &CheckConfig, mut report: impl FnMut(&CheckResult)) -> 
         }
     }
     record("Redis", check_redis(config).await);
-    record("publisher", check_publisher(config).await);
+    record("publisher", publisher::check_publisher(config).await);
     // Also when /readyz says not ready: that is when the backlog grows.
-    record("outbox backlog", check_backlog(config).await);
+    record("outbox backlog", publisher::check_backlog(config).await);
     let several = config.ws_urls.len() > 1;
     for url in &config.ws_urls {
         let name = if several { format!("ws-server {}", redact_url(url)) } else { "ws-server".to_owned() };
@@ -288,69 +289,11 @@ async fn check_redis(config: &CheckConfig) -> Outcome {
     }
 }
 
-async fn check_publisher(config: &CheckConfig) -> Outcome {
-    let url = redact_url(&config.publisher_url);
-    let base = config.publisher_url.trim_end_matches('/');
-    let down_fix = format!(
-        "start the publisher, or point --publisher-url at its HTTP address (now {url}; it listens on \
-         HEALTH_PORT, 9100 by default)"
-    );
-    match http::get(&format!("{base}/readyz"), config.tls.as_ref(), config.timeout).await {
-        Ok((200, _)) => Outcome::Passed { detail: format!("{url}/readyz is ready") },
-        Ok((status, body)) => Outcome::failed(
-            format!("publisher not ready: {url}/readyz answered {status}: {}", one_line(&body)),
-            "it is running but not connected to PostgreSQL or Redis: see the checks above and its log",
-        ),
-        Err(err) => Outcome::failed(format!("publisher down: {url}: {err}"), down_fix),
-    }
-}
-
-async fn check_backlog(config: &CheckConfig) -> Outcome {
-    let url = redact_url(&config.publisher_url);
-    let base = config.publisher_url.trim_end_matches('/');
-    let body = match http::get(&format!("{base}/metrics"), config.tls.as_ref(), config.timeout).await {
-        Ok((200, body)) => body,
-        Ok((status, _)) => {
-            return Outcome::failed(format!("{url}/metrics answered {status}"), "see the publisher's log");
-        }
-        Err(_) => return Outcome::Skipped { reason: "needs the publisher's /metrics".to_owned() },
-    };
-    let (Some(count), Some(age)) =
-        (metric(&body, "publisher_outbox_backlog"), metric(&body, "publisher_outbox_backlog_age_seconds"))
-    else {
-        return Outcome::failed(
-            format!("{url}/metrics has no publisher_outbox_backlog gauges"),
-            "is --publisher-url the publisher (not a ws-server)? An older publisher does not report its backlog",
-        );
-    };
-    let limit = config.max_backlog_age.as_secs_f64();
-    if count > 0.0 && age > limit {
-        return Outcome::failed(
-            format!(
-                "backlog growing: {count} committed {} not yet published, the oldest {age:.0}s old (limit {limit:.0}s)",
-                if count == 1.0 { "change" } else { "changes" }
-            ),
-            "the publisher cannot publish: check Redis (above) and the publisher's log; it catches up by \
-             itself once Redis takes writes again",
-        );
-    }
-    Outcome::Passed { detail: format!("{count} unpublished, oldest {age:.1}s old") }
-}
-
 /// Whether Redis refused the credentials (none given, or wrong ones).
 fn is_auth_error(err: &redis::RedisError) -> bool {
     let text = err.to_string();
     err.kind() == redis::ErrorKind::AuthenticationFailed
         || ["NOAUTH", "WRONGPASS", "invalid password"].iter().any(|needle| text.contains(needle))
-}
-
-/// The value of an unlabelled gauge in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let value = rest.strip_prefix(' ')?;
-        value.split_whitespace().next()?.parse().ok()
-    })
 }
 
 fn one_line(text: &str) -> String {
