@@ -5,6 +5,8 @@
 //!
 //! - [`config`]: [`Config`] from the environment
 //! - `routes`: the `/orders` handlers and their SQL (bound parameters only)
+//! - `query`: the read routes' query strings (filters, `select`, `order`, `limit`, `cursor`)
+//! - `cursor`: the opaque `cursor` token of keyset pagination
 //! - `body`: request bodies, checked member by member
 //! - `problem`: errors as RFC 9457 `application/problem+json`
 //! - `stats`: readiness (PostgreSQL, the `orders` table) and metrics behind `/healthz`,
@@ -15,7 +17,9 @@
 
 mod body;
 pub mod config;
+mod cursor;
 mod problem;
+mod query;
 mod routes;
 mod stats;
 
