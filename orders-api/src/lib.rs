@@ -8,6 +8,7 @@
 //! - `query`: the read routes' query strings (filters, `select`, `order`, `limit`, `cursor`)
 //! - `cursor`: the opaque `cursor` token of keyset pagination
 //! - `body`: request bodies, checked member by member
+//! - `openapi`: the OpenAPI 3.1 document at `/openapi.json`, generated from the handlers
 //! - `problem`: errors as RFC 9457 `application/problem+json`
 //! - `stats`: readiness (PostgreSQL, the `orders` table) and metrics behind `/healthz`,
 //!   `/readyz`, `/metrics`
@@ -18,6 +19,7 @@
 mod body;
 pub mod config;
 mod cursor;
+mod openapi;
 mod problem;
 mod query;
 mod routes;

@@ -44,7 +44,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/orders", get(list).post(create))
         .route("/orders/{id}", get(read).put(update).patch(update).delete(remove))
         .route("/orders/{id}/amount", post(add_amount))
+        .route("/openapi.json", get(openapi))
         .with_state(app)
+}
+
+/// `GET /openapi.json`: the document, made once.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::openapi::document);
+    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str()).into_response()
 }
 
 fn json(status: StatusCode, value: &Value) -> Response {
@@ -62,8 +69,12 @@ fn body(app: &App, body: Result<Bytes, BytesRejection>) -> Result<Bytes> {
     })
 }
 
+/// The `{id}` of a path: an integer (`7`, or `7.0` as some clients write integers).
 fn order_id(raw: &str) -> Result<i64> {
-    raw.parse().map_err(|_| Problem::bad_request(format!("the order id must be an integer, not {raw:?}")).field("id"))
+    raw.parse()
+        .ok()
+        .or_else(|| raw.parse().ok().and_then(body::exact))
+        .ok_or_else(|| Problem::bad_request(format!("the order id must be an integer, not {raw:?}")).field("id"))
 }
 
 /// Appends ` AND <predicate>` to `sql`: the column and its type from [`COLUMNS`], the
@@ -96,7 +107,14 @@ fn push_predicate(sql: &mut QueryBuilder<'_, Postgres>, predicate: &Predicate) {
 /// `status=paid`, `customer_name=Ada` (equality), or PostgREST filters on any column
 /// (`amount=gte.100`, `id=in.(1,2)`, `product_name=ilike.*lamp*`); `select` picks columns.
 /// When more rows follow, a `Link: <…>; rel="next"` header gives the next page's URL.
-async fn list(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Response> {
+#[utoipa::path(get, path = "/orders", tag = "orders", params(crate::openapi::ListParams), responses(
+    (status = 200, description = "A page of orders", body = [crate::openapi::Order],
+        headers(("Link" = String, description = "`</orders?…&cursor=…>; rel=\"next\"` (RFC 8288) when more rows follow"))),
+    (status = 400, description = "A parameter, filter, select or cursor that cannot be read", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 422, description = "A filter literal that is not of its column's type", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL is down or the orders table is missing", body = crate::openapi::Problem, content_type = "application/problem+json"),
+))]
+pub(crate) async fn list(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> Result<Response> {
     let query = ListQuery::parse(raw.as_deref())?;
     let (sort, _) = query.sort;
     // The sort value goes out as PostgreSQL's own text of it, so the cursor casts back to
@@ -187,7 +205,16 @@ fn project(select: &Select, row: Value) -> Value {
 
 /// `POST /orders`: 201 with the new order and its `Location`. `customer_name` and
 /// `product_name` are required; `id`, `status` and `amount` take the table's defaults.
-async fn create(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Result<Response> {
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = crate::openapi::NewOrder, responses(
+    (status = 201, description = "The new order", body = crate::openapi::Order,
+        headers(("Location" = String, description = "`/orders/{id}`"))),
+    (status = 400, description = "Not JSON, or an amount that is not an integer", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 409, description = "An order with this id exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 413, description = "A body over API_MAX_BODY_BYTES", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 422, description = "A member unknown, missing or of the wrong type; a broken check constraint", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL is down or the orders table is missing", body = crate::openapi::Problem, content_type = "application/problem+json"),
+))]
+pub(crate) async fn create(State(app): State<Arc<App>>, raw: Result<Bytes, BytesRejection>) -> Result<Response> {
     let order = body::order(&body(&app, raw)?, true)?;
     for required in [Column::CustomerName, Column::ProductName] {
         if !order.has(required) {
@@ -243,7 +270,17 @@ async fn advance_id_sequence(pool: &PgPool, id: i64) {
 }
 
 /// `GET /orders/{id}`, optionally with `select`.
-async fn read(State(app): State<Arc<App>>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> Result<Response> {
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id"), crate::openapi::ReadParams), responses(
+    (status = 200, description = "The order", body = crate::openapi::Order),
+    (status = 400, description = "An id that is not an integer, or a bad select", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No order has this id", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL is down or the orders table is missing", body = crate::openapi::Problem, content_type = "application/problem+json"),
+))]
+pub(crate) async fn read(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
     let id = order_id(&id)?;
     let select = query::select_only(raw.as_deref())?;
     let row = fetch(&app.pool, id).await?;
@@ -263,7 +300,16 @@ async fn fetch(pool: &PgPool, id: i64) -> Result<Value> {
 /// `PUT`/`PATCH /orders/{id}`: sets the members given among `customer_name`, `product_name`,
 /// `status` and `amount`, leaving the others; the updated order. An empty object changes
 /// nothing and returns the order as it is.
-async fn update(
+#[utoipa::path(method(put, patch), path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")),
+    request_body = crate::openapi::OrderChanges, responses(
+    (status = 200, description = "The updated order", body = crate::openapi::Order),
+    (status = 400, description = "Not JSON, an id or an amount that is not an integer", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No order has this id", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 413, description = "A body over API_MAX_BODY_BYTES", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 422, description = "A member unknown or of the wrong type; a broken check constraint", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL is down or the orders table is missing", body = crate::openapi::Problem, content_type = "application/problem+json"),
+))]
+pub(crate) async fn update(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
@@ -289,7 +335,13 @@ async fn update(
 }
 
 /// `DELETE /orders/{id}`: 204.
-async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response> {
+#[utoipa::path(delete, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path, description = "The order's id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 400, description = "An id that is not an integer", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No order has this id", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL is down or the orders table is missing", body = crate::openapi::Problem, content_type = "application/problem+json"),
+))]
+pub(crate) async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response> {
     let id = order_id(&id)?;
     let deleted = sqlx::query("DELETE FROM orders WHERE id = $1")
         .bind(id)
@@ -304,7 +356,16 @@ async fn remove(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<R
 
 /// `POST /orders/{id}/amount` with `{"amount": n}`: adds `n` (may be negative) in one
 /// statement, so concurrent additions never lose one another; the updated order.
-async fn add_amount(
+#[utoipa::path(post, path = "/orders/{id}/amount", tag = "orders", params(("id" = i64, Path, description = "The order's id")),
+    request_body = crate::openapi::AmountChange, responses(
+    (status = 200, description = "The order with its new amount", body = crate::openapi::Order),
+    (status = 400, description = "Not JSON, an id or an amount that is not an integer", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 404, description = "No order has this id", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 413, description = "A body over API_MAX_BODY_BYTES", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 422, description = "A member other than amount; a result below 0 or too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL is down or the orders table is missing", body = crate::openapi::Problem, content_type = "application/problem+json"),
+))]
+pub(crate) async fn add_amount(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,

@@ -126,7 +126,7 @@ async fn bad_requests_get_problems_never_500() {
         let p = api.send("POST", path, body).await.problem(400);
         assert_eq!((p["detail"].as_str(), p["field"].as_str()), (Some("amount must be an integer"), Some("amount")));
     }
-    api.send("PATCH", &one, r#"{"amount": 1e3}"#).await.problem(400);
+    api.send("PATCH", &one, r#"{"amount": 1e-3}"#).await.problem(400);
     api.send("POST", "/orders", "{not json").await.problem(400);
     api.send("POST", &amount, "").await.problem(400);
     let p = api.get("/orders/abc").await.problem(400);
