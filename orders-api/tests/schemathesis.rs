@@ -3,7 +3,9 @@
 //! types, headers, bodies) and that none is a 5xx. It must find nothing.
 //!
 //! `bash scripts/schemathesis.sh` installs it and runs this test. Without schemathesis the
-//! test says so and passes, except under CI (`CI=true`), where it fails.
+//! test says so and passes, except under CI (`CI=true`), where it fails. It runs one worker:
+//! with more, Python 3.11's `ast.parse` (under hypothesis) is not thread-safe and the run
+//! stops with an internal error.
 
 mod support;
 
@@ -49,11 +51,13 @@ async fn schemathesis_finds_nothing() {
     let (_pg, api) = Api::with_database().await;
     let report = tempfile::tempdir().expect("a report directory");
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis.toml");
+    // A fixed seed keeps CI repeatable; SCHEMATHESIS_SEED explores others.
+    let seed = std::env::var("SCHEMATHESIS_SEED").unwrap_or_else(|_| "12".to_owned());
     let run = tokio::process::Command::new(&bin)
         .arg("--config-file")
         .arg(&config)
         .args(["run", &format!("http://{}/openapi.json", api.addr)])
-        .args(["--checks", "all", "--max-examples", MAX_EXAMPLES, "--seed", "12", "--workers", "1"])
+        .args(["--checks", "all", "--max-examples", MAX_EXAMPLES, "--seed", &seed, "--workers", "1"])
         .args(["--request-timeout", "10", "--suppress-health-check", "too_slow", "--no-color"])
         .arg("--report-dir")
         .arg(report.path())
