@@ -178,6 +178,12 @@ mod tests {
             assert_eq!(p.status().as_u16(), status, "{}", String::from_utf8_lossy(input));
             assert_eq!(p.to_json()["field"], field);
         }
+        assert_eq!(order(br#"{"id": 7.0}"#, true).unwrap().id, Some(7), "7.0 is an integer");
+        assert_eq!(order(br#"{"id": 9007199254740991}"#, true).unwrap().id, Some(MAX_CHOSEN_ID));
+        for id in ["0", "-1", "9007199254740992", "1.5"] {
+            let p = order(format!(r#"{{"id": {id}}}"#).as_bytes(), true).unwrap_err();
+            assert_eq!((p.status().as_u16(), &p.to_json()["field"]), (422, &Value::from("id")), "{id}");
+        }
         assert_eq!(order(b"{nope", true).unwrap_err().status().as_u16(), 400);
         assert_eq!(order(b"[1]", true).unwrap_err().status().as_u16(), 422);
     }
