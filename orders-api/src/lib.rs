@@ -131,11 +131,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     result
 }
 
-/// The whole service: `/orders` routes, ops endpoints, problem responses for unknown paths
+/// The whole service: `/orders` routes, `/openapi.json`, ops endpoints, problem responses for unknown paths
 /// and methods, the body limit and the request counter.
 fn router(config: &Config, pool: sqlx::PgPool, stats: Arc<Stats>) -> Router {
     let app = Arc::new(routes::App { pool, max_body_bytes: config.max_body_bytes });
     routes::router(app)
+        .route("/openapi.json", axum::routing::get(openapi::serve))
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .merge(protocol::ops::router(stats.clone()))
         .fallback(|request: Request| async move { Problem::no_route(request.uri().path()) })

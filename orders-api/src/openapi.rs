@@ -7,12 +7,24 @@
 
 #![allow(dead_code)] // The types describe bodies; nothing constructs them.
 
+use std::sync::LazyLock;
+
+use axum::{
+    http::header,
+    response::{IntoResponse, Response},
+};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+/// `GET /openapi.json`: the document, made once.
+pub(crate) async fn serve() -> Response {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(document);
+    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str()).into_response()
+}
+
 /// The document, as served and committed.
-pub(crate) fn document() -> String {
+fn document() -> String {
     let mut text = ApiDoc::openapi().to_pretty_json().expect("the document is plain JSON values");
     text.push('\n');
     text

@@ -44,14 +44,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/orders", get(list).post(create))
         .route("/orders/{id}", get(read).put(update).patch(update).delete(remove))
         .route("/orders/{id}/amount", post(add_amount))
-        .route("/openapi.json", get(openapi))
         .with_state(app)
-}
-
-/// `GET /openapi.json`: the document, made once.
-async fn openapi() -> Response {
-    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(crate::openapi::document);
-    ([(header::CONTENT_TYPE, "application/json")], DOCUMENT.as_str()).into_response()
 }
 
 fn json(status: StatusCode, value: &Value) -> Response {
@@ -77,7 +70,7 @@ fn order_id(raw: &str) -> Result<i64> {
         .ok_or_else(|| Problem::bad_request(format!("the order id must be an integer, not {raw:?}")).field("id"))
 }
 
-/// Appends ` AND <predicate>` to `sql`: the column and its type from [`COLUMNS`], the
+/// Appends ` AND <predicate>` to `sql`: the column and its type from [`query::COLUMNS`], the
 /// operator from the filter module's fixed set, every literal bound.
 fn push_predicate(sql: &mut QueryBuilder<'_, Postgres>, predicate: &Predicate) {
     let (col, ty) = column(predicate.column()).expect("filters are made only for known columns");
@@ -137,8 +130,9 @@ pub(crate) async fn list(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -
     sql.push_bind(query.limit + 1);
     let mut rows: Vec<(Value, Option<String>)> =
         sql.build_query_as().fetch_all(&app.pool).await.map_err(|e| Problem::from_db(&e))?;
-    let more = rows.len() > usize::try_from(query.limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(query.limit).unwrap_or(usize::MAX));
+    let limit = usize::try_from(query.limit).expect("limit is checked to be 1 to 1000");
+    let more = rows.len() > limit;
+    rows.truncate(limit);
     let next = match rows.last() {
         Some((last, value)) if more => Some(Cursor {
             order: query.order(),
