@@ -110,7 +110,9 @@ ensure_schemathesis() {
 # --schemathesis for schemathesis (CI=true implies it: the test fails there without it).
 ensure_deps() {
     local browser=0 schemathesis=0 arg missing=()
-    [[ "${CI:-}" == true ]] && schemathesis=1
+    # 1: asked for (failure stops here); 2: implied by CI (failure is left to the test, which
+    # then fails alone, saying schemathesis is missing, rather than stopping every test).
+    [[ "${CI:-}" == true ]] && schemathesis=2
     for arg in "$@"; do
         case "$arg" in
             --browser) browser=1 ;;
@@ -147,8 +149,9 @@ ensure_deps() {
         echo "install-deps: PostgreSQL server binaries still not found (set PG_BIN_DIR to the directory holding initdb)" >&2
         return 1
     fi
-    if ((schemathesis)); then
-        ensure_schemathesis >/dev/null || return 1
+    if ((schemathesis)) && ! ensure_schemathesis >/dev/null; then
+        ((schemathesis == 1)) && return 1
+        echo "install-deps: warning: schemathesis could not be installed; orders-api's schemathesis test will fail" >&2
     fi
     check_rust
 }
