@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Ensure the tools that building, running and testing the workspace need are present:
 # PostgreSQL server binaries, redis-server, promtool, a C linker and cargo; with --browser also
-# chromium and chromedriver (for the dashboard's headless-browser tests).
+# chromium and chromedriver (for the dashboard's headless-browser tests); with --schemathesis
+# (and always when CI=true) schemathesis, in a venv (the orders API's schema test).
 #
-#   bash scripts/install-deps.sh [--browser]
+#   bash scripts/install-deps.sh [--browser] [--schemathesis]
 #
 # Idempotent: installs only what is missing, with apt-get when run as root (one `apt-get update`
 # first, and only when something is missing); otherwise prints the exact command and exits 1.
@@ -73,14 +74,51 @@ check_rust() {
     fi
 }
 
-# Make sure everything is present; install what is missing. Pass --browser for chromium too.
+# schemathesis (PyPI), pinned: tests/schemathesis.rs in orders-api expects this version.
+SCHEMATHESIS_VERSION=4.32.5
+
+# Print the path of a schemathesis executable, installing it first when missing: into a venv at
+# ${XDG_CACHE_HOME:-~/.cache}/orders-realtime/schemathesis-<version>, with pip (python3 and its
+# venv module from apt when missing). Idempotent; the venv is left alone once it works.
+ensure_schemathesis() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/orders-realtime/schemathesis-$SCHEMATHESIS_VERSION"
+    if [[ -x "$venv/bin/schemathesis" ]] && "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
+        printf '%s\n' "$venv/bin/schemathesis"
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv >&2 || return 1
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    if ! python3 -m venv "$venv" >&2; then
+        # Debian's python3 lacks ensurepip until python3-venv is installed.
+        rm -rf "$venv"
+        apt_install python3-venv >&2 && python3 -m venv "$venv" >&2 || {
+            echo "install-deps: cannot create a Python venv at $venv (install python3-venv)" >&2
+            return 1
+        }
+    fi
+    echo "install-deps: installing schemathesis $SCHEMATHESIS_VERSION into $venv" >&2
+    if ! "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2; then
+        rm -rf "$venv"
+        echo "install-deps: pip could not install schemathesis==$SCHEMATHESIS_VERSION (network? a PyPI mirror via PIP_INDEX_URL)" >&2
+        return 1
+    fi
+    printf '%s\n' "$venv/bin/schemathesis"
+}
+
+# Make sure everything is present; install what is missing. Pass --browser for chromium too,
+# --schemathesis for schemathesis (CI=true implies it: the test fails there without it).
 ensure_deps() {
-    local browser=0 arg missing=()
+    local browser=0 schemathesis=0 arg missing=()
+    # 1: asked for (failure stops here); 2: implied by CI (failure is left to the test, which
+    # then fails alone, saying schemathesis is missing, rather than stopping every test).
+    [[ "${CI:-}" == true ]] && schemathesis=2
     for arg in "$@"; do
         case "$arg" in
             --browser) browser=1 ;;
+            --schemathesis) schemathesis=1 ;;
             -h | --help)
-                echo "usage: bash scripts/install-deps.sh [--browser]"
+                echo "usage: bash scripts/install-deps.sh [--browser] [--schemathesis]"
                 return 0
                 ;;
             *)
@@ -110,6 +148,10 @@ ensure_deps() {
     if ! pg_bin_dir >/dev/null; then
         echo "install-deps: PostgreSQL server binaries still not found (set PG_BIN_DIR to the directory holding initdb)" >&2
         return 1
+    fi
+    if ((schemathesis)) && ! ensure_schemathesis >/dev/null; then
+        ((schemathesis == 1)) && return 1
+        echo "install-deps: warning: schemathesis could not be installed; orders-api's schemathesis test will fail" >&2
     fi
     check_rust
 }

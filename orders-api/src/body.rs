@@ -6,6 +6,11 @@ use serde_json::{Map, Value};
 
 use crate::problem::Problem;
 
+/// The largest id a create request may choose: 2^53 - 1, the largest integer JavaScript clients
+/// (the dashboard) read exactly. It also keeps the id sequence, which is moved past a chosen id,
+/// from being pushed to its end, where every later insert without an id would fail.
+pub(crate) const MAX_CHOSEN_ID: i64 = (1 << 53) - 1;
+
 /// The writable columns and what each holds; also the allow-list of column names the API
 /// ever puts in SQL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +94,9 @@ pub(crate) fn order(bytes: &[u8], allow_id: bool) -> Result<OrderBody, Problem> 
             // null: let the database choose, as if it were absent.
             body.id = match value {
                 Value::Null => None,
-                v => Some(v.as_i64().ok_or_else(|| Problem::invalid("id must be an integer").field("id"))?),
+                v => Some(whole(v).filter(|id| (1..=MAX_CHOSEN_ID).contains(id)).ok_or_else(|| {
+                    Problem::invalid(format!("id must be an integer from 1 to {MAX_CHOSEN_ID}")).field("id")
+                })?),
             };
             continue;
         }
@@ -129,9 +136,22 @@ fn field(column: Column, value: &Value) -> Result<Field, Problem> {
 }
 
 fn integer(value: &Value) -> Result<i64, Problem> {
-    // `as_i64` is None for fractions (2.5, also 2.0) and for integers past i64: neither is a
-    // whole number this API can add.
-    value.as_i64().ok_or_else(Problem::amount_not_integer)
+    whole(value).ok_or_else(Problem::amount_not_integer)
+}
+
+/// `value` as a whole number: `3`, and also `3.0` or `3e2`, which JSON (and JavaScript, the
+/// original design's `Number.isInteger`) count as integers too. `None` for fractions, numbers
+/// past i64 and anything that is not a number.
+fn whole(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| value.as_f64().and_then(exact))
+}
+
+/// A whole `f64` within ±2^53, where every integer is exactly representable; past it a JSON
+/// number in float notation may already have been rounded, so it is not taken as a value.
+pub(crate) fn exact(f: f64) -> Option<i64> {
+    const LIMIT: f64 = 9_007_199_254_740_992.0;
+    #[allow(clippy::cast_possible_truncation)] // Whole and within ±2^53: exact.
+    (f.fract() == 0.0 && (-LIMIT..=LIMIT).contains(&f)).then_some(f as i64)
 }
 
 #[cfg(test)]
@@ -158,6 +178,12 @@ mod tests {
             assert_eq!(p.status().as_u16(), status, "{}", String::from_utf8_lossy(input));
             assert_eq!(p.to_json()["field"], field);
         }
+        assert_eq!(order(br#"{"id": 7.0}"#, true).unwrap().id, Some(7), "7.0 is an integer");
+        assert_eq!(order(br#"{"id": 9007199254740991}"#, true).unwrap().id, Some(MAX_CHOSEN_ID));
+        for id in ["0", "-1", "9007199254740992", "1.5"] {
+            let p = order(format!(r#"{{"id": {id}}}"#).as_bytes(), true).unwrap_err();
+            assert_eq!((p.status().as_u16(), &p.to_json()["field"]), (422, &Value::from("id")), "{id}");
+        }
         assert_eq!(order(b"{nope", true).unwrap_err().status().as_u16(), 400);
         assert_eq!(order(b"[1]", true).unwrap_err().status().as_u16(), 422);
     }
@@ -165,6 +191,18 @@ mod tests {
     #[test]
     fn an_amount_delta_is_one_integer() {
         assert_eq!(amount_delta(br#"{"amount": -3}"#).unwrap(), -3);
+        for (whole, n) in [(&br#"{"amount": 3.0}"#[..], 3), (br#"{"amount": 1e3}"#, 1000), (br#"{"amount": -0.0}"#, 0)]
+        {
+            assert_eq!(amount_delta(whole).unwrap(), n, "{}", String::from_utf8_lossy(whole));
+        }
+        for not in [
+            &br#"{"amount": 1e-3}"#[..],
+            br#"{"amount": 1e19}"#,
+            br#"{"amount": 9223372036854775808}"#,
+            br#"{"amount": 1e17}"#,
+        ] {
+            assert_eq!(amount_delta(not).unwrap_err().status().as_u16(), 400, "{}", String::from_utf8_lossy(not));
+        }
         let p = amount_delta(br#"{"amount": 1.5}"#).unwrap_err();
         assert_eq!(p.to_json()["detail"], "amount must be an integer");
         assert_eq!(amount_delta(b"{}").unwrap_err().status().as_u16(), 422);

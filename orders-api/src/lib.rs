@@ -5,7 +5,10 @@
 //!
 //! - [`config`]: [`Config`] from the environment
 //! - `routes`: the `/orders` handlers and their SQL (bound parameters only)
+//! - `query`: the read routes' query strings (filters, `select`, `order`, `limit`, `cursor`)
+//! - `cursor`: the opaque `cursor` token of keyset pagination
 //! - `body`: request bodies, checked member by member
+//! - `openapi`: the OpenAPI 3.1 document at `/openapi.json`, generated from the handlers
 //! - `problem`: errors as RFC 9457 `application/problem+json`
 //! - `stats`: readiness (PostgreSQL, the `orders` table) and metrics behind `/healthz`,
 //!   `/readyz`, `/metrics`
@@ -15,7 +18,10 @@
 
 mod body;
 pub mod config;
+mod cursor;
+mod openapi;
 mod problem;
+mod query;
 mod routes;
 mod stats;
 
@@ -125,11 +131,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     result
 }
 
-/// The whole service: `/orders` routes, ops endpoints, problem responses for unknown paths
+/// The whole service: `/orders` routes, `/openapi.json`, ops endpoints, problem responses for unknown paths
 /// and methods, the body limit and the request counter.
 fn router(config: &Config, pool: sqlx::PgPool, stats: Arc<Stats>) -> Router {
     let app = Arc::new(routes::App { pool, max_body_bytes: config.max_body_bytes });
     routes::router(app)
+        .route("/openapi.json", axum::routing::get(openapi::serve))
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .merge(protocol::ops::router(stats.clone()))
         .fallback(|request: Request| async move { Problem::no_route(request.uri().path()) })

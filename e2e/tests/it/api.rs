@@ -1,9 +1,9 @@
-//! Writes through the HTTP API reach WebSocket clients like any other change: the API writes
-//! rows, the trigger and the publisher do the rest.
+//! Writes through the HTTP API reach WebSocket and SSE clients like any other change: the API
+//! writes rows, the trigger and the publisher do the rest.
 
 use std::net::SocketAddr;
 
-use e2e::{System, WsClient};
+use e2e::{System, WsClient, sse::SseClient};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -28,7 +28,7 @@ async fn send(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, V
 }
 
 #[tokio::test]
-async fn writes_through_the_api_reach_websocket_clients() {
+async fn writes_through_the_api_reach_websocket_and_sse_clients() {
     let system = System::start(1).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -36,6 +36,11 @@ async fn writes_through_the_api_reach_websocket_clients() {
     let shutdown = CancellationToken::new();
     let api = tokio::spawn(orders_api::run(config, listener, shutdown.clone()));
     let mut client = WsClient::connect(&system.ws[0].ws_url()).await;
+    // The SSE stream with a filter and a select, as a browser page for one customer might ask.
+    let mut sse = SseClient::get(system.ws[0].addr, "/events?filter=customer_name=eq.Ada&select=amount").await;
+    assert_eq!(sse.status, 200, "{sse:?}");
+    // The retry hint, then hello: the stream is subscribed before the writes.
+    sse.events_until("hello").await;
 
     let (status, created) =
         send(addr, "POST", "/orders", r#"{"customer_name":"Ada","product_name":"Lamp","amount":10}"#).await;
@@ -53,6 +58,14 @@ async fn writes_through_the_api_reach_websocket_clients() {
     assert_eq!(events[1]["order"]["amount"], json!(15.0));
     assert_eq!(events[1]["old"]["amount"], json!(10.0));
     assert!(events.iter().all(|e| e["order"]["id"] == id), "{events:?}");
+
+    let changes = sse.changes(3).await;
+    let ops: Vec<_> = changes.iter().map(|e| e["operation"].as_str().unwrap_or_default()).collect();
+    assert_eq!(ops, ["INSERT", "UPDATE", "DELETE"], "{changes:?}");
+    for (change, frame) in changes.iter().zip(&events) {
+        assert_eq!((&change["epoch"], &change["pos"]), (&frame["epoch"], &frame["pos"]), "the same events, in order");
+        assert_eq!(change["order"], json!({"id": id, "amount": frame["order"]["amount"]}), "only the selected columns");
+    }
 
     shutdown.cancel();
     api.await.expect("no panic").expect("clean shutdown");
