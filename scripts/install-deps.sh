@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ensure the tools that building, running and testing the workspace need are present:
-# PostgreSQL server binaries, redis-server, promtool, a C linker and cargo; with --browser also
+# PostgreSQL server binaries, redis-server, promtool, nginx, tmux, a C linker and cargo; with --browser also
 # chromium and chromedriver (for the dashboard's headless-browser tests); with --schemathesis
 # (and always when CI=true) schemathesis, in a venv (the orders API's schema test).
 #
@@ -139,6 +139,8 @@ ensure_deps() {
     # nginx: the e2e test of deploy/nginx-debian.conf runs a private one in front of two
     # replicas. Debian installs it in /usr/sbin, which a non-root PATH often lacks.
     command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx || -x "${NGINX_BIN:-}" ]] || missing+=(nginx)
+    # tmux: cli-client's table view is tested in a real terminal (send-keys, capture-pane).
+    command -v tmux >/dev/null 2>&1 || missing+=(tmux)
     if ((browser)); then
         command -v chromium >/dev/null 2>&1 || missing+=(chromium)
         command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

@@ -4,7 +4,8 @@
 # Ensures PostgreSQL and Redis binaries are installed (the tests start their own private servers
 # on free ports through the testkit crate; nothing needs to be running), then runs
 # `cargo test --workspace --locked "$@"` and prints a one-line summary.
-# TEST_BROWSER=1 also installs chromium for the dashboard's browser tests.
+# Also chromium and chromedriver, for the dashboard's tests in a real headless browser
+# (TEST_BROWSER=0 skips installing them; those tests then skip, or fail under CI=true).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,7 +14,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # shellcheck source=scripts/install-deps.sh
 source "$ROOT/scripts/install-deps.sh"
-if [[ "${TEST_BROWSER:-0}" == 1 ]]; then ensure_deps --browser; else ensure_deps; fi
+if [[ "${TEST_BROWSER:-1}" == 1 ]]; then ensure_deps --browser; else ensure_deps; fi
 
 # testkit looks in PG_BIN_DIR / REDIS_SERVER_BIN before PATH; pin what we found.
 PG_BIN_DIR=$(pg_bin_dir)
