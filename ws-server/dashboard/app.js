@@ -60,6 +60,8 @@ el.fAdvanced.value = params.getAll("filter").join(" & ");
 el.servers.value = params.get("servers") || "";
 el.token.value = token;
 $("token-field").hidden = !authRequired && !token;
+// Without a token nothing connects: show where it goes.
+if (authRequired && !token) el.form.querySelector("details").open = true;
 
 const model = new Dashboard({ filters: safely(() => buildFilters(controls()), []) });
 let socket = null;
