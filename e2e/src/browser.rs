@@ -56,11 +56,14 @@ pub struct BrowserOptions {
     pub size: (u32, u32),
     /// `prefers-color-scheme: dark`.
     pub dark: bool,
+    /// A phone: `size` as the device's screen (chromedriver's mobile emulation: touch, a
+    /// device pixel ratio of 3, and no desktop minimum window width).
+    pub phone: bool,
 }
 
 impl Default for BrowserOptions {
     fn default() -> Self {
-        BrowserOptions { size: (1280, 860), dark: false }
+        BrowserOptions { size: (1280, 860), dark: false, phone: false }
     }
 }
 
@@ -125,10 +128,13 @@ impl Browser {
         if options.dark {
             args.push("--force-dark-mode".to_owned());
         }
-        let capabilities = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": chromium, "args": args },
-        });
+        let mut chrome = json!({ "binary": chromium, "args": args });
+        if options.phone {
+            let (width, height) = options.size;
+            chrome["mobileEmulation"] =
+                json!({ "deviceMetrics": { "width": width, "height": height, "pixelRatio": 3, "touch": true } });
+        }
+        let capabilities = json!({ "browserName": "chrome", "goog:chromeOptions": chrome });
         let Value::Object(capabilities) = capabilities else { unreachable!("an object literal") };
         let connect = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(capabilities)

@@ -516,7 +516,10 @@ async fn lowest_contrast(browser: &Browser) -> (String, f64) {
 
 #[tokio::test]
 async fn the_dashboard_is_readable_on_desktop_and_phone_in_light_and_dark_and_screenshots_it() {
-    let Some(desktop) = Browser::start().await else { return };
+    let Some(desktop) = Browser::start_with(BrowserOptions { size: (1280, 1000), ..BrowserOptions::default() }).await
+    else {
+        return;
+    };
     let system = System::start(1).await;
     seed_for_screenshot(&system).await;
     let url = page(&system.ws[0]);
@@ -529,8 +532,14 @@ async fn the_dashboard_is_readable_on_desktop_and_phone_in_light_and_dark_and_sc
     system.sql("UPDATE orders SET amount = 359.50 WHERE id = 3").await;
     desktop.wait_for("the last change", &format!("{LOG}.length === 7"), WAIT).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let overflow = desktop.js("return document.documentElement.scrollWidth - window.innerWidth").await;
-    assert!(overflow.as_i64() <= Some(0), "no horizontal scrolling on a desktop: {overflow}");
+    let overflow = desktop
+        .js("return [document.documentElement.scrollWidth - window.innerWidth, \
+                     document.querySelector('#orders').scrollWidth - document.querySelector('.scroll').clientWidth]")
+        .await;
+    assert!(
+        overflow[0].as_i64() <= Some(0) && overflow[1].as_i64() <= Some(0),
+        "no sideways scrolling: {overflow} (page, table)"
+    );
     let (worst, ratio) = lowest_contrast(&desktop).await;
     assert!(ratio >= 4.5, "light mode: {worst} has contrast {ratio:.2} (WCAG AA needs 4.5)");
     desktop.screenshot(&artifact("dashboard.png")).await;
@@ -539,14 +548,20 @@ async fn the_dashboard_is_readable_on_desktop_and_phone_in_light_and_dark_and_sc
     }
     desktop.close().await;
 
-    let phone =
-        Browser::start_with(BrowserOptions { size: (390, 844), ..BrowserOptions::default() }).await.expect("a browser");
+    let phone = Browser::start_with(BrowserOptions { size: (390, 844), phone: true, ..BrowserOptions::default() })
+        .await
+        .expect("a browser");
     phone.goto(&url).await;
     wait_live(&phone).await;
-    let overflow = phone.js("return document.documentElement.scrollWidth - window.innerWidth").await;
-    assert!(overflow.as_i64() <= Some(0), "a phone never scrolls sideways: {overflow} px too wide");
+    let overflow = phone
+        .js("return [document.documentElement.scrollWidth - window.innerWidth, \
+                     document.querySelector('#orders').scrollWidth - document.querySelector('.scroll').clientWidth]")
+        .await;
+    assert!(overflow[0].as_i64() <= Some(0), "a phone never scrolls sideways: {overflow} px too wide (page, table)");
+    assert!(overflow[1].as_i64() <= Some(0), "the table fits a phone too: {overflow} px too wide (page, table)");
     let hidden = phone.js("return getComputedStyle(document.querySelector('th[data-col=created_at]')).display").await;
     assert_eq!(hidden, "none", "the least needed columns give way");
+    assert_eq!(phone.js("return window.innerWidth").await, 390, "a phone's width");
     phone.screenshot(&artifact("dashboard-phone.png")).await;
     phone.close().await;
 
