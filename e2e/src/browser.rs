@@ -164,10 +164,11 @@ impl Browser {
     /// (`arguments[arguments.length - 1](value)`), waiting up to [`WAIT`].
     pub async fn js_async(&self, script: &str) -> Value {
         let run = self.client().execute_async(script, vec![]);
-        tokio::time::timeout(WAIT, run)
-            .await
-            .unwrap_or_else(|_| panic!("script did not finish within {WAIT:?}: {script:?}"))
-            .unwrap_or_else(|e| panic!("run {script:?}: {e}"))
+        match tokio::time::timeout(WAIT, run).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => panic!("run {script:?}: {e}"),
+            Err(_) => panic!("script did not finish within {WAIT:?}: {script:?}"),
+        }
     }
 
     /// Re-evaluates the expression `expression` until it is truthy, for at most `limit`;
