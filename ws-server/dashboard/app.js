@@ -14,11 +14,12 @@ import {
   formatCell,
   formatPosition,
   formatTime,
+  parsePosition,
   parseServers,
 } from "./model.js";
 
 /** Rows drawn at most (newest ids first); the model holds them all. */
-const ROW_CAP = 1000;
+const ROW_CAP = 500;
 /** No answer to the upgrade within this long: try the next server. */
 const CONNECT_TIMEOUT_MS = 5000;
 
@@ -63,7 +64,7 @@ $("token-field").hidden = !authRequired && !token;
 // Without a token nothing connects: show where it goes.
 if (authRequired && !token) el.form.querySelector("details").open = true;
 
-const model = new Dashboard({ filters: safely(() => buildFilters(controls()), []) });
+const model = new Dashboard({ filters: safely(() => buildFilters(controls()), []), since: parsePosition(params.get("since")) });
 let socket = null;
 let hello = false; // the current socket has said hello
 let serverIndex = Math.floor(Math.random() * servers.length); // spreads pages over replicas
@@ -182,16 +183,28 @@ function receive(frame) {
   if (out.snapshot) {
     ui.rebuild = true;
     ui.dirty.clear();
+    for (const order of model.rows.values()) addColumns(order);
   } else {
     for (const [id, columns] of out.rows) {
       const before = ui.dirty.get(id);
       ui.dirty.set(id, columns && before ? [...new Set([...before, ...columns])] : columns);
+      if (columns) addColumns(model.rows.get(id));
     }
   }
   if (frame.type === "reset") showBanner("History reset: the server could not continue from this page's position, so it took a fresh snapshot.");
   if (frame.type === "error" && model.filterError) showNote(model.filterError, true);
   if (frame.type === "snapshot") describeView();
   schedule();
+}
+
+/** Columns beyond COLUMNS get their own column at the end (the table has a rebuild). */
+function addColumns(order) {
+  for (const column of Object.keys(order || {})) {
+    if (!ui.columns.includes(column)) {
+      ui.columns.push(column);
+      ui.rebuild = true;
+    }
+  }
 }
 
 // ---- drawing --------------------------------------------------------------------------
@@ -218,14 +231,6 @@ function schedule() {
 function draw() {
   drawStatus();
   drawCounters();
-  for (const order of model.rows.values()) {
-    for (const column of Object.keys(order)) {
-      if (!ui.columns.includes(column)) {
-        ui.columns.push(column);
-        ui.rebuild = true;
-      }
-    }
-  }
   if (ui.rebuild) rebuildRows();
   else drawDirtyRows();
   drawLog();
@@ -313,8 +318,13 @@ function flash(node, kind) {
   node.classList.add(`${kind}-${a ? "b" : "a"}`);
 }
 
+/** More changed rows than this in one frame: a flood, drawn without highlights (thousands of
+ *  running animations would cost every frame more than the flood itself). */
+const HIGHLIGHT_MAX = 60;
+
 function drawDirtyRows() {
   let refill = false;
+  const highlight = ui.dirty.size <= HIGHLIGHT_MAX;
   for (const [id, columns] of ui.dirty) {
     const order = model.rows.get(id);
     const tr = ui.trs.get(id);
@@ -332,7 +342,7 @@ function drawDirtyRows() {
         const column = td.dataset.col;
         if (columns && !columns.includes(column)) continue;
         fillCell(td, column, order[column]);
-        if (column !== "updated_at") flash(td, "flash");
+        if (highlight && column !== "updated_at") flash(td, "flash");
       }
       continue;
     }
@@ -346,7 +356,7 @@ function drawDirtyRows() {
     }
     if (lo >= ROW_CAP) continue;
     const row = makeRow(id, order);
-    flash(row, "new");
+    if (highlight) flash(row, "new");
     el.body.insertBefore(row, ui.trs.get(ui.shown[lo]) ?? null);
     ui.shown.splice(lo, 0, id);
     ui.trs.set(id, row);

@@ -13,6 +13,12 @@ export function formatPosition(position) {
   return position ? `${position.epoch}:${position.pos}` : "";
 }
 
+/** `EPOCH:POS` as `{epoch, pos}`, or null when it is not one. */
+export function parsePosition(text) {
+  const match = /^([^:\s]+):(\d+)$/.exec(String(text || "").trim());
+  return match ? { epoch: match[1], pos: Number(match[2]) } : null;
+}
+
 /** Milliseconds since 1970 of an RFC 3339 `ts` (microseconds cut to what Date keeps). */
 export function parseTs(ts) {
   if (typeof ts !== "string") return NaN;
@@ -152,12 +158,13 @@ export class RateCounter {
  * not be continued: a fresh snapshot is on its way).
  */
 export class Dashboard {
-  constructor({ logCap = LOG_CAP, table = "orders", filters = [] } = {}) {
+  constructor({ logCap = LOG_CAP, table = "orders", filters = [], since = null } = {}) {
     this.logCap = logCap;
     this.table = table;
     this.filters = filters;
     this.rows = new Map();
-    this.position = null;
+    // A start position (`?since=`) replays what followed it; a snapshot is taken otherwise.
+    this.position = since;
     this.status = "connecting";
     this.server = null;
     this.log = [];

@@ -12,6 +12,7 @@ import {
   connectUrl,
   defaultServer,
   describe,
+  parsePosition,
   parseServers,
   parseTs,
 } from "./model.js";
@@ -224,6 +225,13 @@ test("the controls' filters in PostgREST syntax", () => {
     error = e.message;
   }
   ok(error && error.includes("amount>100"), `a malformed filter is named: ${error}`);
+});
+
+test("a start position replays from it; positions parse as EPOCH:POS", () => {
+  eq(parsePosition("k3xq9a:1042"), { epoch: "k3xq9a", pos: 1042 });
+  eq([parsePosition("k3xq9a"), parsePosition(""), parsePosition("a:b")], [null, null, null]);
+  const d = new Dashboard({ since: { epoch: EPOCH, pos: 5 } });
+  eq(d.receive({ type: "hello", protocol: 1, server_id: "ws-a" }, 0).send, [{ type: "subscribe", table: "orders", since: { epoch: EPOCH, pos: 5 } }]);
 });
 
 test("changed columns compare values, not identity", () => {

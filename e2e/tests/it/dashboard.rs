@@ -448,6 +448,63 @@ async fn with_auth_on_the_page_asks_for_a_token_and_connects_with_it() {
     browser.close().await;
 }
 
+#[tokio::test]
+async fn a_position_the_server_cannot_continue_from_is_a_visible_reset_and_a_fresh_snapshot() {
+    let Some(browser) = Browser::start().await else { return };
+    let system = System::start(1).await;
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Ada', 'a'), ('Bob', 'b')").await;
+    // A bookmark from a history Redis no longer holds.
+    browser.goto(&format!("{}?since=gone0epoch:5", page(&system.ws[0]))).await;
+    wait_live(&browser).await;
+    let (banner, _) = browser
+        .wait_for(
+            "the reset said",
+            "!document.getElementById('banner').hidden && document.getElementById('banner').textContent",
+            SECOND,
+        )
+        .await;
+    assert!(banner.as_str().unwrap().contains("History reset"), "{banner}");
+    let notices =
+        browser.js("return [...document.querySelectorAll('#log li.notice')].map(li => li.textContent).reverse()").await;
+    let notices = notices.to_string();
+    assert!(notices.contains("history reset (history_lost)") && notices.contains("snapshot: 2 rows"), "{notices}");
+    assert_eq!(shown_ids(&browser).await, [1, 2], "the fresh snapshot");
+    system.sql("DELETE FROM orders WHERE id = 1").await;
+    browser.wait_for("live after the reset", "!document.querySelector('#orders tr[data-id=\"1\"]')", SECOND).await;
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_changes_keeps_the_page_responsive_with_the_log_and_the_table_capped() {
+    let Some(browser) = Browser::start().await else { return };
+    let system = System::start(1).await;
+    browser.goto(&page(&system.ws[0])).await;
+    wait_live(&browser).await;
+    // Every main-thread task over 50 ms from here on.
+    browser
+        .js("window.longest = 0; new PerformanceObserver(l => { for (const e of l.getEntries()) \
+             window.longest = Math.max(window.longest, e.duration); }).observe({type: 'longtask'}); return true;")
+        .await;
+    system
+        .sql("INSERT INTO orders (customer_name, product_name, amount) SELECT 'c' || n, 'p', n FROM generate_series(1, 3000) n")
+        .await;
+    system.sql("UPDATE orders SET status = 'shipped' WHERE id % 2 = 0").await;
+    let (_, took) = browser
+        .wait_for("every change folded", "document.getElementById('rows').textContent === '3,000' && document.querySelector('#orders tr[data-id=\"3000\"] .status')?.textContent === 'shipped'", WAIT)
+        .await;
+    eprintln!("4500 changes on screen {took:?} after psql returned");
+    let shown = browser
+        .js("return [document.querySelectorAll('#log li').length, document.querySelectorAll('#orders tbody tr').length, \
+                     document.getElementById('rows-note').textContent, window.longest]")
+        .await;
+    eprintln!("longest main-thread task during the flood: {} ms", shown[3]);
+    assert_eq!(shown[0], 500, "the log keeps the newest 500: {shown}");
+    assert_eq!(shown[1], 500, "the table draws the newest 500 rows: {shown}");
+    assert_eq!(shown[2], "newest 500 of 3,000", "{shown}");
+    assert!(shown[3].as_f64() < Some(1000.0), "no task froze the page for a second: {shown}");
+    browser.close().await;
+}
+
 /// Changes that make a readable picture: a few orders, each kind of change in the log.
 async fn seed_for_screenshot(system: &System) {
     system
