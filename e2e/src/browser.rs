@@ -37,7 +37,8 @@ pub struct Browser {
 /// The first of `candidates` that is an executable file: an absolute path, or a name on `PATH`.
 fn find_binary(env: &str, candidates: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
-        return Some(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     candidates.iter().find_map(|name| {
