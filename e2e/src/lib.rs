@@ -12,9 +12,11 @@
 //! - [`Process`]: a service as a real process (for SIGKILL)
 //! - [`history`]: what reached Redis (the replay log, the state) and the table, to compare
 //! - `logs`: every service's log lines, read back with [`Service::logs`]
+//! - [`browser`]: a real headless Chromium over WebDriver, for the dashboard
 //! - [`views`]: subscription views (filters, select, table): URLs, a folding client, what
 //!   PostgreSQL says a view holds
 
+pub mod browser;
 mod client;
 mod follower;
 pub mod history;
@@ -24,6 +26,7 @@ mod service;
 pub mod sse;
 pub mod views;
 
+pub use browser::{Browser, BrowserOptions};
 pub use client::WsClient;
 pub use follower::{Follower, PlainFollower};
 pub use process::Process;

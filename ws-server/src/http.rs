@@ -1,6 +1,7 @@
 //! HTTP routes: WebSocket at `/ws` and `/` (clients of the original design connect to
-//! `ws://host:8080`), Server-Sent Events at `/events`, plus `/healthz`, `/readyz` and
-//! `/metrics`.
+//! `ws://host:8080`), Server-Sent Events at `/events`, the browser dashboard at `/` (for
+//! requests that accept HTML and ask for no upgrade), `/dashboard` and `/dashboard/…`
+//! (`dashboard`), plus `/healthz`, `/readyz` and `/metrics`.
 //!
 //! `/ws`, `/` and `/events` take the same query parameters (docs/protocol.md):
 //! `protocol=orders.v1`, `since=EPOCH:POS` (or a `Last-Event-ID` header), `snapshot`,
@@ -33,7 +34,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::{
     AppState,
     auth::{self, Auth},
-    consumers,
+    consumers, dashboard,
     socket::{self, Mode, Opening, Token},
     sse::SseWire,
     view::{Scope, Spec, View, ViewError},
@@ -52,7 +53,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let ops = protocol::ops::router(state.stats.clone());
     Router::new()
         .route("/ws", get(upgrade))
-        .route("/", get(upgrade))
+        .route("/", get(root))
+        .route("/dashboard", get(dashboard::dashboard))
+        .route("/dashboard/{version}/{file}", get(dashboard::asset))
         .route("/events", get(events))
         .with_state(state)
         .merge(ops)
@@ -194,6 +197,20 @@ fn view_refused(state: &AppState, error: &ViewError) -> Response {
         _ => StatusCode::BAD_REQUEST,
     };
     (status, format!("{error}\n")).into_response()
+}
+
+/// `GET /`: a WebSocket upgrade as at `/ws`; a browser asking for a page gets the dashboard;
+/// anything else gets the same one-line hint as a plain GET of `/ws`.
+async fn root(
+    state: State<Arc<AppState>>,
+    query: RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if ws.is_err() && dashboard::wants_html(&headers) {
+        return dashboard::index(&state, &headers);
+    }
+    upgrade(state, query, headers, ws).await
 }
 
 async fn upgrade(

@@ -15,6 +15,7 @@
 //! - `auth`: JWT verification and Origin checks
 //! - `consumers`: durable consumers' acknowledged positions in Redis
 //! - `sse`: Server-Sent Events as a connection's transport
+//! - `dashboard`: the browser dashboard's page and modules, embedded
 //! - `http`: routes (`/ws`, `/`, `/events`, `/healthz`, `/readyz`, `/metrics`)
 //! - `stats`: readiness and metrics
 //!
@@ -23,6 +24,7 @@
 mod auth;
 pub mod config;
 mod consumers;
+mod dashboard;
 mod history;
 mod http;
 mod hub;

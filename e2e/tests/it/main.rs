@@ -5,6 +5,7 @@ mod auth;
 mod chaos;
 mod close_codes;
 mod consumers;
+mod dashboard;
 mod durability;
 mod faults;
 mod filters;

@@ -51,7 +51,7 @@ fn debian_config(listen: SocketAddr, replicas: &[SocketAddr]) -> Vec<(String, St
     vec![(SITE.into(), site), ("orders-realtime/ws-proxy.conf".into(), shipped("ws-proxy.conf"))]
 }
 
-async fn nginx_in_front_of(system: &System) -> NginxServer {
+pub(crate) async fn nginx_in_front_of(system: &System) -> NginxServer {
     let replicas: Vec<SocketAddr> = system.ws.iter().map(|ws| ws.addr).collect();
     NginxServer::start(SITE, |listen| debian_config(listen, &replicas)).await
 }
@@ -104,7 +104,7 @@ async fn websocket_through_the_shipped_nginx_config_reaches_both_replicas_resume
 
 /// A ws-server replica as a real process named `name` (its hello's `server_id`), so it can be
 /// SIGKILLed.
-async fn replica(name: &str, system: &System, dir: &Path) -> Process {
+pub(crate) async fn replica(name: &str, system: &System, dir: &Path) -> Process {
     let port = testkit::free_port();
     let env = [
         ("REDIS_URL", system.redis.url()),
@@ -250,4 +250,14 @@ async fn the_shipped_nginx_config_answers_its_own_health_check_without_replicas(
         .expect("no hang")
         .expect("nginx answers");
     assert_eq!(status, 502);
+}
+
+#[tokio::test]
+async fn the_dashboard_and_its_assets_pass_through_the_shipped_nginx_config() {
+    let system = System::start(2).await;
+    let nginx = nginx_in_front_of(&system).await;
+    // Types, caching headers, ETags and 304s, the CSP and `Vary: Accept` all survive the proxy;
+    // a tool's GET of `/` still gets the text it got before.
+    crate::dashboard::check_http_surface(nginx.addr()).await;
+    drop(nginx);
 }
