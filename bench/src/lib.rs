@@ -8,10 +8,12 @@
 //! - [`worker`]: one process's share of the clients
 //! - [`writer`]: open-loop paced SQL writes
 //! - [`publisher`]: committed rows → the Redis log, our system only
+//! - [`compare`]: median ratios of repeated runs against two systems
 //! - [`report`], [`wire`], [`tag`], [`procfs`], [`clock`]: figures, the worker pipe, naming writes,
 //!   `/proc`, the shared clock
 
 pub mod clock;
+pub mod compare;
 pub mod procfs;
 pub mod publisher;
 pub mod report;

@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use orders_bench::compare::{self, CompareArgs};
 use orders_bench::publisher::{self, PublisherArgs};
+use orders_bench::report;
 use orders_bench::scenario::{self, RunArgs, Scenario};
 use orders_bench::worker::{self, WorkerArgs};
 
@@ -30,6 +32,8 @@ enum Command {
     Idle(RunArgs),
     /// Committed rows → the Redis replay log (our system only).
     Publisher(PublisherArgs),
+    /// Median ratios of repeated runs' JSON reports, two systems side by side.
+    Compare(CompareArgs),
     /// (internal) one process's share of the clients, started by the others.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
             Command::Throughput(a) => scenario::run(Scenario::Throughput, a).await.map(drop),
             Command::Idle(a) => scenario::run(Scenario::Idle, a).await.map(drop),
             Command::Publisher(a) => publisher::run(a).await.map(drop),
+            Command::Compare(a) => compare::run(&a).and_then(|lines| lines.iter().try_for_each(|l| report::print(l))),
             Command::Worker(a) => worker::run(a).await,
         }
     });
