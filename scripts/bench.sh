@@ -25,6 +25,7 @@ Environment (defaults in brackets):
               \$RUN_DIR/node and \`npm ci\` run there once (never in the source)
   PG_PORT [56432]  REDIS_PORT [56479] (ours)  NODE_REDIS_PORT [56480]
   WS_PORTS [18180 18181] (ours)  NODE_PORTS [18190 18191]  HEALTH_PORT [19100]
+  PG_SYNCHRONOUS_COMMIT  PostgreSQL's synchronous_commit [on]
 EOF
 }
 
@@ -63,17 +64,19 @@ start() { # NAME LOG CMD...: in its own session, so Ctrl-C reaches only this scr
     ORDER+=("$name")
 }
 cleanup() {
-    local status=$? i name pid
+    local status=$? i
     trap '' INT TERM
-    # Reverse start order: services before the stores they use.
-    for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do
-        name=${ORDER[$i]} pid=${PID_OF[$name]}
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    # Reverse start order: services before the stores they use. (A restarted replica is
+    # listed twice; its second stop finds it gone.)
+    for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do stop_one "${ORDER[$i]}"; done
     exit "$status"
+}
+stop_one() { # NAME: TERM, then KILL after 10 s
+    local pid=${PID_OF[$1]}
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -136,9 +139,11 @@ fi
 chmod 700 "$pgdata"
 (cd "$RUN_DIR" && "${as_pg[@]}" "$PG_BIN/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --no-locale -N) \
     >"$RUN_DIR/initdb.log" 2>&1 || die "initdb failed: see $RUN_DIR/initdb.log"
-# Durable commits as a user would run them; max_connections for the writers of both systems.
+# Durable commits as a user would run them (PG_SYNCHRONOUS_COMMIT=off takes the disk's flush
+# out of a throughput run); max_connections for the writers of both systems.
 start postgres "$RUN_DIR/postgres.log" "${as_pg[@]}" "$PG_BIN/postgres" -D "$pgdata" -c port="$PG_PORT" \
-    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$socket_dir" -c max_connections=200
+    -c listen_addresses=127.0.0.1 -c unix_socket_directories="$socket_dir" -c max_connections=200 \
+    -c synchronous_commit="${PG_SYNCHRONOUS_COMMIT:-on}"
 wait_for postgres "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
 OURS_DB=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 NODE_DB=postgres://postgres@127.0.0.1:$PG_PORT/nodepeer
@@ -156,23 +161,33 @@ export RUST_LOG=${RUST_LOG:-warn}
 start publisher "$RUN_DIR/publisher.log" env DATABASE_URL="$OURS_DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
     HEALTH_PORT="$HEALTH_PORT" "$BIN/publisher"
 wait_for publisher http_ok "$HEALTH_PORT" /readyz
-OURS_URLS=() OURS_WATCH=()
-for port in "${WS_PORTS[@]}"; do
-    start "ws-$port" "$RUN_DIR/ws-$port.log" env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" PORT="$port" \
-        WS_MAX_CONNECTIONS=19000 "$BIN/ws-server"
-    wait_for "ws-$port" http_ok "$port" /readyz
-    OURS_URLS+=(--url "ws://127.0.0.1:$port/ws") OURS_WATCH+=(--watch-pid "ws-$port=${PID_OF[ws-$port]}")
-done
+start_ours_replicas() { # (re)start our two replicas; sets OURS_URLS and OURS_WATCH
+    local port
+    OURS_URLS=() OURS_WATCH=()
+    for port in "${WS_PORTS[@]}"; do
+        if [[ -n "${PID_OF[ws-$port]:-}" ]]; then stop_one "ws-$port"; fi
+        start "ws-$port" "$RUN_DIR/ws-$port.log" env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" PORT="$port" \
+            WS_MAX_CONNECTIONS=19000 "$BIN/ws-server"
+        wait_for "ws-$port" http_ok "$port" /readyz
+        OURS_URLS+=(--url "ws://127.0.0.1:$port/ws") OURS_WATCH+=(--watch-pid "ws-$port=${PID_OF[ws-$port]}")
+    done
+}
+start_ours_replicas
 start node-publisher "$RUN_DIR/node-publisher.log" env DATABASE_URL="$NODE_DB" \
     REDIS_URL="redis://127.0.0.1:$NODE_REDIS_PORT" node "$RUN_DIR/node/publisher.js"
 wait_for node-publisher log_has "$RUN_DIR/node-publisher.log" "listening on"
-NODE_URLS=() NODE_WATCH=()
-for port in "${NODE_PORTS[@]}"; do
-    start "node-ws-$port" "$RUN_DIR/node-ws-$port.log" env REDIS_URL="redis://127.0.0.1:$NODE_REDIS_PORT" \
-        PORT="$port" node "$RUN_DIR/node/ws-server.js"
-    wait_for "node-ws-$port" http_ok "$port" /healthz
-    NODE_URLS+=(--url "ws://127.0.0.1:$port/") NODE_WATCH+=(--watch-pid "node-ws-$port=${PID_OF[node-ws-$port]}")
-done
+start_node_replicas() { # the same for the reference
+    local port
+    NODE_URLS=() NODE_WATCH=()
+    for port in "${NODE_PORTS[@]}"; do
+        if [[ -n "${PID_OF[node-ws-$port]:-}" ]]; then stop_one "node-ws-$port"; fi
+        start "node-ws-$port" "$RUN_DIR/node-ws-$port.log" env REDIS_URL="redis://127.0.0.1:$NODE_REDIS_PORT" \
+            PORT="$port" node "$RUN_DIR/node/ws-server.js"
+        wait_for "node-ws-$port" http_ok "$port" /healthz
+        NODE_URLS+=(--url "ws://127.0.0.1:$port/") NODE_WATCH+=(--watch-pid "node-ws-$port=${PID_OF[node-ws-$port]}")
+    done
+}
+start_node_replicas
 log "both systems are up; $SCENARIO × $REPEAT each, interleaved"
 
 # --- the runs: ABBA order, so a drift in the machine's load falls on both sides alike ------
@@ -180,6 +195,11 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 A=() B=()
 run_one() { # SYSTEM REP
     local out="$RUN_DIR/results/$stamp-$SCENARIO-$1-$2.json"
+    # Memory per connection is read on fresh replicas: a replica that held connections before
+    # keeps their freed memory for reuse, and the next run's growth would look smaller.
+    if [[ $SCENARIO == idle && $2 -gt 1 ]]; then
+        if [[ $1 == ours ]]; then start_ours_replicas; else start_node_replicas; fi
+    fi
     if [[ $SCENARIO == publisher ]]; then
         "$BIN/orders-bench" publisher --database-url "$OURS_DB" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
             --label ours --json "$out" "${EXTRA[@]}"

@@ -32,6 +32,7 @@ const FIGURES: &[(&str, &str)] = &[
     ("p99 ms", "/rounds/0/latency_ms/p99"),
     ("p99.9 ms", "/rounds/0/latency_ms/p99_9"),
     ("max ms", "/rounds/0/latency_ms/max"),
+    ("written ev/s", "/rounds/0/writes/per_s"),
     ("deliveries/s", "/rounds/0/deliveries_per_s"),
     ("cpu s per 1k deliveries (watched, summed)", "cpu"),
     ("rss KiB per connection (watched, summed)", "rss"),
@@ -46,11 +47,8 @@ fn figure(report: &Value, how: &str) -> Option<f64> {
             let watched = report.pointer("/rounds/0/watched")?.as_array()?;
             (!watched.is_empty()).then(|| watched.iter().filter_map(|w| w["cpu_s_per_1000_deliveries"].as_f64()).sum())
         }
-        "rss" => {
-            let per = report["rss_kib_per_connection"].as_array()?;
-            (!per.is_empty()).then(|| per.iter().filter_map(|p| p[1].as_f64()).sum())
-        }
-        "loss" => rounds.map(|rs| {
+        "rss" => report["rss_kib_per_connection"].as_f64(),
+        "loss" => rounds.filter(|rs| !rs.is_empty()).map(|rs| {
             rs.iter().map(|r| r["lost"].as_f64().unwrap_or(0.0) + r["duplicates"].as_f64().unwrap_or(0.0)).sum()
         }),
         pointer => report.pointer(pointer)?.as_f64(),
@@ -147,7 +145,7 @@ mod tests {
         let r: Value = serde_json::json!({
             "rounds": [{"latency_ms": {"p99": 2.5}, "lost": 1, "duplicates": 0,
                         "watched": [{"cpu_s_per_1000_deliveries": 0.25}, {"cpu_s_per_1000_deliveries": 0.5}]}],
-            "rss_kib_per_connection": [["ws1", 3.0], ["ws2", 4.0]]
+            "rss_kib_per_connection": 7.0
         });
         assert_eq!(figure(&r, "/rounds/0/latency_ms/p99"), Some(2.5));
         assert_eq!(figure(&r, "cpu"), Some(0.75));

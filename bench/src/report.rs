@@ -86,6 +86,8 @@ pub struct Round {
     pub closed_clients: u32,
     /// The watched processes.
     pub watched: Vec<Watched>,
+    /// CPU seconds orders-bench itself (coordinator and workers) used during the round.
+    pub load_generator_cpu_s: f64,
     /// The merged latency histogram (ns), HdrHistogram V2, hex.
     pub histogram: String,
 }
@@ -120,8 +122,11 @@ pub struct Report {
     pub clients_requested: u32,
     /// Clients connected.
     pub clients_connected: u32,
-    /// Each watched process's RSS growth per connected client, KiB (idle connections).
-    pub rss_kib_per_connection: Vec<(String, f64)>,
+    /// Each watched process's RSS growth while the clients connected (before any write), KiB.
+    pub rss_growth_kib: Vec<(String, i64)>,
+    /// The watched processes' summed RSS growth over the clients connected: memory per held
+    /// connection when the watched processes are the replicas (`null` when none is watched).
+    pub rss_kib_per_connection: Option<f64>,
     /// The rounds (one, or the throughput steps).
     pub rounds: Vec<Round>,
     /// Throughput: the highest rate whose round was clean and kept up; and what gave out.
@@ -194,7 +199,7 @@ pub fn line(r: &Round, busy_pct: f64) -> String {
         })
         .collect();
     format!(
-        "{:<10} {:>6} clients {:>7.0} ev/s: written {:.0}/s, {} deliveries ({:.0}/s); ms p50 {} p90 {} p99 {} p99.9 {} max {}; lost {} dup {} misdelivered {} early {} closed {}; cpu{}; machine busy {:.0}% before",
+        "{:<10} {:>6} clients {:>7.0} ev/s: written {:.0}/s, {} deliveries ({:.0}/s); ms p50 {} p90 {} p99 {} p99.9 {} max {}; lost {} dup {} misdelivered {} early {} closed {}; cpu{} bench={:.1}s; machine busy {:.0}% before",
         r.scenario,
         r.clients,
         r.rate,
@@ -212,6 +217,7 @@ pub fn line(r: &Round, busy_pct: f64) -> String {
         r.early,
         r.closed_clients,
         if cpu.is_empty() { " -".to_string() } else { cpu.concat() },
+        r.load_generator_cpu_s,
         busy_pct
     )
 }

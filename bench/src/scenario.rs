@@ -169,14 +169,14 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> Result<Report> {
     stop_workers(workers).await;
     let (rounds, connected, with_clients, highest_clean_rate, saturated) = result?;
 
-    let rss_kib_per_connection = args
+    let rss_growth_kib: Vec<(String, i64)> = args
         .watch
         .iter()
-        .zip(samples_pairs(&with_clients))
-        .map(|((name, _), (before, with))| {
-            (name.clone(), (with.rss_kib as f64 - before.rss_kib as f64) / f64::from(connected.max(1)))
-        })
+        .zip(&with_clients)
+        .map(|((name, _), (before, with))| (name.clone(), with.rss_kib as i64 - before.rss_kib as i64))
         .collect();
+    let rss_kib_per_connection = (!rss_growth_kib.is_empty() && connected > 0)
+        .then(|| rss_growth_kib.iter().map(|(_, k)| *k as f64).sum::<f64>() / f64::from(connected));
     let report = Report {
         scenario: scenario.name().to_string(),
         label: args.label.clone(),
@@ -186,20 +186,35 @@ pub async fn run(scenario: Scenario, args: RunArgs) -> Result<Report> {
         workers: clients.div_ceil(args.clients_per_worker).max(1) as usize,
         clients_requested: clients,
         clients_connected: connected,
+        rss_growth_kib,
         rss_kib_per_connection,
         rounds,
         highest_clean_rate,
         saturated,
     };
+    if scenario == Scenario::Idle {
+        let per: Vec<String> =
+            report.rss_growth_kib.iter().map(|(n, k)| format!(" {n} +{:.1} MiB", *k as f64 / 1024.0)).collect();
+        report::print(&format!(
+            "idle       {connected:>6} clients held {:?}: RSS per connection {} KiB ({}); machine busy {:.0}% before",
+            args.hold,
+            report.rss_kib_per_connection.map_or("-".to_string(), |k| format!("{k:.2}")),
+            per.concat().trim_start(),
+            report.machine_before.busy_pct
+        ))?;
+    }
+    if scenario == Scenario::Throughput {
+        report::print(&format!(
+            "throughput highest clean rate {}; then {}",
+            report.highest_clean_rate.map_or("none (the first step failed)".to_string(), |r| format!("{r:.0} ev/s")),
+            report.saturated.as_deref().unwrap_or("-")
+        ))?;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
-}
-
-fn samples_pairs(v: &[(ProcSample, ProcSample)]) -> impl Iterator<Item = (ProcSample, ProcSample)> + '_ {
-    v.iter().copied()
 }
 
 type Driven = (Vec<Round>, u32, Vec<(ProcSample, ProcSample)>, Option<f64>, Option<String>);
@@ -249,8 +264,14 @@ async fn drive(
     let mut highest_clean_rate = None;
     let mut saturated = None;
     let mut step_rate = rate;
+    // The load generator's own CPU (this process and the workers), to show how much of the
+    // machine the measurement itself took.
+    let mut own: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
+    own.push(std::process::id());
+    let own_cpu = || own.iter().filter_map(|pid| procfs::sample(*pid).ok()).map(|s| s.cpu_s).sum::<f64>();
     for round in 0.. {
         let start = samples(&args.watch)?;
+        let own_start = own_cpu();
         let t0 = now_ns();
         let (writes, stats) = writers.round(round, step_rate, args.duration, ops, customers).await?;
         let committed = writes.iter().filter(|w| w.2 != 0).count() as u64;
@@ -266,6 +287,7 @@ async fn drive(
             }
         }
         let end = samples(&args.watch)?;
+        let load_generator_cpu_s = own_cpu() - own_start;
         let (hist, sum) = report::merge(&counts)?;
         let window_s = (sum.last_receipt_ns.saturating_sub(t0)) as f64 / 1e9;
         let deliveries_per_s = if window_s > 0.0 { sum.delivered as f64 / window_s } else { 0.0 };
@@ -304,6 +326,7 @@ async fn drive(
             foreign: sum.foreign,
             closed_clients: sum.closed,
             watched,
+            load_generator_cpu_s,
             histogram: crate::tag::hex(&bytes),
         };
         report::print(&report::line(&r, busy_pct))?;
