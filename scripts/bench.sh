@@ -23,7 +23,8 @@ Environment (defaults in brackets):
   REPEAT      repetitions per system [3]
   NODE_PEER   the Node reference's source [../shared/peers/node-pipeline]; copied into
               \$RUN_DIR/node and \`npm ci\` run there once (never in the source)
-  PG_PORT [56432]  REDIS_PORT [56479] (ours)  NODE_REDIS_PORT [56480]
+  PG_PORT [25432]  REDIS_PORT [26479] (ours)  NODE_REDIS_PORT [26480]  (all below the
+              ephemeral range: thousands of client sockets take ports there)
   WS_PORTS [18180 18181] (ours)  NODE_PORTS [18190 18191]  HEALTH_PORT [19100]
   PG_SYNCHRONOUS_COMMIT  PostgreSQL's synchronous_commit [on]
 EOF
@@ -44,7 +45,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_DIR=${RUN_DIR:-/tmp/orders-bench-$(id -u)}
 REPEAT=${REPEAT:-3}
 NODE_PEER=${NODE_PEER:-$ROOT/../shared/peers/node-pipeline}
-PG_PORT=${PG_PORT:-56432} REDIS_PORT=${REDIS_PORT:-56479} NODE_REDIS_PORT=${NODE_REDIS_PORT:-56480}
+PG_PORT=${PG_PORT:-25432} REDIS_PORT=${REDIS_PORT:-26479} NODE_REDIS_PORT=${NODE_REDIS_PORT:-26480}
 HEALTH_PORT=${HEALTH_PORT:-19100}
 read -r -a WS_PORTS <<<"${WS_PORTS:-18180 18181}"
 read -r -a NODE_PORTS <<<"${NODE_PORTS:-18190 18191}"
@@ -71,9 +72,10 @@ cleanup() {
     for ((i = ${#ORDER[@]} - 1; i >= 0; i--)); do stop_one "${ORDER[$i]}"; done
     exit "$status"
 }
-stop_one() { # NAME: TERM, then KILL after 10 s
-    local pid=${PID_OF[$1]}
-    kill -TERM "$pid" 2>/dev/null || true
+stop_one() { # NAME: TERM (PostgreSQL: INT, a fast shutdown that does not wait for clients), then KILL after 10 s
+    local pid=${PID_OF[$1]} sig=TERM
+    [[ $1 != postgres ]] || sig=INT
+    kill "-$sig" "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
