@@ -84,9 +84,11 @@ impl Writers {
         let t0 = now_ns();
         let tag = self.tag;
         let mut tasks = Vec::new();
-        for (w, (conn, row)) in self.conns.iter_mut().enumerate() {
-            let row = *row;
-            tasks.push(async move {
+        // One task per connection, so a COMMIT's return is timestamped as soon as it arrives,
+        // not when a shared task next polls that writer. Each task hands its connection back.
+        for (w, (mut conn, row)) in std::mem::take(&mut self.conns).into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                let db = &mut conn;
                 let mut out = Vec::new();
                 let mut behind = Duration::ZERO;
                 let mut first_error = None;
@@ -106,13 +108,13 @@ impl Writers {
                             .bind(name)
                             .bind(product(tag, round, seq))
                             .bind(row)
-                            .execute(&mut *conn)
+                            .execute(&mut *db)
                             .await
                     } else {
                         sqlx::query("INSERT INTO orders (customer_name, product_name, status) VALUES ($1, $2, 'pending')")
                             .bind(name)
                             .bind(product(tag, round, seq))
-                            .execute(&mut *conn)
+                            .execute(&mut *db)
                             .await
                     };
                     let committed = now_ns();
@@ -124,14 +126,18 @@ impl Writers {
                         }
                     }
                 }
-                (out, behind, first_error)
-            });
+                (conn, row, out, behind, first_error)
+            }));
         }
-        let results = futures_util::future::join_all(tasks).await;
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(task.await.context("a writer task panicked")?);
+        }
         let elapsed_s = (now_ns() - t0) as f64 / 1e9;
         let mut writes = Vec::with_capacity(total as usize);
         let mut stats = WriteStats { attempted: total, errors: 0, first_error: None, per_s: 0.0, max_behind_ms: 0.0 };
-        for (out, behind, err) in results {
+        for (conn, row, out, behind, err) in results {
+            self.conns.push((conn, row));
             stats.errors += out.iter().filter(|w| w.2 == 0).count() as u32;
             stats.max_behind_ms = stats.max_behind_ms.max(behind.as_secs_f64() * 1e3);
             if stats.first_error.is_none() {
