@@ -59,7 +59,8 @@ pub struct RunArgs {
     /// The system's PostgreSQL (its `orders` table); not needed by `idle`.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// A WebSocket URL clients connect to (repeat it: clients go round-robin over them).
+    /// A URL clients connect to, `ws://…` (WebSocket) or `http://…/events` (SSE); repeat it:
+    /// clients go round-robin over them.
     #[arg(long = "url", required = true)]
     pub urls: Vec<String>,
     /// Clients (default: the scenario's).

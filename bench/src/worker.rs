@@ -24,7 +24,8 @@ use crate::wire::{FromWorker, RoundCounts, ToWorker, Write};
 /// What a worker is told on its command line.
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// The URLs clients connect to, round-robin by global client index.
+    /// The URLs clients connect to, round-robin by global client index: `ws://` for
+    /// WebSocket, `http://…/events` for Server-Sent Events.
     #[arg(long = "url", required = true)]
     pub urls: Vec<String>,
     /// Global index of this worker's first client.
@@ -81,9 +82,9 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         .buffer_unordered(args.connect_concurrency.max(1));
     while let Some((i, result)) = handshakes.next().await {
         match result {
-            Ok(ws) => {
+            Ok(conn) => {
                 connected += 1;
-                tasks.spawn(read(ws, clients[i as usize].clone(), shared.clone()));
+                tasks.spawn(read(conn, clients[i as usize].clone(), shared.clone()));
             }
             Err(e) => {
                 failed += 1;
@@ -118,9 +119,52 @@ fn send(msg: &FromWorker) -> Result<()> {
     Ok(())
 }
 
-async fn connect(
-    url: &str,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>> {
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A client's connection: WebSocket (`ws://`) or Server-Sent Events (`http://…/events`).
+enum Conn {
+    Ws(Box<Ws>),
+    /// The stream after the response headers, and the body bytes read with them.
+    Sse(tokio::net::TcpStream, Vec<u8>),
+}
+
+async fn connect(url: &str) -> Result<Conn> {
+    if url.starts_with("http://") {
+        return connect_sse(url).await.map(|(s, rest)| Conn::Sse(s, rest));
+    }
+    connect_ws(url).await.map(|ws| Conn::Ws(Box::new(ws)))
+}
+
+/// An SSE stream over plain HTTP/1.0, so the body is the event stream itself until the server
+/// closes it (no chunked framing to undo).
+async fn connect_sse(url: &str) -> Result<(tokio::net::TcpStream, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("an SSE URL starts with http://")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let handshake = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "the server closed before the response headers ended");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                anyhow::ensure!(head.starts_with("http/1.0 200") || head.starts_with("http/1.1 200"), "{head}");
+                anyhow::ensure!(!head.contains("transfer-encoding: chunked"), "a chunked SSE body is not read here");
+                return Ok((stream, buf.split_off(end + 4)));
+            }
+            anyhow::ensure!(buf.len() < 65536, "response headers over 64 KiB");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), handshake).await.context("SSE handshake timed out after 10s")?
+}
+
+async fn connect_ws(url: &str) -> Result<Ws> {
     // Small buffers: tens of thousands of clients share this process's memory.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let mut last = None;
@@ -149,31 +193,58 @@ struct Order<'a> {
 }
 
 /// Reads one connection until it ends, timestamping every frame as it arrives.
-async fn read(
-    mut ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    client: Arc<Client>,
-    shared: Arc<Shared>,
-) {
-    while let Some(Ok(msg)) = ws.next().await {
-        let at = now_ns();
-        let Message::Text(text) = msg else { continue };
-        // Our plain frames and the Node reference's are both `{…,"operation","order":{…}}`.
-        let parsed = serde_json::from_str::<Frame<'_>>(text.as_str())
-            .ok()
-            .and_then(|f| f.order?.product_name.and_then(|p| parse_product(&p, shared.tag)));
-        match parsed {
-            Some((round, seq)) => {
-                client.receipts.lock().expect("never poisoned: no panics under the lock").push((round, seq, at));
-                if round == shared.round.load(Ordering::Relaxed) {
-                    client.in_round.fetch_add(1, Ordering::Relaxed);
+async fn read(conn: Conn, client: Arc<Client>, shared: Arc<Shared>) {
+    match conn {
+        Conn::Ws(mut ws) => {
+            while let Some(Ok(msg)) = ws.next().await {
+                let at = now_ns();
+                if let Message::Text(text) = msg {
+                    receipt(text.as_str(), at, &client, &shared);
                 }
             }
-            None => {
-                shared.foreign.fetch_add(1, Ordering::Relaxed);
+        }
+        Conn::Sse(mut stream, mut pending) => {
+            use tokio::io::AsyncReadExt;
+            let mut chunk = vec![0u8; 16384];
+            let mut at = now_ns();
+            loop {
+                // Each complete `data:` line is one frame (the server's JSON is one line).
+                while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                    let line = pending.drain(..=nl).collect::<Vec<u8>>();
+                    let line = String::from_utf8_lossy(&line);
+                    if let Some(data) = line.trim_end_matches(['\r', '\n']).strip_prefix("data:") {
+                        receipt(data.strip_prefix(' ').unwrap_or(data), at, &client, &shared);
+                    }
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        at = now_ns();
+                        pending.extend_from_slice(&chunk[..n]);
+                    }
+                }
             }
         }
     }
     client.closed.store(true, Ordering::Relaxed);
+}
+
+/// Records one frame: ours and the Node reference's are both `{…,"operation","order":{…}}`.
+fn receipt(text: &str, at: u64, client: &Client, shared: &Shared) {
+    let parsed = serde_json::from_str::<Frame<'_>>(text)
+        .ok()
+        .and_then(|f| f.order?.product_name.and_then(|p| parse_product(&p, shared.tag)));
+    match parsed {
+        Some((round, seq)) => {
+            client.receipts.lock().expect("never poisoned: no panics under the lock").push((round, seq, at));
+            if round == shared.round.load(Ordering::Relaxed) {
+                client.in_round.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        None => {
+            shared.foreign.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn count_round(

@@ -18,7 +18,9 @@ async fn latency_smoke_run_delivers_every_write_once_and_reports_it() {
         .args(["--clients", &clients.to_string(), "--rate", &rate.to_string()])
         .args(["--duration", &format!("{secs}s"), "--drain", "5s", "--writers", "2"])
         .args(["--database-url", &system.pg.url()])
+        // Two clients on each replica's WebSocket, two on the first one's SSE.
         .args(["--url", &system.ws[0].ws_url(), "--url", &system.ws[1].ws_url()])
+        .args(["--url", &format!("http://{}/events", system.ws[0].addr)])
         // The servers run in this test's process: watch it.
         .args(["--watch-pid", &format!("system={}", std::process::id())])
         .arg("--json")
