@@ -211,18 +211,22 @@ cli=${BIN#"$ROOT"/} ws_urls="" health_urls=""
 for port in "${WS_PORTS[@]}"; do
     ws_urls+=" ws://localhost:$port/ws" health_urls+="  http://localhost:$port/readyz"
 done
+# The dashboard fails over between every replica of this run.
+servers=$(IFS=,; for port in "${WS_PORTS[@]}"; do printf '%s\n' "ws://localhost:$port/ws"; done | paste -sd,)
 cat <<EOF
 
 The pipeline is running (logs and data in $RUN_DIR).
+  Dashboard  http://localhost:${WS_PORTS[0]}/?servers=$servers
   WebSocket ${ws_urls}
   Health     http://localhost:$HEALTH_PORT/readyz (publisher)${health_urls}
-  HTTP API   http://localhost:$API_PORT/orders  http://localhost:$API_PORT/readyz
+  HTTP API   http://localhost:$API_PORT/orders  http://localhost:$API_PORT/openapi.json
              (each also serves /healthz and /metrics)
   Database   $DATABASE_URL
   Redis      $REDIS_URL
 
 Try it from another terminal (in $ROOT):
   $cli/cli-client watch --url ws://localhost:${WS_PORTS[0]}/ws
+  $cli/cli-client table --url ws://localhost:${WS_PORTS[0]}/ws
   psql "$DATABASE_URL" -c "INSERT INTO orders (customer_name, product_name, status) VALUES ('John Doe', 'Premium Widget', 'pending');"
   curl -i -X POST http://localhost:$API_PORT/orders -H 'Content-Type: application/json' -d '{"customer_name": "John Doe", "product_name": "Premium Widget", "amount": 100}'
 
