@@ -56,12 +56,21 @@ impl TableError {
     }
 }
 
+/// In debug builds, makes `run` panic when the first snapshot arrives (the panic-hook test).
+#[cfg(debug_assertions)]
+const TEST_PANIC: &str = "CLI_CLIENT_TEST_PANIC";
+
 /// Restores the terminal when dropped, however `run` ends.
 struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        ratatui::restore();
+        // When unwinding, ratatui's panic hook has restored already and printed the message on
+        // the main screen; leaving the alternate screen a second time would move the cursor
+        // back to where it was saved and the shell would write over the message.
+        if !std::thread::panicking() {
+            ratatui::restore();
+        }
     }
 }
 
@@ -107,6 +116,12 @@ pub async fn run(config: FeedConfig, shutdown: CancellationToken) -> Result<(), 
             },
             item = feed.next() => match item {
                 Ok(Some(item)) => {
+                    // Test builds only: a panic with the table on screen, so a test can see the
+                    // panic hook give the terminal back (tests/table.rs).
+                    #[cfg(debug_assertions)]
+                    if matches!(item, FeedItem::Snapshot { .. }) && std::env::var_os(TEST_PANIC).is_some() {
+                        panic!("{TEST_PANIC} is set: panicking on the snapshot");
+                    }
                     if on_item(&mut model, item) {
                         // The server took the filters: a snapshot with them arrived.
                         accepted.clone_from(&current.params.filter);

@@ -190,6 +190,30 @@ async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal(
 }
 
 #[tokio::test]
+async fn a_panic_with_the_table_on_screen_still_leaves_a_sane_terminal() {
+    if !Tmux::available() {
+        return;
+    }
+    let system = System::start(1).await;
+    system.sql("INSERT INTO orders (customer_name, product_name) VALUES ('Ann Lee', 'Desk lamp')").await;
+    // The debug build panics on its first snapshot when CLI_CLIENT_TEST_PANIC is set.
+    let command = format!(
+        "CLI_CLIENT_TEST_PANIC=1 RUST_BACKTRACE=0 {} table --url {}; echo \"exit=$?\"; stty -a; sleep 120",
+        env!("CARGO_BIN_EXE_cli-client"),
+        system.ws[0].ws_url()
+    );
+    let tmux = Tmux::start(160, 40, &command);
+    let screen = tmux.wait_for("the panic's exit", |s| s.contains("exit=") && s.contains("icanon")).await;
+    assert!(screen.contains("exit=101"), "a panic exits 101:\n{screen}");
+    assert!(screen.contains("panicking on the snapshot"), "the panic message is readable:\n{screen}");
+    assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "0");
+    let modes: Vec<&str> = screen.split(|c: char| c.is_whitespace() || c == ';').collect();
+    for mode in ["icanon", "echo", "isig"] {
+        assert!(modes.contains(&mode), "{mode} not restored after the panic:\n{screen}");
+    }
+}
+
+#[tokio::test]
 async fn without_a_terminal_table_points_to_watch_json_and_exits_2() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_cli-client"))
         .args(["table", "--url", "ws://127.0.0.1:1/ws"])
