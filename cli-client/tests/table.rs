@@ -84,6 +84,20 @@ impl Tmux {
             sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// Waits for the command's `echo exit=$?; stty -a` and checks the terminal was given back:
+    /// exit code `code`, the alternate screen left, canonical mode, echo and signals back.
+    /// Returns the screen.
+    async fn exited(&self, code: i32) -> String {
+        let screen = self.wait_for("exit", |s| s.contains("exit=") && s.contains("icanon")).await;
+        assert!(screen.contains(&format!("exit={code}\n")), "exit code {code} expected:\n{screen}");
+        assert_eq!(self.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "0");
+        let modes: Vec<&str> = screen.split(|c: char| c.is_whitespace() || c == ';').collect();
+        for mode in ["icanon", "echo", "isig"] {
+            assert!(modes.contains(&mode), "{mode} not restored:\n{screen}");
+        }
+        screen
+    }
 }
 
 /// The text of the cell in `column` on the row whose id is `id`, read by the header's layout.
@@ -180,13 +194,7 @@ async fn a_change_in_postgres_shows_up_in_its_cell_and_q_leaves_a_sane_terminal(
 
     // q: exit code 0, the alternate screen left, echo and canonical mode back.
     tmux.keys(&["q"]);
-    let screen = tmux.wait_for("exit", |s| s.contains("exit=") && s.contains("icanon")).await;
-    assert!(screen.contains("exit=0"), "{screen}");
-    assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "0");
-    let modes: Vec<&str> = screen.split(|c: char| c.is_whitespace() || c == ';').collect();
-    for mode in ["icanon", "echo", "isig"] {
-        assert!(modes.contains(&mode), "{mode} not restored:\n{screen}");
-    }
+    tmux.exited(0).await;
 }
 
 #[tokio::test]
@@ -203,14 +211,8 @@ async fn a_panic_with_the_table_on_screen_still_leaves_a_sane_terminal() {
         system.ws[0].ws_url()
     );
     let tmux = Tmux::start(160, 40, &command);
-    let screen = tmux.wait_for("the panic's exit", |s| s.contains("exit=") && s.contains("icanon")).await;
-    assert!(screen.contains("exit=101"), "a panic exits 101:\n{screen}");
+    let screen = tmux.exited(101).await;
     assert!(screen.contains("panicking on the snapshot"), "the panic message is readable:\n{screen}");
-    assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "0");
-    let modes: Vec<&str> = screen.split(|c: char| c.is_whitespace() || c == ';').collect();
-    for mode in ["icanon", "echo", "isig"] {
-        assert!(modes.contains(&mode), "{mode} not restored after the panic:\n{screen}");
-    }
 }
 
 #[tokio::test]
@@ -263,10 +265,6 @@ async fn the_table_reconnects_and_resumes_after_its_replica_restarts_and_ctrl_c_
     tmux.wait_for("a live change", |s| cell(s, 1, "status").as_deref() == Some("live")).await;
     // Ctrl-C (a key in raw mode) leaves as cleanly as q.
     tmux.keys(&["C-c"]);
-    let screen = tmux.wait_for("exit", |s| s.contains("exit=") && s.contains("icanon")).await;
-    assert!(screen.contains("exit=0"), "{screen}");
-    assert_eq!(tmux.tmux(&["display-message", "-p", "-t", "t", "#{alternate_on}"]).trim(), "0");
-    let modes: Vec<&str> = screen.split(|c: char| c.is_whitespace() || c == ';').collect();
-    assert!(modes.contains(&"icanon") && modes.contains(&"echo"), "not restored:\n{screen}");
+    tmux.exited(0).await;
     replica.stop().await;
 }
