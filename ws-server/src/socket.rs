@@ -4,7 +4,8 @@
 //! Where the connection stands in the history (resume, dedupe, gap filling) is the `stream`
 //! submodule's; `snapshot` serves the state at a position; `conflate` folds a slow client's
 //! backlog to the latest event per row; `send` writes one frame with a deadline, watching the
-//! queue while the socket is blocked.
+//! queue while the socket is blocked; `read_gate` keeps the loop from polling the socket's read
+//! side when it did not wake.
 //!
 //! | close | when | client should |
 //! |---|---|---|
@@ -29,15 +30,15 @@
 
 mod acks;
 mod conflate;
+mod read_gate;
 mod send;
 mod snapshot;
 mod stream;
 mod subs;
 
-use std::pin::Pin;
+use std::{future::poll_fn, pin::Pin};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::StreamExt;
 use protocol::{
     frames::{
         CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_PAYLOAD, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED,
@@ -55,6 +56,7 @@ use crate::{
     hub::{Cursor, Feed, Item, Lag},
     view::{Scope, View},
 };
+use read_gate::ReadGate;
 use send::Sender;
 pub(crate) use subs::Sub;
 
@@ -155,6 +157,8 @@ enum End {
 /// One connection's state.
 struct Conn<'a> {
     ws: Wire,
+    /// Keeps the loop from polling `ws`'s read side after every hub event.
+    read_gate: ReadGate,
     mode: Mode,
     conn_id: u64,
     state: &'a AppState,
@@ -192,6 +196,7 @@ pub(crate) async fn serve(ws: Wire, opening: Opening, conn_id: u64, state: &AppS
     let subs = view.map(|view| Sub { id: None, view, from: None, consumer }).into_iter().collect();
     let mut conn = Conn {
         ws,
+        read_gate: ReadGate::new(),
         mode,
         conn_id,
         state,
@@ -280,7 +285,7 @@ impl Conn<'_> {
                 // Cancel-safe: the feed takes nothing until it returns an item.
                 item = self.rx.recv() => self.on_hub(item).await,
                 // Cancel-safe: tungstenite keeps partial frames in its own buffer.
-                inbound = self.ws.next() => {
+                inbound = poll_fn(|cx| self.read_gate.poll_next(self.ws.as_mut(), cx)) => {
                     self.last_heard = Instant::now();
                     match inbound {
                         None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
