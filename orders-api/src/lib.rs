@@ -58,7 +58,6 @@ pub struct Api;
 impl protocol::service::Daemon for Api {
     type Config = Config;
     type Error = Error;
-    const DEFAULT_LOG_FILTER: &'static str = protocol::telemetry::DEFAULT_FILTER;
 
     fn load() -> Result<Config, protocol::env::ConfigErrors> {
         Config::from_env()

@@ -14,8 +14,8 @@ pub trait Daemon {
     type Config;
     /// Its fatal error.
     type Error: std::error::Error;
-    /// `RUST_LOG` default, e.g. `info,publisher=debug`.
-    const DEFAULT_LOG_FILTER: &'static str;
+    /// `RUST_LOG` default; every service so far keeps the shared one.
+    const DEFAULT_LOG_FILTER: &'static str = telemetry::DEFAULT_FILTER;
 
     /// Reads the configuration from the process environment.
     fn load() -> Result<Self::Config, ConfigErrors>;

@@ -43,7 +43,6 @@ pub struct Publisher;
 impl protocol::service::Daemon for Publisher {
     type Config = Config;
     type Error = Error;
-    const DEFAULT_LOG_FILTER: &'static str = protocol::telemetry::DEFAULT_FILTER;
 
     fn load() -> Result<Config, protocol::env::ConfigErrors> {
         Config::from_env()

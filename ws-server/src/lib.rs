@@ -65,7 +65,6 @@ pub struct WsServer;
 impl protocol::service::Daemon for WsServer {
     type Config = Config;
     type Error = Error;
-    const DEFAULT_LOG_FILTER: &'static str = protocol::telemetry::DEFAULT_FILTER;
 
     fn load() -> Result<Config, protocol::env::ConfigErrors> {
         Config::from_env()
