@@ -227,6 +227,7 @@ The pipeline is running (logs and data in $RUN_DIR).
 Try it from another terminal (in $ROOT):
   $cli/cli-client watch --url ws://localhost:${WS_PORTS[0]}/ws
   $cli/cli-client table --url ws://localhost:${WS_PORTS[0]}/ws
+  DATABASE_URL="$DATABASE_URL" REDIS_URL="$REDIS_URL" $cli/cli-client check --url ws://localhost:${WS_PORTS[0]}/ws --publisher-url http://localhost:$HEALTH_PORT
   psql "$DATABASE_URL" -c "INSERT INTO orders (customer_name, product_name, status) VALUES ('John Doe', 'Premium Widget', 'pending');"
   curl -i -X POST http://localhost:$API_PORT/orders -H 'Content-Type: application/json' -d '{"customer_name": "John Doe", "product_name": "Premium Widget", "amount": 100}'
 
