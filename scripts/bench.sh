@@ -83,18 +83,8 @@ stop_one() { # NAME: TERM (PostgreSQL: INT, a fast shutdown that does not wait f
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_busy() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-http_ok() {
-    local status=""
-    { printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3 && read -r -t 2 _ status _ <&3; } \
-        2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-    [[ "$status" == 2* ]]
-}
-redis_ok() {
-    local reply=""
-    { printf 'PING\r\n' >&3 && read -r -t 2 reply <&3; } 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-    [[ "$reply" == +PONG* ]]
-}
+# shellcheck source=scripts/ready.sh
+source "$ROOT/scripts/ready.sh"
 log_has() { grep -q "$2" "$1" 2>/dev/null; }
 wait_for() { # NAME CHECK...: until CHECK passes; fail if NAME exits or 60 s pass
     local name=$1 deadline=$((SECONDS + 60))

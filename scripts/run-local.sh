@@ -107,18 +107,8 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 # --- readiness checks, in plain bash: curl and redis-cli may be missing ----------------------
-port_busy() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-http_ok() { # PORT PATH: true when GET answers 2xx
-    local status=""
-    { printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3 && read -r -t 2 _ status _ <&3; } \
-        2>/dev/null 3<>"/dev/tcp/127.0.0.1/$1" || return 1
-    [[ "$status" == 2* ]]
-}
-redis_ok() {
-    local reply=""
-    { printf 'PING\r\n' >&3 && read -r -t 2 reply <&3; } 2>/dev/null 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || return 1
-    [[ "$reply" == +PONG* ]]
-}
+# shellcheck source=scripts/ready.sh
+source "$ROOT/scripts/ready.sh"
 pg_ok() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
 
 # wait_for NAME CHECK...: poll CHECK until it passes; fail if NAME exits or READY_TIMEOUT passes.
@@ -190,7 +180,7 @@ fi
 if [[ -z "${REDIS_URL:-}" ]]; then
     start redis TERM "$RUN_DIR/redis.log" "${REDIS_SERVER_BIN:-redis-server}" --port "$REDIS_PORT" \
         --bind 127.0.0.1 --save "" --appendonly no --dir "$RUN_DIR"
-    wait_for redis redis_ok
+    wait_for redis redis_ok "$REDIS_PORT"
     REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 fi
 export DATABASE_URL REDIS_URL
