@@ -50,6 +50,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// How long one frame may take to reach a client's socket (`WS_SEND_TIMEOUT`, default 10s).
     pub send_timeout: Duration,
+    /// Whether the hub writes events straight to caught-up WebSocket connections that take
+    /// every event (`WS_EXPRESS`, default true; `hub::express`). Off, every connection's task
+    /// writes its own: slower, for comparison.
+    pub express: bool,
     /// Time allowed for connections to close at shutdown (`WS_SHUTDOWN_GRACE`, default 5s).
     pub shutdown_grace: Duration,
     /// How often an idle Redis subscription is checked with PING.
@@ -90,6 +94,7 @@ impl fmt::Debug for Config {
             .field("max_client_frames_per_second", &self.max_client_frames_per_second)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("send_timeout", &self.send_timeout)
+            .field("express", &self.express)
             // JwtKey's Debug names the algorithm and where the key came from, never the key.
             .field("jwt", &self.jwt_key)
             .field("jwt_leeway", &self.jwt_leeway)
@@ -137,6 +142,7 @@ impl Config {
             max_client_frames_per_second: env.positive("WS_MAX_CLIENT_FRAMES_PER_SECOND", 50),
             heartbeat_interval: env.duration("WS_HEARTBEAT_INTERVAL", Duration::from_secs(20)),
             send_timeout: env.duration("WS_SEND_TIMEOUT", Duration::from_secs(10)),
+            express: env.flag("WS_EXPRESS", true),
             shutdown_grace: env.duration("WS_SHUTDOWN_GRACE", Duration::from_secs(5)),
             keepalive_interval: Duration::from_secs(5),
             retry: env.retry_policy(),

@@ -20,16 +20,14 @@ use std::sync::{Arc, atomic::Ordering};
 use axum::{
     Router,
     body::Body,
-    extract::{
-        RawQuery, State,
-        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
-    },
+    extract::{RawQuery, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use protocol::{frames::SUBPROTOCOL, log::Position};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::{
     AppState,
@@ -37,6 +35,7 @@ use crate::{
     consumers, dashboard,
     socket::{self, Mode, Opening, Token},
     sse::SseWire,
+    upgrade::{NotUpgrade, Upgrade},
     view::{Scope, Spec, View, ViewError},
 };
 
@@ -205,7 +204,7 @@ async fn root(
     state: State<Arc<AppState>>,
     query: RawQuery,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotUpgrade>,
 ) -> Response {
     if ws.is_err() && dashboard::wants_html(&headers) {
         return dashboard::index(&state, &headers);
@@ -217,7 +216,7 @@ async fn upgrade(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotUpgrade>,
 ) -> Response {
     let Ok(ws) = ws else {
         return (
@@ -226,9 +225,7 @@ async fn upgrade(
         )
             .into_response();
     };
-    // Known once the protocols we speak are set.
-    let ws = ws.protocols([SUBPROTOCOL]);
-    let offered = ws.selected_protocol().is_some();
+    let offered = ws.offers(SUBPROTOCOL);
     let mode_of = |params: &Params| match params.protocol.as_deref() {
         None if offered => Ok(Mode::Protocol),
         None => Ok(Mode::Plain),
@@ -240,7 +237,7 @@ async fn upgrade(
         Err(refused) => return refused,
     };
     let hard_limit = state.config.max_frame_bytes.saturating_mul(HARD_LIMIT_FACTOR);
-    let ws = ws
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Not a bound that matters: a connection waits for each frame to be flushed before the
@@ -248,18 +245,21 @@ async fn upgrade(
         // hub bounds what waits (WS_QUEUE_CAPACITY, WS_QUEUE_BYTES). A finite cap here would
         // only refuse events larger than it.
         .max_write_buffer_size(usize::MAX)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit);
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let task = state.tracker.token();
     let shutdown = state.shutdown.clone();
-    ws.on_upgrade(move |socket| async move {
+    let protocol = offered.then_some(SUBPROTOCOL);
+    // Plain TCP connections get an express lane (`hub::express`); SSE and others do not.
+    let lane = ws.tcp().filter(|_| state.config.express).map(|tcp| state.hub.express.register(tcp));
+    ws.on_upgrade(protocol, config, lane.clone(), move |socket| async move {
         // Held for the connection's life: the slot, and shutdown's wait for this task.
         let _permit = permit;
         let _task = task;
         state.stats.accepted.inc();
         state.stats.connections.add(1);
-        socket::serve(Box::pin(socket), opening, conn_id, &state, shutdown).await;
+        socket::serve(Box::pin(socket), lane, opening, conn_id, &state, shutdown).await;
         state.stats.connections.add(-1);
     })
 }
@@ -284,7 +284,7 @@ async fn events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, h
         state.stats.accepted.inc();
         state.stats.sse_streams.add(1);
         state.stats.connections.add(1);
-        socket::serve(Box::pin(wire), opening, conn_id, &state, shutdown).await;
+        socket::serve(Box::pin(wire), None, opening, conn_id, &state, shutdown).await;
         state.stats.connections.add(-1);
         state.stats.sse_streams.add(-1);
     });

@@ -21,6 +21,7 @@
 //! past what the replica missed, it says so with a [`Break`] in the ring, so every connection
 //! learns where the stream continues and protocol clients are told to take a snapshot.
 
+pub(crate) mod express;
 mod gates;
 
 use std::{
@@ -30,8 +31,8 @@ use std::{
     time::SystemTime,
 };
 
-use axum::extract::ws::Utf8Bytes;
 use protocol::{frames::ResetReason, log::Position};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::view::Lazy;
 use gates::{Gate, Gates};
@@ -122,7 +123,7 @@ pub(crate) struct Lag {
 
 /// The hub's running totals through some item.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Totals {
+pub(crate) struct Totals {
     /// Items (events and breaks): a feed's next item is the one numbered `items + 1`.
     items: u64,
     events: u64,
@@ -141,6 +142,8 @@ struct Slot {
     /// Totals through this item.
     through: Totals,
     item: Item,
+    /// An event's WebSocket frame (`express`); its payload is the event's `frame`.
+    wire: bytes::Bytes,
 }
 
 #[derive(Debug)]
@@ -155,15 +158,21 @@ struct Ring {
 }
 
 impl Ring {
-    fn push(&mut self, item: Item, bound: Bound) {
-        let bytes = match &item {
-            Item::Event(e) => e.frame.len() as u64,
-            Item::Break(_) => 0,
+    fn push(&mut self, mut item: Item, bound: Bound) {
+        let (bytes, wire) = match &mut item {
+            Item::Event(e) => {
+                // Framed once for every client; the event's text becomes a view of the frame.
+                let wire = express::text_frame(e.frame.as_bytes());
+                let payload = wire.slice(wire.len() - e.frame.len()..);
+                e.frame = Utf8Bytes::try_from(payload).expect("the frame's payload is the event's text");
+                (e.frame.len() as u64, wire)
+            }
+            Item::Break(_) => (0, bytes::Bytes::new()),
         };
         let events = u64::from(matches!(item, Item::Event(_)));
         let h = self.head;
         self.head = Totals { items: h.items + 1, events: h.events + events, bytes: h.bytes + bytes };
-        self.slots.push_back(Slot { through: self.head, item });
+        self.slots.push_back(Slot { through: self.head, item, wire });
         // A feed about to take `slots[0]` holds the whole ring in its queue; drop the oldest
         // while that passes a bound, keeping the newest item whatever its size.
         while self.slots.len() > 1 {
@@ -186,12 +195,41 @@ pub(crate) struct Hub {
     pushed: Notify,
     /// Gated feeds' filters: woken only for the events they match (`gates`).
     gates: Mutex<Gates>,
+    /// Connections whose events the hub writes itself (`express`).
+    pub(crate) express: express::Lanes,
 }
 
 impl Hub {
     pub(crate) fn new(bound: Bound) -> Self {
         let ring = Ring { slots: VecDeque::new(), base: Totals::default(), head: Totals::default(), newest: None };
-        Self { ring: RwLock::new(ring), bound, pushed: Notify::new(), gates: Mutex::default() }
+        // One shard per core: each writes its share of the express lanes.
+        let shards = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            ring: RwLock::new(ring),
+            bound,
+            pushed: Notify::new(),
+            gates: Mutex::default(),
+            express: express::Lanes::new(shards),
+        }
+    }
+
+    /// Totals through the newest item.
+    fn head(&self) -> Totals {
+        self.ring.read().expect("hub lock is never poisoned").head
+    }
+
+    /// The item after `taken` and its frame, moving `taken` past it: `None` when there is
+    /// none yet, `Some((None, _))` when it left the ring (`taken` moves to the newest item).
+    fn take_framed(&self, taken: &mut Totals) -> Option<(Option<Item>, bytes::Bytes)> {
+        let ring = self.ring.read().expect("hub lock is never poisoned");
+        if ring.base.items > taken.items {
+            *taken = ring.head;
+            return Some((None, bytes::Bytes::new()));
+        }
+        let index = usize::try_from(taken.items - ring.base.items).expect("the ring fits in memory");
+        let slot = ring.slots.get(index)?;
+        *taken = slot.through;
+        Some((Some(slot.item.clone()), slot.wire.clone()))
     }
 
     /// Sends one event to every connection.
@@ -338,6 +376,20 @@ impl Feed<'_> {
             }
             pushed.await;
         }
+    }
+
+    /// Where the feed stands when it has taken every item and is not gated (what an express
+    /// lane continues from); `None` otherwise.
+    pub(crate) fn caught_up(&self) -> Option<Totals> {
+        let head = self.hub.head();
+        (self.gate.is_none() && head.items == self.taken.items).then_some(self.taken)
+    }
+
+    /// Continues after the item `upto` (where an express lane stopped), whose event's
+    /// position, or the last one before it, is `last`.
+    pub(crate) fn resume_at(&mut self, upto: Totals, last: Option<Cursor>) {
+        self.taken = upto;
+        self.last = last;
     }
 
     /// Moves to the newest item, leaving everything before it untaken (the caller reads it

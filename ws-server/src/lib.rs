@@ -28,11 +28,13 @@ mod dashboard;
 mod history;
 mod http;
 mod hub;
+mod net;
 mod sequencer;
 mod socket;
 mod sse;
 mod stats;
 mod subscriber;
+mod upgrade;
 mod view;
 
 use std::sync::{Arc, atomic::AtomicU64};
@@ -130,8 +132,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     info!(config = ?state.config, %addr, server_id = %state.server_id, "ws-server listening");
 
     let server = async {
-        let app = http::router(state.clone());
-        let result = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned()).await;
+        let app = http::router(state.clone()).into_make_service_with_connect_info::<net::Peer>();
+        let result =
+            axum::serve(net::Listener(listener), app).with_graceful_shutdown(token.clone().cancelled_owned()).await;
         token.cancel();
         result.map_err(Error::Http)
     };
@@ -140,7 +143,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         token.cancel();
         result.map_err(Error::Redis)
     };
-    let (served, subscribed, ()) = tokio::join!(server, subscriber, consumers::watch(&state, &token));
+    let (served, subscribed, (), ()) = tokio::join!(
+        server,
+        subscriber,
+        consumers::watch(&state, &token),
+        hub::express::run(&state.hub, &state.stats, &token)
+    );
 
     state.tracker.close();
     if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait()).await.is_err() {

@@ -36,9 +36,8 @@ mod snapshot;
 mod stream;
 mod subs;
 
-use std::{future::poll_fn, pin::Pin};
+use std::{future::poll_fn, pin::Pin, sync::Arc, task::Poll};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use protocol::{
     frames::{
         CLOSE_GOING_AWAY, CLOSE_HEARTBEAT_TIMEOUT, CLOSE_INVALID_PAYLOAD, CLOSE_SLOW_CONSUMER, CLOSE_TOKEN_EXPIRED,
@@ -47,13 +46,13 @@ use protocol::{
     log::Position,
 };
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, error::CapacityError};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, error::CapacityError, protocol::CloseFrame};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
     AppState, consumers,
-    hub::{Cursor, Feed, Item, Lag},
+    hub::{Cursor, Feed, Item, Lag, express::Lane},
     view::{Scope, View},
 };
 use read_gate::ReadGate;
@@ -63,12 +62,14 @@ pub(crate) use subs::Sub;
 /// What a connection writes frames to and reads client frames from: a WebSocket, or an SSE
 /// stream (which reads nothing; `sse`).
 pub(crate) trait Duplex:
-    futures_util::Sink<Message, Error = axum::Error> + futures_util::Stream<Item = Result<Message, axum::Error>> + Send
+    futures_util::Sink<Message, Error = tungstenite::Error>
+    + futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+    + Send
 {
 }
 impl<T> Duplex for T where
-    T: futures_util::Sink<Message, Error = axum::Error>
-        + futures_util::Stream<Item = Result<Message, axum::Error>>
+    T: futures_util::Sink<Message, Error = tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tungstenite::Error>>
         + Send
 {
 }
@@ -122,6 +123,18 @@ impl Mode {
     pub(crate) fn speaks(self) -> bool {
         self != Self::Plain
     }
+}
+
+/// What woke a connection's task.
+enum Wake {
+    Shutdown,
+    TokenExpired,
+    Hub(Result<Item, Lag>),
+    /// The express lane's shard handed the live stream back.
+    HandedBack,
+    Inbound(Option<Result<Message, tungstenite::Error>>),
+    Heartbeat,
+    AckFlush,
 }
 
 /// How a connection ended, for logs and metrics.
@@ -185,10 +198,29 @@ struct Conn<'a> {
     /// Client frames allowed now (refilled at `WS_MAX_CLIENT_FRAMES_PER_SECOND`).
     frame_budget: f64,
     budget_at: Instant,
+    /// The connection's express lane (`hub::express`), if it is a plain TCP WebSocket.
+    lane: Option<Arc<Lane>>,
+    /// Whether the lane's shard writes the live stream now (and the feed is not read).
+    express: bool,
 }
 
-/// Serves one upgraded connection until it ends. `since` is the connection's `?since=`.
-pub(crate) async fn serve(ws: Wire, opening: Opening, conn_id: u64, state: &AppState, shutdown: CancellationToken) {
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(lane) = &self.lane {
+            lane.close();
+        }
+    }
+}
+
+/// Serves one upgraded connection until it ends; `lane` is its express lane, if it has one.
+pub(crate) async fn serve(
+    ws: Wire,
+    lane: Option<Arc<Lane>>,
+    opening: Opening,
+    conn_id: u64,
+    state: &AppState,
+    shutdown: CancellationToken,
+) {
     // The feed's first item is the event right after `newest`: that is where this
     // connection's stream starts, and what `hello` announces.
     let (rx, newest) = state.hub.subscribe();
@@ -213,6 +245,8 @@ pub(crate) async fn serve(ws: Wire, opening: Opening, conn_id: u64, state: &AppS
         unacked: None,
         frame_budget: state.config.max_client_frames_per_second as f64,
         budget_at: Instant::now(),
+        lane,
+        express: false,
     };
     conn.regate();
     let end = conn.run(since, snapshot, conflate).await;
@@ -277,39 +311,35 @@ impl Conn<'_> {
         heartbeat.reset();
         let mut ack_flush = tokio::time::interval(ACK_FLUSH);
         loop {
+            let handed = match self.hand_over().await {
+                Err(End::Overflow { lag, .. }) => self.on_overflow(lag).await,
+                other => other,
+            };
+            if let Err(end) = handed {
+                return end;
+            }
             let expires = self.token.expires_at;
-            let step = tokio::select! {
+            let express = self.express;
+            let wake = tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => Err(self.going_away().await),
-                () = sleep_until_some(expires) => Err(self.token_expired().await),
+                () = self.shutdown.cancelled() => Wake::Shutdown,
+                () = sleep_until_some(expires) => Wake::TokenExpired,
                 // Cancel-safe: the feed takes nothing until it returns an item.
-                item = self.rx.recv() => self.on_hub(item).await,
+                item = self.rx.recv(), if !express => Wake::Hub(item),
+                () = poll_fn(|cx| self.lane.as_ref().map_or(Poll::Pending, |l| l.poll_handed_back(cx))), if express => {
+                    Wake::HandedBack
+                }
                 // Cancel-safe: tungstenite keeps partial frames in its own buffer.
-                inbound = poll_fn(|cx| self.read_gate.poll_next(self.ws.as_mut(), cx)) => {
-                    self.last_heard = Instant::now();
-                    match inbound {
-                        None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
-                        Some(Err(e)) => Err(self.on_read_error(e).await),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                        Some(Ok(msg)) => self.answer(msg).await,
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if self.mode == Mode::Sse {
-                        // An event stream cannot answer; a write that goes through is the sign of life.
-                        self.last_heard = Instant::now();
-                    }
-                    if self.last_heard.elapsed() >= interval * 2 {
-                        self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals").await;
-                        Err(End::HeartbeatTimeout)
-                    } else {
-                        self.send_live(Message::Ping(Default::default())).await
-                    }
-                }
-                _ = ack_flush.tick(), if self.unacked.is_some() => {
-                    self.store_acks().await;
-                    Ok(())
-                }
+                inbound = poll_fn(|cx| self.read_gate.poll_next(self.ws.as_mut(), cx)) => Wake::Inbound(inbound),
+                _ = heartbeat.tick() => Wake::Heartbeat,
+                _ = ack_flush.tick(), if self.unacked.is_some() => Wake::AckFlush,
+            };
+            // Whatever woke the task, it handles it with the lane back in hand: its cursor
+            // is then the connection's, and its own writes cannot meet the shard's.
+            let step = if self.express { self.take_back().await } else { Ok(()) };
+            let step = match step {
+                Ok(()) => self.on_wake(wake, interval).await,
+                err => err,
             };
             let step = match step {
                 Err(End::Overflow { lag, .. }) => self.on_overflow(lag).await,
@@ -319,6 +349,77 @@ impl Conn<'_> {
                 return end;
             }
         }
+    }
+
+    async fn on_wake(&mut self, wake: Wake, interval: std::time::Duration) -> Result<(), End> {
+        match wake {
+            Wake::Shutdown => Err(self.going_away().await),
+            Wake::TokenExpired => Err(self.token_expired().await),
+            Wake::Hub(item) => self.on_hub(item).await,
+            Wake::HandedBack => Ok(()),
+            Wake::Inbound(inbound) => {
+                self.last_heard = Instant::now();
+                match inbound {
+                    None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
+                    Some(Err(e)) => Err(self.on_read_error(e).await),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                    Some(Ok(msg)) => self.answer(msg).await,
+                }
+            }
+            Wake::Heartbeat => {
+                if self.mode == Mode::Sse {
+                    // An event stream cannot answer; a write that goes through is the sign of life.
+                    self.last_heard = Instant::now();
+                }
+                if self.last_heard.elapsed() >= interval * 2 {
+                    self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals").await;
+                    Err(End::HeartbeatTimeout)
+                } else {
+                    self.send_live(Message::Ping(Default::default())).await
+                }
+            }
+            Wake::AckFlush => {
+                self.store_acks().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands the live stream to the connection's express lane when the connection is caught
+    /// up, takes every event as it is, and nothing of its own waits to be written.
+    async fn hand_over(&mut self) -> Result<(), End> {
+        let Some(lane) = &self.lane else { return Ok(()) };
+        if self.express || self.auto_ack || !self.takes_everything() || lane.is_dirty() {
+            return Ok(());
+        }
+        let Some(upto) = self.rx.caught_up() else { return Ok(()) };
+        if lane.hand_over(&self.state.hub, upto, self.cursor.clone()) {
+            self.express = true;
+            return Ok(());
+        }
+        // Taken straight back: the shard may have sent the next event meanwhile.
+        self.take_back().await
+    }
+
+    /// Continues the live stream where the express lane stopped.
+    async fn take_back(&mut self) -> Result<(), End> {
+        self.express = false;
+        let Some(lane) = &self.lane else { return Ok(()) };
+        let back = lane.take_back();
+        self.rx.resume_at(back.upto, back.cursor.clone());
+        if let Some(cursor) = back.cursor
+            && self.cursor.as_ref() != Some(&cursor)
+        {
+            if self.cursor.as_ref().is_none_or(|c| c.epoch != cursor.epoch) || self.first_sent.is_none() {
+                self.first_sent = back.first;
+            }
+            self.cursor = Some(cursor);
+        }
+        if back.rest {
+            // Part of the shard's last frame: it counts as sent, and goes out before anything else.
+            return self.sender.flush_watching(&mut self.ws, &self.rx).await;
+        }
+        Ok(())
     }
 
     /// Takes one client frame from the budget (`WS_MAX_CLIENT_FRAMES_PER_SECOND`, a burst of
@@ -436,11 +537,7 @@ impl Conn<'_> {
     }
 
     /// A read that failed: close with the code the protocol promises when there is one.
-    async fn on_read_error(&mut self, error: axum::Error) -> End {
-        let error = match error.into_inner().downcast::<tungstenite::Error>() {
-            Ok(error) => *error,
-            Err(other) => return End::ReadFailed(other.to_string()),
-        };
+    async fn on_read_error(&mut self, error: tungstenite::Error) -> End {
         match error {
             // Both are counted and logged before the close goes out, so whoever sees the close
             // sees them. MessageTooLong comes from a frame's header (or a fragment past the
@@ -501,7 +598,7 @@ impl Conn<'_> {
                 ErrorCode::BinaryNotSupported,
                 "binary frames are not part of the protocol; send JSON text frames".into(),
             ),
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => return Ok(()),
         };
         if matches!(reply, ServerFrame::Error { .. }) {
             self.state.stats.bad_frames.inc();
@@ -525,7 +622,7 @@ impl Conn<'_> {
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from(reason) };
         // The connection ends either way; a client that cannot take the close frame is dropped.
         let _ = self.send(Message::Close(Some(frame))).await;
     }

@@ -24,10 +24,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use axum::extract::ws::Message;
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::PollSender;
 
 /// The `retry:` hint: how long a browser waits before reconnecting.
@@ -69,11 +69,11 @@ pub(crate) fn encode(msg: &Message, hello_id: bool) -> Option<String> {
         Message::Text(text) => Some(encode_frame(text.as_str(), hello_id)),
         Message::Ping(_) => Some(": heartbeat\n\n".to_owned()),
         Message::Close(frame) => {
-            let (code, reason) = frame.as_ref().map_or((1000, ""), |f| (f.code, f.reason.as_str()));
+            let (code, reason) = frame.as_ref().map_or((1000, ""), |f| (u16::from(f.code), f.reason.as_str()));
             let data = serde_json::json!({ "code": code, "reason": reason });
             Some(format!("event: close\ndata: {data}\n\n"))
         }
-        Message::Pong(_) | Message::Binary(_) => None,
+        Message::Pong(_) | Message::Binary(_) | Message::Frame(_) => None,
     }
 }
 
@@ -125,12 +125,12 @@ fn control_position(frame: &str) -> Option<String> {
     Some(position.to_string())
 }
 
-fn gone() -> axum::Error {
-    axum::Error::new(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the SSE client went away"))
+fn gone() -> tungstenite::Error {
+    tungstenite::Error::Io(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the SSE client went away"))
 }
 
 impl Sink<Message> for SseWire {
-    type Error = axum::Error;
+    type Error = tungstenite::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.tx.poll_reserve(cx).map_err(|_| gone())
@@ -159,7 +159,7 @@ impl Sink<Message> for SseWire {
 }
 
 impl Stream for SseWire {
-    type Item = Result<Message, axum::Error>;
+    type Item = Result<Message, tungstenite::Error>;
 
     /// An event stream carries nothing from the client: this ends when the client goes away.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -170,7 +170,7 @@ impl Stream for SseWire {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::extract::ws::{CloseFrame, Utf8Bytes};
+    use tokio_tungstenite::tungstenite::{Utf8Bytes, protocol::CloseFrame};
 
     #[test]
     fn events_carry_their_position_as_id_and_no_name() {
@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn heartbeats_are_comments_and_closes_say_why() {
         assert_eq!(encode(&Message::Ping(Bytes::new()), true).unwrap(), ": heartbeat\n\n");
-        let close = Message::Close(Some(CloseFrame { code: 4011, reason: Utf8Bytes::from("token expired") }));
+        let close = Message::Close(Some(CloseFrame { code: 4011.into(), reason: Utf8Bytes::from("token expired") }));
         assert_eq!(
             encode(&close, true).unwrap(),
             "event: close\ndata: {\"code\":4011,\"reason\":\"token expired\"}\n\n"

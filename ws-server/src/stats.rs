@@ -13,6 +13,7 @@ pub(crate) struct Stats {
     pub(crate) rejected_full: Counter,
     pub(crate) messages_in: Counter,
     pub(crate) messages_out: Counter,
+    pub(crate) express_out: Counter,
     pub(crate) skipped: Counter,
     pub(crate) bad_frames: Counter,
     pub(crate) slow_consumers: Counter,
@@ -53,6 +54,7 @@ impl Stats {
             rejected_full: Counter::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
+            express_out: Counter::default(),
             skipped: Counter::default(),
             bad_frames: Counter::default(),
             slow_consumers: Counter::default(),
@@ -96,6 +98,11 @@ impl Health for Stats {
         out.counter("ws_connections_rejected_total", "Connections refused at WS_MAX_CONNECTIONS.", &self.rejected_full);
         out.counter("ws_messages_in_total", "Messages received from Redis.", &self.messages_in);
         out.counter("ws_messages_out_total", "Event frames sent to clients.", &self.messages_out);
+        out.counter(
+            "ws_express_deliveries_total",
+            "Event frames the hub wrote straight to caught-up connections (WS_EXPRESS); part of ws_messages_out_total.",
+            &self.express_out,
+        );
         out.counter(
             "ws_history_rebases_total",
             "New histories (Redis lost its data) this replica continued through their bridge.",

@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use protocol::{
     event::Operation,
@@ -26,6 +25,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 

@@ -7,6 +7,7 @@ mod close_codes;
 mod consumers;
 mod dashboard;
 mod durability;
+mod express;
 mod faults;
 mod filters;
 mod limits;

@@ -7,9 +7,9 @@
 
 use std::{future::poll_fn, time::Duration};
 
-use axum::extract::ws::Message;
 use futures_util::SinkExt;
 use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{End, Wire};
 use crate::hub::Feed;
@@ -47,6 +47,18 @@ impl Sender {
             () = sleep_until(deadline) => return Err(End::SendFailed("send timed out")),
         };
         ready.and_then(|()| ws.start_send_unpin(msg)).map_err(|_| End::SendFailed("write failed"))?;
+        tokio::select! {
+            biased;
+            flushed = poll_fn(|cx| ws.poll_flush_unpin(cx)) => flushed.map_err(|_| End::SendFailed("write failed")),
+            lag = rx.overflowed() => Err(End::Overflow { lag, frame_queued: true }),
+            () = sleep_until(deadline) => Err(End::SendFailed("send timed out")),
+        }
+    }
+
+    /// Flushes what waits to be written (the rest of an express lane's frame), with the
+    /// deadline, as the second step of [`Self::send_watching`]: the frame counts as sent.
+    pub(super) async fn flush_watching(&self, ws: &mut Wire, rx: &Feed<'_>) -> Result<(), End> {
+        let deadline = Instant::now() + self.send_timeout;
         tokio::select! {
             biased;
             flushed = poll_fn(|cx| ws.poll_flush_unpin(cx)) => flushed.map_err(|_| End::SendFailed("write failed")),

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::Message;
 use protocol::log::{Position, Snapshot};
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::{Map, Value, value::RawValue};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, warn};
 
 use super::{Conn, End};

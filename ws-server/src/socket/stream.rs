@@ -15,13 +15,13 @@
 //! What cannot be served is said, never skipped: a protocol client gets a `reset` frame and
 //! keeps its connection; a plain one that asked for `?since=` is closed with 4010.
 
-use axum::extract::ws::Message;
 use protocol::{
     frames::{CLOSE_HISTORY_LOST, ResetReason, ServerFrame},
     log::{Head, Position},
 };
 use redis::aio::MultiplexedConnection;
 use tokio::{sync::broadcast::error::TryRecvError, time::Instant};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
 
 use super::{Conn, End, subs::Shape};

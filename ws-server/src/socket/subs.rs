@@ -13,11 +13,11 @@
 //! before it gets its own replay from the log up to the cursor first (`replay_sub`), and one
 //! that starts after it (a snapshot) skips what comes before its start.
 
-use axum::extract::ws::Message;
 use protocol::{
     frames::{ErrorCode, ResetReason, ServerFrame, Subscribe},
     log::Position,
 };
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
 
 use super::{Conn, End, Mode};
