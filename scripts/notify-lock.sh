@@ -19,11 +19,19 @@
 # Environment (defaults in brackets): DURATION seconds per run [10], REPS [3],
 # CLIENTS ["1 4 16 64"], PORT [25632], BASE dir [/tmp/limits-pg], RESULTS dir
 # [/tmp/limits-results] (kept: raw pgbench output, results.tsv, table.txt),
+# MODE [matrix], or mitigations: instead of the matrix and the queue test, the disk's
+# fdatasync rate (pg_test_fsync) and, at 64/16 clients, ten rows per transaction,
+# commit_delay/commit_siblings and a concurrent long transaction (about 6 minutes; give it
+# its own RESULTS, the run empties RESULTS of an earlier run's files),
 # BUDGET seconds for the whole run [880]: a matrix run that would end after it is skipped
 # and counted in the summary. The full default matrix takes about 14 minutes.
+# Run as root, the server runs as the postgres user (runuser); psql and pgbench on PATH.
+#   bash scripts/notify-lock.sh
+#   MODE=mitigations RESULTS=/tmp/limits-results-mitigations bash scripts/notify-lock.sh
 set -euo pipefail
 
 ROOT=${ROOT:-$(cd "$(dirname "$0")/.." && pwd)} # the checkout whose sql/ is loaded
+# shellcheck disable=SC2012 # the Debian layout: /usr/lib/postgresql/<major>/bin, newest last
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin | tail -1)}
 BASE=${BASE:-/tmp/limits-pg}
 PORT=${PORT:-25632}
@@ -33,6 +41,8 @@ CLIENTS=${CLIENTS:-"1 4 16 64"}
 RESULTS=${RESULTS:-/tmp/limits-results}
 BUDGET=${BUDGET:-880}
 SEED_ROWS=10000
+MODE=${MODE:-matrix}
+case $MODE in matrix | mitigations) ;; *) echo "MODE: matrix or mitigations" >&2 && exit 2 ;; esac
 START=$SECONDS
 DATA=$BASE/data
 export PGHOST=$BASE PGPORT=$PORT PGUSER=postgres
@@ -50,6 +60,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [[ -n "${BENCH:-}" ]]; then kill "$BENCH" 2>/dev/null || true; fi
+    if [[ -n "${LONGTX:-}" ]]; then kill "$LONGTX" 2>/dev/null || true; fi
     stop_listener
     if [[ -f $DATA/postmaster.pid ]]; then as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null || true; fi
     rm -rf "$BASE"
@@ -120,13 +131,23 @@ cat >"$BASE/update.sql" <<EOF
 \set s random(1, 4)
 UPDATE orders SET status = 'status-' || :s, amount = amount + 1 WHERE id = :id;
 EOF
+# MODE=mitigations: ten rows per transaction (ten trigger firings, ten NOTIFYs, one commit).
+cat >"$BASE/insert10.sql" <<'EOF'
+\set c random(1, 1000)
+INSERT INTO orders (customer_name, product_name, amount) SELECT 'customer-' || :c, 'product-' || :c, :c FROM generate_series(1, 10);
+EOF
+cat >"$BASE/update10.sql" <<EOF
+\set id random(1, $((SEED_ROWS - 9)))
+\set s random(1, 4)
+UPDATE orders SET status = 'status-' || :s, amount = amount + 1 WHERE id BETWEEN :id AND :id + 9;
+EOF
 
 start_listener() { # DB: a session that LISTENs and never reads
     PGAPPNAME=limits-listener psql -X -q -d "$1" -c 'LISTEN orders_channel' -c 'SELECT pg_sleep(1000)' \
         >/dev/null 2>&1 &
     LISTENER=$!
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
         [[ $(q -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'limits-listener'
                                AND query LIKE 'SELECT pg_sleep%' AND state = 'active'") == 1 ]] && return 0
         sleep 0.05
@@ -135,19 +156,20 @@ start_listener() { # DB: a session that LISTENs and never reads
     return 1
 }
 cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat; } # busy idle(+iowait)
-# pgbench DB CLIENTS SYNC OUTFILE; samples the pgbench backends' wait events 5 times meanwhile
+# pgbench DB CLIENTS SYNC OUTFILE (EXTRA_OPTS: more server settings; INS, UPD: the scripts
+# [insert, update]); samples the pgbench backends' wait events 5 times meanwhile
 # and writes "busy% waits" to OUTFILE.stat (machine CPU busy %; waits: mean backends per
 # sample in each wait event, CPU = active and not waiting).
 bench() {
-    local db=$1 c=$2 sync=$3 out=$4 b0 i0 b1 i1 s
+    local db=$1 c=$2 sync=$3 out=$4 b0 i0 b1 i1
     read -r b0 i0 < <(cpu_ticks)
-    PGOPTIONS="-c synchronous_commit=$sync" timeout $((DURATION + 60)) \
+    PGOPTIONS="-c synchronous_commit=$sync ${EXTRA_OPTS:-}" timeout $((DURATION + 60)) \
         pgbench -n -M prepared -T "$DURATION" -c "$c" -j 2 \
-        -f "$BASE/insert.sql@1" -f "$BASE/update.sql@1" "$db" >"$out" 2>&1 &
+        -f "$BASE/${INS:-insert}.sql@1" -f "$BASE/${UPD:-update}.sql@1" "$db" >"$out" 2>&1 &
     BENCH=$!
     : >"$out.waits"
     sleep "$(awk -v d="$DURATION" 'BEGIN { print d * 0.2 }')"
-    for s in 1 2 3 4 5; do
+    for _ in 1 2 3 4 5; do
         q -d postgres -F ':' -c "SELECT coalesce(wait_event_type || '.' || wait_event, 'CPU'), count(*)
                                  FROM pg_stat_activity WHERE application_name = 'pgbench' AND state = 'active'
                                  GROUP BY 1" >>"$out.waits" || true
@@ -170,6 +192,18 @@ parse() {
          END { print tps, lat, t[1], l[1], t[2], l[2] }' "$1"
 }
 
+TSV=$RESULTS/results.tsv
+printf 'rep\tsync\tclients\tvariant\ttps\tlat_ms\tins_tps\tins_lat_ms\tupd_tps\tupd_lat_ms\tload1\tcpu_busy_pct\twaits\tqueue_usage\n' >"$TSV"
+skipped=0
+record() { # REP SYNC CLIENTS VARIANT OUTFILE QUEUE_USAGE LOAD
+    local busy waits tps lat it il ut ul
+    read -r busy waits <"$5.stat"
+    read -r tps lat it il ut ul < <(parse "$5")
+    printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" \
+        "$tps" "$lat" "$it" "$il" "$ut" "$ul" "$7" "$busy" "$waits" "$6" | tee -a "$TSV"
+}
+
+if [[ $MODE == matrix ]]; then
 # --- stalled listener and the notification queue -------------------------------------------
 QT=$RESULTS/queue.txt
 {
@@ -195,9 +229,6 @@ QT=$RESULTS/queue.txt
 } | tee "$QT"
 
 # --- the matrix ---------------------------------------------------------------------------
-TSV=$RESULTS/results.tsv
-printf 'rep\tsync\tclients\tvariant\ttps\tlat_ms\tins_tps\tins_lat_ms\tupd_tps\tupd_lat_ms\tload1\tcpu_busy_pct\twaits\tqueue_usage\n' >"$TSV"
-skipped=0
 for rep in $(seq "$REPS"); do
     for sync in on off; do
         echo "== rep $rep synchronous_commit=$sync: $(date -u +%H:%M:%S) UTC, uptime:$(uptime)" | tee -a "$RESULTS/uptime.txt"
@@ -214,19 +245,56 @@ for rep in $(seq "$REPS"); do
                 [[ $v == A ]] && start_listener va
                 out=$RESULTS/$v-$sync-c$c-r$rep.out
                 bench "$db" "$c" "$sync" "$out"
-                read -r busy waits <"$out.stat"
                 usage=-
                 if [[ $v == A ]]; then
                     usage=$(q -d va -c 'SELECT round(pg_notification_queue_usage()::numeric, 6)')
                     stop_listener
                 fi
-                read -r tps lat it il ut ul < <(parse "$out")
-                printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%.0f\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$sync" "$c" "$v" \
-                    "$tps" "$lat" "$it" "$il" "$ut" "$ul" "$load" "$busy" "$waits" "$usage" | tee -a "$TSV"
+                record "$rep" "$sync" "$c" "$v" "$out" "$usage" "$load"
             done
         done
     done
 done
+else
+# --- MODE=mitigations: batching, commit_delay, a long transaction ----------------------------
+# LABEL:DB:CLIENTS:SYNC. A0 = shipped trigger, no listener; -b10 ten rows per transaction;
+# -cd commit_delay=1000 commit_siblings=5; -ltx a concurrent transaction that inserted an
+# order (its NOTIFY pending) and stays open through the run.
+# The disk's own rate of WAL flushes (PostgreSQL's wal_sync_method is fdatasync here): one
+# durable commit at a time can go no faster.
+echo "wal_sync_method: $(q -d postgres -c 'SHOW wal_sync_method')" | tee "$RESULTS/fsync.txt"
+"$PGBIN/pg_test_fsync" -s 2 -f "$BASE/fsync.test" |
+    awk '/one 8kB write/ { f = 1 } f && /fdatasync|open_datasync/ { print; if (++n == 2) exit }' | tee -a "$RESULTS/fsync.txt"
+POINTS="A0:va:64:on A0-b10:va:64:on A0-cd:va:64:on B:vb:64:on B-cd:vb:64:on
+        A0:va:64:off A0-b10:va:64:off A0:va:16:off A0-ltx:va:16:off"
+for rep in $(seq "$REPS"); do
+    echo "== rep $rep: $(date -u +%H:%M:%S) UTC, uptime:$(uptime)" | tee -a "$RESULTS/uptime.txt"
+    for point in $POINTS; do
+        IFS=: read -r v db c sync <<<"$point"
+        if ((SECONDS - START + DURATION + 5 > BUDGET)); then
+            skipped=$((skipped + 1))
+            continue
+        fi
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        INS=insert UPD=update EXTRA_OPTS=""
+        case $v in
+            *-b10) INS=insert10 UPD=update10 ;;
+            *-cd) EXTRA_OPTS="-c commit_delay=1000 -c commit_siblings=5" ;;
+            *-ltx)
+                PGAPPNAME=limits-longtx psql -X -q -d va -c BEGIN \
+                    -c "INSERT INTO orders (customer_name, product_name) VALUES ('long', 'transaction')" \
+                    -c "SELECT pg_sleep($DURATION + 2)" -c COMMIT >/dev/null &
+                LONGTX=$!
+                sleep 0.5
+                ;;
+        esac
+        out=$RESULTS/m-$v-$sync-c$c-r$rep.out
+        bench "$db" "$c" "$sync" "$out"
+        if [[ $v == *-ltx ]]; then wait "$LONGTX" && LONGTX=""; fi
+        record "$rep" "$sync" "$c" "$v" "$out" - "$load"
+    done
+done
+fi
 
 # --- table --------------------------------------------------------------------------------
 {
@@ -239,16 +307,16 @@ done
         function med(a, k, m,   i, j, t, v) { for (i = 1; i <= m; i++) v[i] = a[k, i] + 0
             for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
             lo = v[1]; hi = v[m]; return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2 }
-        END { printf "%-4s %7s %-3s %-20s %-26s %7s %7s %11s %5s %s\n", "sync", "clients", "var", "tps", "lat ms", "ins ms", "upd ms", "object-lock", "cpu%", "load1"
+        END { printf "%-4s %7s %-6s %-20s %-26s %7s %7s %11s %5s %s\n", "sync", "clients", "var", "tps", "lat ms", "ins ms", "upd ms", "object-lock", "cpu%", "load1"
               while ((getline k < KEYS) > 0) { split(k, p, "|"); m = n[k]
                   t = med(tps, k, m); tr = sprintf("%.0f [%.0f-%.0f]", t, lo, hi)
                   l = med(lat, k, m); lr = sprintf("%.3f [%.3f-%.3f]", l, lo, hi)
                   i = med(il, k, m); u = med(ul, k, m); o = med(ob, k, m); c = med(cpu, k, m)
                   med(ld, k, m); ldr = sprintf("%.1f-%.1f", lo, hi)
-                  printf "%-4s %7s %-3s %-20s %-26s %7.3f %7.3f %11.1f %5.0f %s\n", p[1], p[2], p[3], tr, lr, i, u, o, c, ldr } }' \
+                  printf "%-4s %7s %-6s %-20s %-26s %7.3f %7.3f %11.1f %5.0f %s\n", p[1], p[2], p[3], tr, lr, i, u, o, c, ldr } }' \
         KEYS="$BASE/keys" "$TSV"
     ((skipped == 0)) || echo "($skipped runs skipped: BUDGET=${BUDGET}s reached)"
     echo
-    cat "$QT"
+    if [[ $MODE == matrix ]]; then cat "$QT"; else cat "$RESULTS/fsync.txt"; fi
     echo "total run time: $((SECONDS - START)) s"
 } | tee "$RESULTS/table.txt"
