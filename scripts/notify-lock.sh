@@ -263,8 +263,12 @@ else
 # The disk's own rate of WAL flushes (PostgreSQL's wal_sync_method is fdatasync here): one
 # durable commit at a time can go no faster.
 echo "wal_sync_method: $(q -d postgres -c 'SHOW wal_sync_method')" | tee "$RESULTS/fsync.txt"
-"$PGBIN/pg_test_fsync" -s 2 -f "$BASE/fsync.test" |
-    awk '/one 8kB write/ { f = 1 } f && /fdatasync|open_datasync/ { print; if (++n == 2) exit }' | tee -a "$RESULTS/fsync.txt"
+fsync_rate() { # the one-8kB-write figures of pg_test_fsync (2 s per method)
+    "$PGBIN/pg_test_fsync" -s 2 -f "$BASE/fsync.test" >"$BASE/fsync.out"
+    echo "$1 ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1 /proc/loadavg)):"
+    awk '/one 8kB write/ { f = 1 } /two 8kB writes/ { f = 0 } f && /^[ \t]+(open_datasync|fdatasync) /' "$BASE/fsync.out"
+}
+fsync_rate before | tee -a "$RESULTS/fsync.txt"
 POINTS="A0:va:64:on A0-b10:va:64:on A0-cd:va:64:on B:vb:64:on B-cd:vb:64:on
         A0:va:64:off A0-b10:va:64:off A0:va:16:off A0-ltx:va:16:off"
 for rep in $(seq "$REPS"); do
@@ -294,6 +298,7 @@ for rep in $(seq "$REPS"); do
         record "$rep" "$sync" "$c" "$v" "$out" - "$load"
     done
 done
+fsync_rate after | tee -a "$RESULTS/fsync.txt"
 fi
 
 # --- table --------------------------------------------------------------------------------
