@@ -250,7 +250,7 @@ pub(crate) async fn serve(
     };
     conn.regate();
     let end = conn.run(since, snapshot, conflate).await;
-    conn.store_acks().await;
+    Box::pin(conn.store_acks()).await;
     match &end {
         End::SlowConsumer(lag) => {
             // Counted when noticed (`close_slow`); the close may have waited for the client.
@@ -282,7 +282,7 @@ impl Conn<'_> {
             && let Some(key) = self.subs.first().and_then(|s| s.consumer.clone())
         {
             // A durable consumer resumes after its last ack.
-            match self.consumer_position(&key).await {
+            match Box::pin(self.consumer_position(&key)).await {
                 Ok(stored) => since = stored,
                 Err(end) => return end,
             }
@@ -301,7 +301,7 @@ impl Conn<'_> {
             }
         }
         if (since.is_some() || snapshot || conflate)
-            && let Err(end) = self.subscribe_live(since, snapshot, conflate).await
+            && let Err(end) = Box::pin(self.subscribe_live(since, snapshot, conflate)).await
         {
             return end;
         }
@@ -312,7 +312,7 @@ impl Conn<'_> {
         let mut ack_flush = tokio::time::interval(ACK_FLUSH);
         loop {
             let handed = match self.hand_over().await {
-                Err(End::Overflow { lag, .. }) => self.on_overflow(lag).await,
+                Err(End::Overflow { lag, .. }) => Box::pin(self.on_overflow(lag)).await,
                 other => other,
             };
             if let Err(end) = handed {
@@ -342,7 +342,7 @@ impl Conn<'_> {
                 err => err,
             };
             let step = match step {
-                Err(End::Overflow { lag, .. }) => self.on_overflow(lag).await,
+                Err(End::Overflow { lag, .. }) => Box::pin(self.on_overflow(lag)).await,
                 other => other,
             };
             if let Err(end) = step {
@@ -351,19 +351,23 @@ impl Conn<'_> {
         }
     }
 
+    /// Handles what woke the task. What is rare (client frames, closes, overflows, breaks,
+    /// gaps) is boxed: an async fn's state is as large as its largest await, and this one is
+    /// held by every connection for its whole life.
     async fn on_wake(&mut self, wake: Wake, interval: std::time::Duration) -> Result<(), End> {
         match wake {
-            Wake::Shutdown => Err(self.going_away().await),
-            Wake::TokenExpired => Err(self.token_expired().await),
-            Wake::Hub(item) => self.on_hub(item).await,
+            Wake::Shutdown => Err(Box::pin(self.going_away()).await),
+            Wake::TokenExpired => Err(Box::pin(self.token_expired()).await),
+            // Boxed too: a connection on an express lane never takes this path.
+            Wake::Hub(item) => Box::pin(self.on_hub(item)).await,
             Wake::HandedBack => Ok(()),
             Wake::Inbound(inbound) => {
                 self.last_heard = Instant::now();
                 match inbound {
                     None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
-                    Some(Err(e)) => Err(self.on_read_error(e).await),
+                    Some(Err(e)) => Err(Box::pin(self.on_read_error(e)).await),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                    Some(Ok(msg)) => self.answer(msg).await,
+                    Some(Ok(msg)) => Box::pin(self.answer(msg)).await,
                 }
             }
             Wake::Heartbeat => {
@@ -372,14 +376,14 @@ impl Conn<'_> {
                     self.last_heard = Instant::now();
                 }
                 if self.last_heard.elapsed() >= interval * 2 {
-                    self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals").await;
+                    Box::pin(self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals")).await;
                     Err(End::HeartbeatTimeout)
                 } else {
-                    self.send_live(Message::Ping(Default::default())).await
+                    Box::pin(self.send_live(Message::Ping(Default::default()))).await
                 }
             }
             Wake::AckFlush => {
-                self.store_acks().await;
+                Box::pin(self.store_acks()).await;
                 Ok(())
             }
         }
@@ -417,7 +421,7 @@ impl Conn<'_> {
         }
         if back.rest {
             // Part of the shard's last frame: it counts as sent, and goes out before anything else.
-            return self.sender.flush_watching(&mut self.ws, &self.rx).await;
+            return Box::pin(self.sender.flush_watching(&mut self.ws, &self.rx)).await;
         }
         Ok(())
     }
@@ -492,8 +496,8 @@ impl Conn<'_> {
     async fn on_hub(&mut self, item: Result<Item, Lag>) -> Result<(), End> {
         match item {
             Ok(Item::Event(event)) => self.deliver(event).await,
-            Ok(Item::Break(brk)) => self.on_break(&brk).await,
-            Err(lag) => self.on_overflow(lag).await,
+            Ok(Item::Break(brk)) => Box::pin(self.on_break(&brk)).await,
+            Err(lag) => Box::pin(self.on_overflow(lag)).await,
         }
     }
 

@@ -53,7 +53,8 @@ impl Conn<'_> {
             Verdict::Send => self.send_event(event).await,
             Verdict::Skip => Ok(()),
             // The log holds this event too: the catch-up sends it, in order.
-            Verdict::Gap => self.catch_up().await,
+            // Boxed: rare, and large (it reads the log).
+            Verdict::Gap => Box::pin(self.catch_up()).await,
         }
     }
 
