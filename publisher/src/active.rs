@@ -1,8 +1,25 @@
-//! The active publisher's work within one session: drain the outbox into the replay log, and
-//! claim the log (building a new history when Redis has none: see `history`). See `relay` for
-//! how a publisher becomes active and what a session is.
+//! The active publisher's work within one session: forward notified events into the replay
+//! log, catch up from the outbox, and claim the log (building a new history when Redis has
+//! none: see `history`). See `relay` for how a publisher becomes active and what a session is.
+//!
+//! Two ways into the log, one dedupe:
+//!
+//! - **Notified** ([`Active::forward`]): a notification names its event's outbox id; the rows of
+//!   the notified ids are read by id (the outbox row is the change, whatever the payload says)
+//!   and appended in notification order, which is commit order. The read of the next batch runs
+//!   while Redis appends the current one, and the marks are written by `marks` meanwhile, so a
+//!   burst costs one Redis step per batch on the critical path.
+//! - **Catch-up** ([`Active::drain`]): unpublished rows in id order, for whatever no
+//!   notification brought (the session's start, a keepalive, legacy payloads, after a Redis
+//!   failure). It first waits for this session's marks to be committed, so `published_at IS
+//!   NULL` is then exactly what this session has not appended.
+//!
+//! An event is appended by neither path twice: the notified path skips ids this session
+//! appended and has not marked yet (`Marks::contains`) and rows already marked (the read asks
+//! for `published_at IS NULL`); events a previous holder of the log appended and did not mark
+//! are in the claim's tail (`recent`), and only get their mark.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use protocol::{
     event::{Change, Notification, parse_notification},
@@ -18,6 +35,7 @@ use crate::{
     config::Config,
     forward::Redis,
     history::{self, Built},
+    marks::Marks,
     outbox,
     relay::{DRAIN_TIMEOUT, QUERY_TIMEOUT, SessionError, bounded},
     stats::Stats,
@@ -46,6 +64,8 @@ pub(crate) struct Active<'a> {
     /// Changes from a hand-made legacy trigger (legacy mode only): they exist only in the
     /// notification.
     legacy: Vec<Change>,
+    /// Outbox ids of notified events not forwarded yet, in notification (commit) order.
+    notified: VecDeque<i64>,
     /// The newest position this publisher knows to be in the log of the claimed history.
     appended: u64,
     /// A batch whose append failed without an answer: Redis may have written and published it
@@ -74,6 +94,7 @@ impl<'a> Active<'a> {
             claimed_generation: 0,
             recent: HashMap::new(),
             legacy: Vec::new(),
+            notified: VecDeque::new(),
             appended: 0,
             in_doubt: None,
         }
@@ -86,6 +107,11 @@ impl<'a> Active<'a> {
     pub(crate) fn note(&mut self, n: &PgNotification) {
         let stats = self.stats;
         stats.notifications.inc();
+        // The trigger's payloads begin with the id: nothing else of them is used.
+        if let Some(id) = trigger_id(n.payload()) {
+            self.notified.push_back(id);
+            return;
+        }
         match parse_notification(n.payload()) {
             Ok(Notification::Change(change)) if change.id.is_none() => {
                 if self.config.legacy_payloads {
@@ -100,7 +126,8 @@ impl<'a> Active<'a> {
                     stats.rejected.inc();
                 }
             }
-            Ok(_) => {}
+            Ok(Notification::Change(change)) => self.notified.extend(change.id),
+            Ok(Notification::Reference { id }) => self.notified.push_back(id),
             Err(err) => {
                 let preview: String = n.payload().chars().take(200).collect();
                 warn!(error = %err, payload = %preview, "skipping malformed notification");
@@ -109,48 +136,28 @@ impl<'a> Active<'a> {
         }
     }
 
+    /// Catches up from the outbox: one batch of unpublished rows in id order (after this
+    /// session's marks are committed: see the module docs).
     pub(crate) async fn drain(
         &mut self,
         redis: &mut Redis<'_>,
         pg: &mut PgListener,
+        marks: &mut Marks,
         shutdown: &CancellationToken,
     ) -> Result<Drained, SessionError> {
-        let (config, stats, log) = (self.config, self.stats, self.log);
+        let (config, log) = (self.config, self.log);
+        // Everything notified so far is committed, so visible to the reads below.
+        self.notified.clear();
         loop {
-            // Claim (again) on every new Redis connection: see the module docs.
-            if self.claim.is_none() || self.claimed_generation != redis.generation() {
-                let Some(claim) = self.claim(redis, pg, shutdown).await? else {
-                    return Ok(Drained::Stopped);
-                };
-                self.claimed_generation = redis.generation();
-                self.recent = claim.recent.iter().copied().collect();
-                self.appended = claim.seq;
-                // The claim settled it: the history it names is complete, and its tail shows
-                // what of the batch reached it.
-                self.in_doubt = None;
-                self.claim = Some(claim);
+            marks.flush().await?;
+            if !self.ensure_claim(redis, pg, shutdown).await? {
+                return Ok(Drained::Stopped);
             }
             let claim = self.claim.as_ref().expect("claimed above");
 
             let rows = bounded(DRAIN_TIMEOUT, outbox::unpublished(pg, config.batch_max)).await??;
             let full = rows.len() == config.batch_max;
-            let mut marks = Vec::with_capacity(rows.len());
-            let mut batch = Batch::default();
-            for (id, payload) in &rows {
-                if let Some(&pos) = self.recent.get(id) {
-                    // Appended by the previous holder of the log; only the mark is missing.
-                    marks.push((*id, Some(pos)));
-                    continue;
-                }
-                match parse_notification(payload) {
-                    Ok(Notification::Change(change)) => batch.push(change),
-                    _ => {
-                        warn!(event_id = id, "realtime_events row is not a change; skipped");
-                        stats.skipped.inc();
-                        marks.push((*id, None));
-                    }
-                }
-            }
+            let (mut batch, mut done) = self.batch_of(rows.iter().map(|(id, payload)| (*id, payload.as_str())), marks);
             let legacy = std::mem::take(&mut self.legacy);
             for change in &legacy {
                 let current = match change.row_key() {
@@ -162,48 +169,223 @@ impl<'a> Active<'a> {
                 };
                 batch.push_verified(change.clone(), current);
             }
-            if batch.is_empty() && marks.is_empty() {
+            if batch.is_empty() && done.is_empty() {
                 return Ok(Drained::All);
             }
 
             if !batch.is_empty() {
+                marks.reserve(batch.ids());
                 let appended = {
-                    let Some(conn) = redis.connection(shutdown).await? else { return Ok(Drained::Stopped) };
+                    let Some(conn) = redis.connection(shutdown).await? else {
+                        marks.release();
+                        return Ok(Drained::Stopped);
+                    };
                     log.append(conn, claim, config.log_maxlen, &batch.appends()).await
                 };
-                match appended {
-                    Ok(last) => {
-                        stats.published.add(batch.len() as u64);
-                        stats.batches.inc();
-                        debug!(events = batch.len(), pos = last, "appended");
-                        for at in batch.changed_at() {
-                            stats.append_latency.observe_since(at);
-                        }
-                        marks.extend(batch.marks(last));
-                        self.appended = last;
-                    }
-                    Err(e) if is_fenced(&e) => {
-                        // Redis lost its data, or another publisher claimed the log. We still
-                        // hold the lock if our session is alive: claim again (the next query
-                        // fails first if it is not).
-                        warn!(error = %e, "log claim lost; claiming again");
+                match self.outcome(redis, marks, batch, appended, shutdown).await? {
+                    Appended::Ok(positions) => done.extend(positions),
+                    Appended::Again => {
                         self.legacy = legacy;
-                        self.claim = None;
                         continue;
                     }
-                    Err(e) => {
-                        self.legacy = legacy;
-                        let first = self.appended + 1;
-                        self.in_doubt = Some(InDoubt { epoch: claim.epoch.clone(), first, batch });
-                        if redis.failed(e, shutdown).await? == Flow::Stop {
-                            return Ok(Drained::Stopped);
-                        }
-                        continue;
-                    }
+                    Appended::Stopped => return Ok(Drained::Stopped),
                 }
             }
-            bounded(DRAIN_TIMEOUT, outbox::mark_published(pg, &claim.epoch, &marks)).await??;
+            let epoch = self.claim.as_ref().expect("claimed above").epoch.clone();
+            marks.send(&epoch, done).await?;
             return Ok(if full { Drained::More } else { Drained::All });
+        }
+    }
+
+    /// Whether events were notified and not forwarded yet.
+    pub(crate) fn has_notified(&self) -> bool {
+        !self.notified.is_empty()
+    }
+
+    /// Whether a catch-up is due for what a notification brought (legacy payloads).
+    pub(crate) fn needs_catch_up(&self) -> bool {
+        !self.legacy.is_empty()
+    }
+
+    /// Forwards the notified events (see the module docs): reads and prepares the next batch
+    /// of them while Redis appends the current one. `more` takes the notifications that
+    /// arrived meanwhile (sqlx buffers them during the reads). [`Drained::More`] asks for a
+    /// catch-up (no claim yet on this Redis connection, or an append failed).
+    pub(crate) async fn forward(
+        &mut self,
+        redis: &mut Redis<'_>,
+        pg: &mut PgListener,
+        marks: &mut Marks,
+        shutdown: &CancellationToken,
+        mut more: impl FnMut(&mut Self, &mut PgListener) -> Result<(), SessionError>,
+    ) -> Result<Drained, SessionError> {
+        let (config, log) = (self.config, self.log);
+        let window = config.mark_window.max(config.batch_max);
+        if self.claim.is_none() || self.claimed_generation != redis.generation() {
+            return Ok(Drained::More);
+        }
+        let mut notified = std::mem::take(&mut self.notified);
+        let mut next = self.next_notified(&mut notified, pg, marks).await;
+        self.notified = notified;
+        loop {
+            let Some((batch, mut done)) = next? else { return Ok(Drained::All) };
+            if shutdown.is_cancelled() {
+                return Ok(Drained::Stopped);
+            }
+            let epoch = self.claim.as_ref().expect("checked").epoch.clone();
+            if batch.is_empty() {
+                marks.send(&epoch, done).await?;
+                more(self, pg)?;
+                let mut notified = std::mem::take(&mut self.notified);
+                next = self.next_notified(&mut notified, pg, marks).await;
+                self.notified = notified;
+                continue;
+            }
+            marks.wait_below(window.saturating_sub(batch.len())).await?;
+            marks.reserve(batch.ids());
+            let Some(conn) = redis.connection(shutdown).await? else {
+                marks.release();
+                return Ok(Drained::Stopped);
+            };
+            let claim = self.claim.as_ref().expect("checked");
+            let appends = batch.appends();
+            let append = log.append(conn, claim, config.log_maxlen, &appends);
+            // The next batch is read and parsed meanwhile: the ids of this one are reserved, so
+            // they are not among it.
+            let mut notified = std::mem::take(&mut self.notified);
+            let read = self.next_notified(&mut notified, pg, marks);
+            let (appended, read) = tokio::join!(append, read);
+            drop(appends);
+            // What the read left in `notified` keeps its place, before what arrives next.
+            self.notified = notified;
+            match self.outcome(redis, marks, batch, appended, shutdown).await? {
+                Appended::Ok(positions) => {
+                    done.extend(positions);
+                    marks.send(&epoch, done).await?;
+                }
+                Appended::Again => return Ok(Drained::More),
+                Appended::Stopped => return Ok(Drained::Stopped),
+            }
+            if self.claim.is_none() || self.claimed_generation != redis.generation() {
+                return Ok(Drained::More);
+            }
+            more(self, pg)?;
+            next = match read {
+                Ok(None) => {
+                    let mut notified = std::mem::take(&mut self.notified);
+                    let next = self.next_notified(&mut notified, pg, marks).await;
+                    self.notified = notified;
+                    next
+                }
+                read => read,
+            };
+        }
+    }
+
+    /// The next batch of notified events, read and prepared; `None` when none are waiting.
+    async fn next_notified(
+        &self,
+        notified: &mut VecDeque<i64>,
+        pg: &mut PgListener,
+        marks: &Marks,
+    ) -> Result<Option<(Batch, Vec<(i64, Option<u64>)>)>, SessionError> {
+        let Some(rows) = read_notified(notified, pg, marks, self.config.batch_max).await? else { return Ok(None) };
+        Ok(Some(self.batch_of(rows.iter().map(|(id, payload)| (*id, payload.as_str())), marks)))
+    }
+
+    /// The batch to append for outbox rows, and the marks of rows that need no append (in the
+    /// log already, or not a change).
+    fn batch_of<'r>(
+        &self,
+        rows: impl Iterator<Item = (i64, &'r str)>,
+        marks: &Marks,
+    ) -> (Batch, Vec<(i64, Option<u64>)>) {
+        let mut done = Vec::new();
+        let mut batch = Batch::default();
+        for (id, payload) in rows {
+            if let Some(&pos) = self.recent.get(&id) {
+                // Appended by the previous holder of the log; only the mark is missing.
+                done.push((id, Some(pos)));
+                continue;
+            }
+            if marks.contains(id) {
+                continue; // appended by this session, its mark on its way
+            }
+            match parse_notification(payload) {
+                Ok(Notification::Change(change)) => batch.push(change),
+                _ => {
+                    warn!(event_id = id, "realtime_events row is not a change; skipped");
+                    self.stats.skipped.inc();
+                    done.push((id, None));
+                }
+            }
+        }
+        (batch, done)
+    }
+
+    /// Claims the log if this Redis connection has no claim yet. `false`: shutdown.
+    async fn ensure_claim(
+        &mut self,
+        redis: &mut Redis<'_>,
+        pg: &mut PgListener,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SessionError> {
+        // Claim (again) on every new Redis connection: see the module docs.
+        if self.claim.is_none() || self.claimed_generation != redis.generation() {
+            let Some(claim) = self.claim(redis, pg, shutdown).await? else {
+                return Ok(false);
+            };
+            self.claimed_generation = redis.generation();
+            self.recent = claim.recent.iter().copied().collect();
+            self.appended = claim.seq;
+            // The claim settled it: the history it names is complete, and its tail shows
+            // what of the batch reached it.
+            self.in_doubt = None;
+            self.claim = Some(claim);
+        }
+        Ok(true)
+    }
+
+    /// What an append's result means for the session: the positions to mark, or claim again.
+    async fn outcome(
+        &mut self,
+        redis: &mut Redis<'_>,
+        marks: &mut Marks,
+        batch: Batch,
+        appended: redis::RedisResult<u64>,
+        shutdown: &CancellationToken,
+    ) -> Result<Appended, SessionError> {
+        let stats = self.stats;
+        match appended {
+            Ok(last) => {
+                stats.published.add(batch.len() as u64);
+                stats.batches.inc();
+                debug!(events = batch.len(), pos = last, "appended");
+                for at in batch.changed_at() {
+                    stats.append_latency.observe_since(at);
+                }
+                self.appended = last;
+                Ok(Appended::Ok(batch.marks(last).collect()))
+            }
+            Err(e) if is_fenced(&e) => {
+                // Redis lost its data, or another publisher claimed the log. We still hold the
+                // lock if our session is alive: claim again (the next query fails first if it
+                // is not).
+                warn!(error = %e, "log claim lost; claiming again");
+                marks.release();
+                self.claim = None;
+                Ok(Appended::Again)
+            }
+            Err(e) => {
+                marks.release();
+                let claim = self.claim.as_ref().expect("appended with a claim");
+                let first = self.appended + 1;
+                self.in_doubt = Some(InDoubt { epoch: claim.epoch.clone(), first, batch });
+                if redis.failed(e, shutdown).await? == Flow::Stop {
+                    return Ok(Appended::Stopped);
+                }
+                Ok(Appended::Again)
+            }
         }
     }
 
@@ -222,7 +404,7 @@ impl<'a> Active<'a> {
             let bridge = if replaced < 2 { history::plan(self, pg).await? } else { None };
             let claimed = {
                 let Some(conn) = redis.connection(shutdown).await? else { return Ok(None) };
-                log.claim(conn, &new_epoch(), config.batch_max * 2, restart, bridge.as_ref()).await
+                log.claim(conn, &new_epoch(), claim_tail(config), restart, bridge.as_ref()).await
             };
             let claim = match claimed {
                 Ok(claim) => claim,
@@ -266,6 +448,60 @@ impl<'a> Active<'a> {
     }
 }
 
+/// The outbox id at the start of a payload as `realtime_notify()` writes it
+/// (`{"id" : 7, "table" : …`, json_build_object's spacing), without parsing the rest: a
+/// notification is a wake-up for the outbox row it names, whatever else it says.
+fn trigger_id(payload: &str) -> Option<i64> {
+    let rest = payload.strip_prefix(r#"{"id" : "#)?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    if end == 0 || !rest[end..].starts_with(',') {
+        return None;
+    }
+    rest[..end].parse().ok()
+}
+
+/// How many of the log's newest entries a claim returns: more than this session can have
+/// appended and not marked (the mark window, a batch in doubt), so a successor finds all of
+/// them.
+fn claim_tail(config: &Config) -> usize {
+    config.mark_window.max(config.batch_max) + config.batch_max * 2
+}
+
+/// What became of an append.
+enum Appended {
+    /// In the log: the marks of its events.
+    Ok(Vec<(i64, Option<u64>)>),
+    /// Not in the log (or not known to be): claim again, then catch up.
+    Again,
+    /// Shutdown was requested.
+    Stopped,
+}
+
+/// Takes up to `limit` ids from the front of `notified` and reads their unpublished rows,
+/// returned in notification order. Ids this session appended and has not marked are skipped
+/// (their rows are unpublished still). `None` when no ids were waiting.
+async fn read_notified(
+    notified: &mut VecDeque<i64>,
+    pg: &mut PgListener,
+    marks: &Marks,
+    limit: usize,
+) -> Result<Option<Vec<(i64, String)>>, SessionError> {
+    let mut ids = Vec::with_capacity(limit.min(notified.len()));
+    while ids.len() < limit {
+        let Some(id) = notified.pop_front() else { break };
+        if !marks.contains(id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let mut rows: HashMap<i64, String> =
+        bounded(DRAIN_TIMEOUT, outbox::unpublished_of(pg, &ids)).await??.into_iter().collect();
+    // A notification repeated, or forged with a real id, is read once, at its first place.
+    Ok(Some(ids.into_iter().filter_map(|id| rows.remove(&id).map(|row| (id, row))).collect()))
+}
+
 /// A fresh epoch name: time and process id, base 36 (unique per claim that starts a history).
 fn new_epoch() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -282,6 +518,28 @@ fn new_epoch() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trigger_s_payloads_give_their_id_without_a_parse() {
+        assert_eq!(
+            trigger_id(r#"{"id" : 7, "table" : "orders", "operation" : "INSERT", "order" : {"id":1}}"#),
+            Some(7)
+        );
+        assert_eq!(
+            trigger_id(r#"{"id" : 123456789012, "table" : "orders", "operation" : "UPDATE", "ref" : true}"#),
+            Some(123_456_789_012)
+        );
+        // Anything else takes the full parse (and its checks).
+        for other in [
+            r#"{"id":7,"table":"orders"}"#,
+            r#"{"id" : -1, "x" : 1}"#,
+            r#"{"id" : 7}"#,
+            r#"{"id" : , "x" : 1}"#,
+            "not json",
+        ] {
+            assert_eq!(trigger_id(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn epochs_differ() {

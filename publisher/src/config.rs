@@ -38,6 +38,12 @@ pub struct Config {
     /// Largest number of events read from the outbox and appended to Redis in one step
     /// (`PUBLISHER_BATCH`, default 512).
     pub batch_max: usize,
+    /// Most events appended to the log whose published marks are not committed yet
+    /// (`PUBLISHER_MARK_WINDOW`, default 16384): marks are written off the critical path, and
+    /// a claim reads this many (and two batches) of the log's newest entries to find what a
+    /// killed predecessor appended and did not mark. Narrowed to fit `PUBLISHER_LOG_MAXLEN`
+    /// less two batches, and never below one batch.
+    pub mark_window: usize,
     /// Entries the Redis replay log keeps (`PUBLISHER_LOG_MAXLEN`, default 100000; trimmed
     /// approximately). Clients can resume from any position still in it.
     pub log_maxlen: usize,
@@ -75,6 +81,7 @@ impl fmt::Debug for Config {
             .field("legacy_payloads", &self.legacy_payloads)
             .field("bridge_events", &self.bridge_events)
             .field("batch_max", &self.batch_max)
+            .field("mark_window", &self.mark_window)
             .field("log_maxlen", &self.log_maxlen)
             .field("outbox_retention", &self.outbox_retention)
             .field("snapshot_tables", &self.snapshot_tables)
@@ -118,6 +125,7 @@ impl Config {
             legacy_payloads: env.flag("PUBLISHER_LEGACY_PAYLOADS", false),
             bridge_events: env.parse("PUBLISHER_BRIDGE_EVENTS", 10_000, "a whole number of events (0: no bridge)"),
             batch_max: env.positive("PUBLISHER_BATCH", 512),
+            mark_window: env.positive("PUBLISHER_MARK_WINDOW", 16_384),
             log_maxlen: env.positive("PUBLISHER_LOG_MAXLEN", 100_000),
             outbox_retention: env.duration("PUBLISHER_OUTBOX_RETENTION", Duration::from_secs(24 * 3600)),
             outbox_max_rows: env.positive("PUBLISHER_OUTBOX_MAX_ROWS", 1_000_000),
@@ -135,6 +143,11 @@ impl Config {
             shutdown_grace: env.duration("PUBLISHER_SHUTDOWN_GRACE", Duration::from_secs(5)),
             log_format: env.log_format(),
         };
+        // The claim's tail must still be in the log: a window the log cannot hold is narrowed
+        // (never below one batch).
+        let mut config = config;
+        config.mark_window =
+            config.mark_window.min(config.log_maxlen.saturating_sub(2 * config.batch_max)).max(config.batch_max);
         for table in &config.snapshot_tables {
             if ChannelName::parse(table).is_err() {
                 env.invalid("PUBLISHER_SNAPSHOT_TABLES", table.clone(), "expected table names of a-z, 0-9 and _");

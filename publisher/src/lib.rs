@@ -4,8 +4,10 @@
 //! - [`config`]: [`Config`] from the environment
 //! - `migrate`: the embedded `sql/` migrations, applied at start
 //! - `relay`: the PostgreSQL session: standby/active election, LISTEN, wake-ups, keepalive
-//! - `active`: the active publisher's drain (outbox → replay log → marks) and claim
+//! - `active`: the active publisher's forwarding (notified ids → outbox rows → replay log),
+//!   catch-up (unpublished rows → replay log) and claim
 //! - `history`: a new history when Redis has none: bridge, backlog, seed, in one snapshot
+//! - `marks`: the published marks, committed on a connection of their own off the critical path
 //! - `batch`: changes serialized once on their way to the log, and the positions they got
 //! - `outbox`: the outbox queries (unpublished, mark with positions, prune, the snapshot reads)
 //! - `forward`: the Redis connection with reconnect
@@ -22,6 +24,7 @@ mod batch;
 pub mod config;
 mod forward;
 mod history;
+mod marks;
 mod migrate;
 mod outbox;
 mod relay;

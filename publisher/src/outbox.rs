@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::{Row, postgres::PgListener};
+use sqlx::{PgExecutor, Row, postgres::PgListener};
 
 /// Unpublished events, oldest id first: `(id, change JSON)`.
 ///
@@ -23,13 +23,24 @@ pub(crate) async fn unpublished(conn: &mut PgListener, limit: usize) -> sqlx::Re
         .collect()
 }
 
+/// The unpublished events among `ids` (notified ones), in no particular order:
+/// `(id, change JSON)`. An id without a row, or whose row is published, is left out.
+pub(crate) async fn unpublished_of(conn: &mut PgListener, ids: &[i64]) -> sqlx::Result<Vec<(i64, String)>> {
+    sqlx::query("SELECT id, payload::text FROM realtime_events WHERE id = ANY($1) AND published_at IS NULL")
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
 /// Marks events as published (they are in the Redis log), recording the position each was
 /// appended at in history `epoch` (`None`: not appended, e.g. a row that is not a change).
-pub(crate) async fn mark_published(
-    conn: &mut PgListener,
-    epoch: &str,
-    marks: &[(i64, Option<u64>)],
-) -> sqlx::Result<()> {
+pub(crate) async fn mark_published<C>(conn: &mut C, epoch: &str, marks: &[(i64, Option<u64>)]) -> sqlx::Result<()>
+where
+    for<'c> &'c mut C: PgExecutor<'c>,
+{
     // Bounded statements: a new history may mark a whole backlog at once.
     for chunk in marks.chunks(10_000) {
         let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();

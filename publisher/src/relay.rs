@@ -4,11 +4,13 @@
 //! - **Standby.** Two publishers may run; the one holding a session-level advisory lock is
 //!   active, the other polls for the lock every `standby_poll`. The lock lives and dies with
 //!   the PostgreSQL session, so a killed active publisher frees it at once.
-//! - **Active.** LISTEN on the channel; every notification (and every `keepalive_interval`)
-//!   wakes a drain: read unpublished events in id order, append them to the log (one atomic
-//!   Redis step: position, stream, state, PUBLISH), then mark them published. A crash between
-//!   append and mark repeats at most that batch; the claim made before appending tells which
-//!   event ids the log already has, so no repeat reaches the log.
+//! - **Active.** LISTEN on the channel; the events notified are read from the outbox by id and
+//!   appended to the log in notification order (one atomic Redis step per batch: position,
+//!   stream, state, PUBLISH); then marked published, off the critical path (`marks`). At the
+//!   start, every `keepalive_interval` and after a Redis failure a catch-up reads unpublished
+//!   events in id order instead (`active`). A crash between append and mark leaves at most the
+//!   mark window unmarked; the claim made before appending returns that many of the log's
+//!   newest event ids, so no repeat reaches the log.
 //! - **Claim.** Before its first append on each Redis connection, the active publisher claims
 //!   the log: this fences off a previous publisher (its next append fails) and, when Redis has
 //!   lost its data, starts a new epoch and seeds the state from the tables.
@@ -34,6 +36,7 @@ use crate::{
     active::{Active, Drained},
     config::Config,
     forward::{FatalError, Redis},
+    marks::Marks,
     migrate, outbox,
     stats::{POSTGRES, Stats},
 };
@@ -146,6 +149,7 @@ async fn session(
     stats.leader.set(1);
     info!(channel = %config.pg_channel, "active publisher; listening on postgres");
 
+    let mut marks = Marks::start(&config.database_url, config.mark_window.max(config.batch_max) / 4).await?;
     let mut active = Active::new(config, stats, log);
     let mut keepalive = tokio::time::interval(config.keepalive_interval);
     keepalive.reset();
@@ -153,23 +157,32 @@ async fn session(
     let mut wake = true; // Catch up with whatever committed while no session was active.
     loop {
         if wake {
-            match active.drain(redis, &mut pg, shutdown).await? {
-                Drained::Stopped => return Ok(()),
+            match active.drain(redis, &mut pg, &mut marks, shutdown).await? {
+                Drained::Stopped => return stopped(marks).await,
                 Drained::More => continue,
                 Drained::All => wake = false,
             }
         }
+        if active.has_notified() {
+            match active.forward(redis, &mut pg, &mut marks, shutdown, take_buffered).await? {
+                Drained::Stopped => return stopped(marks).await,
+                // No claim on this Redis connection yet, or an append failed.
+                Drained::More => wake = true,
+                Drained::All => wake = active.needs_catch_up(),
+            }
+            continue;
+        }
+        // The appends paused: the marks held back go out now.
+        marks.dispatch().await?;
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return stopped(marks).await,
             // Cancel-safe: sqlx buffers partial reads in the connection.
             received = pg.try_recv() => {
                 active.note(&received?.ok_or(SessionError::Lost)?);
-                // Take every notification already here: one drain serves them all.
-                while let Some(next) = pg.try_recv().now_or_never() {
-                    active.note(&next?.ok_or(SessionError::Lost)?);
-                }
-                wake = true;
+                // Take every notification already here: one forward serves them all.
+                take_buffered(&mut active, &mut pg)?;
+                wake = active.needs_catch_up();
             }
             _ = keepalive.tick() => {
                 // Doubles as the check that the session is alive, and as a catch-up should a
@@ -187,6 +200,20 @@ async fn session(
             }
         }
     }
+}
+
+/// Notifications that arrived meanwhile (sqlx buffers them during queries), noted.
+fn take_buffered(active: &mut Active<'_>, pg: &mut PgListener) -> Result<(), SessionError> {
+    while let Some(next) = pg.try_recv().now_or_never() {
+        active.note(&next?.ok_or(SessionError::Lost)?);
+    }
+    Ok(())
+}
+
+/// At shutdown: the marks already queued are committed (within the shutdown grace; what is not
+/// is recovered by the next claim).
+async fn stopped(mut marks: Marks) -> Result<(), SessionError> {
+    marks.flush().await
 }
 
 /// The advisory lock that elects the active publisher of a channel.

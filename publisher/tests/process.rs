@@ -149,3 +149,168 @@ async fn a_standby_takes_over_within_seconds_when_the_active_publisher_is_killed
     terminate(standby.id().unwrap());
     exit_within(&mut standby, Duration::from_secs(5)).await;
 }
+
+/// `(position, event id)` of every log entry, in log order.
+async fn logged(redis_url: &str) -> Vec<(u64, i64)> {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log = protocol::log::Log::new(&protocol::channel::ChannelName::parse("orders_updates").unwrap());
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = log.read_after(&mut conn, after, 1000).await.unwrap();
+        let Some((last, _)) = page.last() else { return entries };
+        after = *last;
+        for (pos, frame) in page {
+            let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+            entries.push((pos, frame["id"].as_i64().unwrap()));
+        }
+    }
+}
+
+/// Every event id in `1..=n` once, at consecutive positions from 1.
+fn assert_exactly_once(entries: &[(u64, i64)], n: i64) {
+    let positions: Vec<u64> = entries.iter().map(|(pos, _)| *pos).collect();
+    assert_eq!(positions, (1..=entries.len() as u64).collect::<Vec<_>>(), "consecutive positions");
+    let mut ids: Vec<i64> = entries.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    let len = ids.len();
+    ids.dedup();
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "every event, none lost");
+    assert_eq!(len, n as usize, "none twice in the log");
+}
+
+async fn unpublished(pg: &PgServer) -> i64 {
+    pg.psql("postgres", "SELECT count(*) FROM realtime_events WHERE published_at IS NULL").await.parse().unwrap()
+}
+
+/// The marks are written after the append and off the critical path, so a killed publisher can
+/// leave a whole burst in the log and unmarked. Its successor must mark those rows, not append
+/// them again: the claim's tail covers the mark window.
+#[tokio::test]
+async fn a_publisher_killed_after_appending_and_before_marking_leaves_no_duplicate_and_no_loss() {
+    let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
+    let env = |port: u16| {
+        vec![
+            ("DATABASE_URL", pg.url()),
+            ("REDIS_URL", redis.url()),
+            ("HEALTH_PORT", port.to_string()),
+            ("RETRY_MAX_DELAY", "1s".to_owned()),
+        ]
+    };
+    let port = free_port();
+    let mut first = publisher(&env(port)).spawn().expect("starts");
+    wait_until(WAIT, "first publisher active", || async { metric(port, "publisher_active").await == Some(1) }).await;
+
+    // Every mark statement now hangs: the appends go on, nothing leaves the unpublished set.
+    pg.psql(
+        "postgres",
+        "CREATE FUNCTION test_stall_marks() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(600); RETURN NULL; END $$; \
+         CREATE TRIGGER test_stall_marks BEFORE UPDATE ON realtime_events \
+         FOR EACH STATEMENT EXECUTE FUNCTION test_stall_marks()",
+    )
+    .await;
+    let burst = 3000; // more than the old claim tail of two batches
+    // With a second notification for the first event, in the same transaction: it arrives
+    // while that event is appended and its mark still pending, and must not append it again.
+    pg.psql(
+        "postgres",
+        &format!(
+            "INSERT INTO orders (customer_name, product_name) SELECT 'c' || g, 'burst' FROM generate_series(1, {burst}) g; \
+             SELECT pg_notify('orders_channel', '{{\"id\" : 1, \"table\" : \"orders\", \"operation\" : \"INSERT\", \"ref\" : true}}')"
+        ),
+    )
+    .await;
+    wait_until(WAIT, "the burst in the log", || async { logged(&redis.url()).await.len() >= burst }).await;
+    assert_eq!(unpublished(&pg).await, burst as i64, "appended, and not one mark committed");
+    tokio::time::sleep(Duration::from_millis(300)).await; // a repeat would be in the log by now
+    assert_exactly_once(&logged(&redis.url()).await, burst as i64);
+
+    testkit::kill(first.id().expect("running"));
+    first.wait().await.expect("reaped");
+    pg.psql(
+        "postgres",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE 'UPDATE realtime_events%' AND pid <> pg_backend_pid()",
+    )
+    .await;
+    // Dropping the trigger waits for the stalled statement's lock: it goes once terminated.
+    pg.psql("postgres", "DROP TRIGGER test_stall_marks ON realtime_events").await;
+
+    let port = free_port();
+    let mut second = publisher(&env(port)).spawn().expect("starts");
+    wait_until(WAIT, "the burst marked by the successor", || async { unpublished(&pg).await == 0 }).await;
+    pg.psql(
+        "postgres",
+        "INSERT INTO orders (customer_name, product_name) SELECT 'd' || g, 'after' FROM generate_series(1, 10) g",
+    )
+    .await;
+    let total = burst + 10;
+    wait_until(WAIT, "the rows after the takeover in the log", || async { logged(&redis.url()).await.len() >= total })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a late duplicate would show by now
+    assert_exactly_once(&logged(&redis.url()).await, total as i64);
+    let positions: String =
+        pg.psql("postgres", "SELECT count(DISTINCT log_pos) FROM realtime_events WHERE log_pos IS NOT NULL").await;
+    assert_eq!(positions, total.to_string(), "each event marked with its own position");
+    terminate(second.id().unwrap());
+    exit_within(&mut second, Duration::from_secs(5)).await;
+}
+
+/// Notified events are read from the outbox by id; what no notification brings still arrives:
+/// an outbox row written without one (caught up from the outbox), a row too large for NOTIFY
+/// (an id-only notification), and a notification naming a published event adds nothing.
+#[tokio::test]
+async fn events_without_a_usable_notification_are_caught_up_from_the_outbox_once() {
+    let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
+    let port = free_port();
+    let mut child = publisher(&[
+        ("DATABASE_URL", pg.url()),
+        ("REDIS_URL", redis.url()),
+        ("HEALTH_PORT", port.to_string()),
+        ("RETRY_MAX_DELAY", "1s".into()),
+    ])
+    .spawn()
+    .expect("starts");
+    wait_until(WAIT, "publisher active", || async { metric(port, "publisher_active").await == Some(1) }).await;
+
+    pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('a', 'notified')").await;
+    wait_until(WAIT, "the notified row", || async { logged(&redis.url()).await.len() == 1 }).await;
+    // An outbox row like the trigger's, without its NOTIFY.
+    pg.psql(
+        "postgres",
+        "WITH n AS (SELECT nextval('realtime_events_id_seq') AS id) \
+         INSERT INTO realtime_events (id, channel, table_name, operation, payload) \
+         SELECT id, 'orders_channel', 'orders', 'INSERT', json_build_object('id', id, 'table', 'orders', \
+           'operation', 'INSERT', 'order', json_build_object('id', 4242, 'customer_name', 'silent'), \
+           'ts', clock_timestamp()) FROM n",
+    )
+    .await;
+    // Over NOTIFY's limit: the trigger sends the id only.
+    pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('b', repeat('x', 20000))").await;
+    // A notification naming the first event again, after it was published.
+    pg.psql(
+        "postgres",
+        r#"SELECT pg_notify('orders_channel', '{"id":1,"table":"orders","operation":"INSERT","order":{"id":1}}')"#,
+    )
+    .await;
+    pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('c', 'notified')").await;
+
+    wait_until(WAIT, "all four events", || async { logged(&redis.url()).await.len() >= 4 }).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past a keepalive catch-up
+    let entries = logged(&redis.url()).await;
+    assert_exactly_once(&entries, 4);
+    let (_, frame) = {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let log = protocol::log::Log::new(&protocol::channel::ChannelName::parse("orders_updates").unwrap());
+        let frames = log.read_after(&mut conn, 0, 10).await.unwrap();
+        frames.into_iter().find(|(_, f)| f.contains("\"b\"")).expect("the large row")
+    };
+    let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(frame["order"]["product_name"].as_str().map(str::len), Some(20000), "the large row whole");
+    assert_eq!(unpublished(&pg).await, 0);
+    terminate(child.id().unwrap());
+    exit_within(&mut child, Duration::from_secs(5)).await;
+}
