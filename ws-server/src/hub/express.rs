@@ -145,54 +145,89 @@ impl Lane {
         state.tcp = None;
     }
 
-    /// The shard's part: offers item number `through.items` (framed as `wire`) to this lane.
-    /// Returns whether the connection got the event.
-    fn offer(&self, item: &Item, through: Totals, wire: &Bytes) -> bool {
+    /// The shard's part: offers the items the shard took, in order, to this lane, writing every
+    /// frame the connection gets with one `writev`. Adds one to `sent[i]` for each item `i`
+    /// the connection got.
+    fn offer(&self, batch: &[Taken], sent: &mut [u64]) {
         if !self.express.load(SeqCst) {
-            return false;
+            return;
         }
         let mut state = self.lock();
-        if !self.express.load(SeqCst) || through.items <= state.upto.items {
-            return false; // taken back meanwhile, or handed over after this item
+        if !self.express.load(SeqCst) {
+            return; // taken back meanwhile
         }
-        let event = match item {
-            Item::Event(event) if through.items == state.upto.items + 1 => event,
-            // A break, or (never expected) an item the lane missed: the task's to handle.
-            _ => return self.hand_back(state),
+        // Items at or before `upto` were the task's (it handed over after them).
+        let from = batch.partition_point(|t| t.through.items <= state.upto.items);
+        let mut cursor = state.cursor.clone();
+        let mut upto = state.upto;
+        // Which items go out (index in `batch`), and whether the lane must go back after them.
+        let mut out: Vec<usize> = Vec::new();
+        let mut stop = false;
+        for (i, taken) in batch.iter().enumerate().skip(from) {
+            let event = match &taken.item {
+                Item::Event(event) if taken.through.items == upto.items + 1 => event,
+                // A break, or (never expected) an item the lane missed: the task's to handle.
+                _ => {
+                    stop = true;
+                    break;
+                }
+            };
+            match follows(cursor.as_ref(), event) {
+                Follows::Next => {
+                    out.push(i);
+                    if let Some(at) = event.cursor() {
+                        cursor = Some(at);
+                    }
+                }
+                Follows::Sent => {}
+                Follows::Gap => {
+                    stop = true;
+                    break;
+                }
+            }
+            upto = taken.through;
+        }
+        let Some(tcp) = state.tcp.clone() else { return self.hand_back(state) };
+        let slices: Vec<std::io::IoSlice<'_>> = out.iter().map(|&i| std::io::IoSlice::new(&batch[i].wire)).collect();
+        let written = match slices.as_slice() {
+            [] => Ok(0),
+            [one] => tcp.try_write(one),
+            many => tcp.try_write_vectored(many),
         };
-        match follows(state.cursor.as_ref(), event) {
-            Follows::Next => {}
-            Follows::Sent => {
-                state.upto = through;
-                return false;
-            }
-            Follows::Gap => return self.hand_back(state),
-        }
-        let Some(tcp) = &state.tcp else { return self.hand_back(state) };
-        match tcp.try_write(wire) {
-            Ok(n) => {
-                state.upto = through;
-                if let Some(at) = event.cursor() {
-                    state.first.get_or_insert(at.pos);
-                    state.cursor = Some(at);
-                }
-                if n < wire.len() {
-                    // Sent as far as the client is concerned: the task writes the rest first.
-                    state.rest = wire.slice(n..);
-                    self.hand_back(state);
-                }
-                true
-            }
+        let Ok(mut n) = written else {
             // Blocked, or failed (the task meets the error on its own next write or read).
-            Err(_) => self.hand_back(state),
+            return self.hand_back(state);
+        };
+        // The frames written whole, and the one written in part (which counts as sent: the
+        // task writes its rest first); the connection stops after it.
+        for &i in &out {
+            let taken = &batch[i];
+            let len = taken.wire.len();
+            let Item::Event(event) = &taken.item else { unreachable!("only events go out") };
+            state.upto = taken.through;
+            if let Some(at) = event.cursor() {
+                state.first.get_or_insert(at.pos);
+                state.cursor = Some(at);
+            }
+            sent[i] += 1;
+            if n < len {
+                state.rest = taken.wire.slice(n..);
+                return self.hand_back(state);
+            }
+            n -= len;
+        }
+        // Everything went out: the lane stands after the last item it looked at.
+        state.upto = upto;
+        state.cursor = cursor;
+        if stop {
+            self.hand_back(state);
         }
     }
 
-    fn hand_back(&self, state: MutexGuard<'_, State>) -> bool {
+    fn hand_back(&self, state: MutexGuard<'_, State>) {
         self.express.store(false, SeqCst);
         drop(state);
         self.task.wake();
-        false
     }
 }
 
@@ -237,6 +272,16 @@ pub(super) fn text_frame(payload: &[u8]) -> Bytes {
     out.put_slice(payload);
     out.freeze()
 }
+
+/// An item a shard took from the hub, with the totals through it and its frame.
+struct Taken {
+    item: Item,
+    through: Totals,
+    wire: Bytes,
+}
+
+/// The most items a shard takes at once (each lane gets them in one `writev`).
+const BATCH_ITEMS: usize = 64;
 
 /// The shards, and where new lanes go.
 #[derive(Debug)]
@@ -300,19 +345,22 @@ async fn walk(hub: &Hub, index: usize, stats: &Stats, shutdown: &CancellationTok
         pushed.as_mut().enable();
         changed.as_mut().enable();
         lanes.append(&mut shard.incoming.lock().expect("lanes lock is never poisoned"));
-        let next = hub.take_framed(&mut taken);
-        let Some((item, wire)) = next else {
-            // Nothing new: drop the lanes of ended connections while idle, then wait.
-            lanes.retain(|lane| !lane.closed.load(SeqCst));
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = &mut pushed => {}
-                () = &mut changed => {}
+        // Everything waiting, up to a batch: under load each lane gets several frames per write.
+        let mut batch = Vec::new();
+        let mut lagged = false;
+        while batch.len() < BATCH_ITEMS {
+            match hub.take_framed(&mut taken) {
+                None => break,
+                Some((Some(item), wire)) => batch.push(Taken { item, through: taken, wire }),
+                Some((None, _)) => {
+                    lagged = true;
+                    batch.clear();
+                    break;
+                }
             }
-            continue;
-        };
-        shard.started.store(taken.items, SeqCst);
-        let Some(item) = item else {
+        }
+        if lagged {
+            shard.started.store(taken.items, SeqCst);
             // The shard fell out of the ring: every connection it carried is behind, and
             // its task finds by how much.
             for lane in &lanes {
@@ -321,8 +369,19 @@ async fn walk(hub: &Hub, index: usize, stats: &Stats, shutdown: &CancellationTok
                 }
             }
             continue;
-        };
-        let mut sent = 0u64;
+        }
+        if batch.is_empty() {
+            // Nothing new: drop the lanes of ended connections while idle, then wait.
+            lanes.retain(|lane| !lane.closed.load(SeqCst));
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = &mut pushed => {}
+                () = &mut changed => {}
+            }
+            continue;
+        }
+        shard.started.store(taken.items, SeqCst);
+        let mut sent = vec![0u64; batch.len()];
         let mut i = 0;
         while i < lanes.len() {
             let lane = &lanes[i];
@@ -330,14 +389,16 @@ async fn walk(hub: &Hub, index: usize, stats: &Stats, shutdown: &CancellationTok
                 lanes.swap_remove(i);
                 continue;
             }
-            sent += u64::from(lane.offer(&item, taken, &wire));
+            lane.offer(&batch, &mut sent);
             i += 1;
             if i % WALK_CHUNK == 0 {
                 tokio::task::yield_now().await;
             }
         }
-        if sent > 0 {
-            count(stats, &item, sent);
+        for (taken, sent) in batch.iter().zip(sent) {
+            if sent > 0 {
+                count(stats, &taken.item, sent);
+            }
         }
     }
 }
@@ -535,6 +596,60 @@ mod tests {
         let head = Position { epoch: "f".into(), pos: 1 };
         rig.hub.publish_break(Break { reason: ResetReason::HistoryLost, resume: Cursor::new("f".into(), 0), head });
         until("the handback", || !rig.lane.is_express()).await;
+    }
+
+    /// Items as a shard takes them: totals from 1 (after `upto`), the frame framed once.
+    fn batch(items: Vec<Item>, upto: Totals) -> Vec<Taken> {
+        let mut through = upto;
+        items
+            .into_iter()
+            .map(|item| {
+                let wire = match &item {
+                    Item::Event(e) => text_frame(e.frame.as_bytes()),
+                    Item::Break(_) => Bytes::new(),
+                };
+                through = Totals { items: through.items + 1, events: through.events + 1, bytes: through.bytes };
+                Taken { item, through, wire }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_goes_out_in_one_write_skipping_what_was_sent_and_stopping_at_a_gap() {
+        // No shard runs here: the test plays the shard, with a real socket.
+        let hub: &'static Hub = Box::leak(Box::new(Hub::new(Bound { events: 64, bytes: u64::MAX })));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let lane = hub.express.register(Arc::new(listener.accept().await.unwrap().0));
+        let upto = Totals::default();
+        assert!(lane.hand_over(hub, upto, Some(Cursor::new("e".into(), 1))));
+        let items = [1, 2, 3, 5, 6].map(|p| Item::Event(event(p, &format!("e{p}")))).to_vec();
+        let taken = batch(items, upto);
+        let mut sent = vec![0; taken.len()];
+        lane.offer(&taken, &mut sent);
+        // 1 was sent before the handover; 2 and 3 go out together; 5 is a gap: the lane goes
+        // back to its task, standing after 3.
+        assert_eq!(sent, [0, 1, 1, 0, 0]);
+        let want: Vec<u8> = [text_frame(b"e2"), text_frame(b"e3")].concat();
+        assert_eq!(read_exactly(&mut client, want.len()), want);
+        assert!(!lane.is_express());
+        let back = lane.take_back();
+        assert_eq!(
+            (back.upto, back.cursor.map(|c| c.pos), back.first, back.rest),
+            (taken[2].through, Some(3), Some(2), false)
+        );
+
+        // Handed over again after 3: a batch that starts with what the task already took is
+        // cut to what follows, and ends with the lane still on the shard.
+        assert!(lane.hand_over(hub, taken[2].through, Some(Cursor::new("e".into(), 3))));
+        let items = [3, 4].map(|p| Item::Event(event(p, &format!("e{p}")))).to_vec();
+        let again = batch(items, taken[1].through);
+        let mut sent = vec![0; 2];
+        lane.offer(&again, &mut sent);
+        assert_eq!(sent, [0, 1]);
+        assert_eq!(read_exactly(&mut client, 4), text_frame(b"e4").to_vec());
+        assert!(lane.is_express());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
