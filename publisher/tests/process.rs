@@ -80,20 +80,7 @@ async fn metric(port: u16, name: &str) -> Option<i64> {
 
 /// Event ids in the replay log, in log order.
 async fn logged_event_ids(redis_url: &str) -> Vec<i64> {
-    let client = redis::Client::open(redis_url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let log = protocol::log::Log::new(&protocol::channel::ChannelName::parse("orders_updates").unwrap());
-    let mut ids = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = log.read_after(&mut conn, after, 1000).await.unwrap();
-        let Some((last, _)) = page.last() else { return ids };
-        after = *last;
-        for (_, frame) in page {
-            let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
-            ids.push(frame["id"].as_i64().unwrap());
-        }
-    }
+    logged(redis_url).await.into_iter().map(|(_, id)| id).collect()
 }
 
 #[tokio::test]
