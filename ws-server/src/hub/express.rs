@@ -147,8 +147,8 @@ impl Lane {
 
     /// The shard's part: offers the items the shard took, in order, to this lane, writing every
     /// frame the connection gets with one `writev`. Adds one to `sent[i]` for each item `i`
-    /// the connection got.
-    fn offer(&self, batch: &[Taken], sent: &mut [u64]) {
+    /// the connection got. `scratch` is the shard's, reused from lane to lane.
+    fn offer<'b>(&self, batch: &'b [Taken], sent: &mut [u64], scratch: &mut Scratch<'b>) {
         if !self.express.load(SeqCst) {
             return;
         }
@@ -161,7 +161,9 @@ impl Lane {
         let mut cursor = state.cursor.clone();
         let mut upto = state.upto;
         // Which items go out (index in `batch`), and whether the lane must go back after them.
-        let mut out: Vec<usize> = Vec::new();
+        let Scratch { out, slices } = scratch;
+        out.clear();
+        slices.clear();
         let mut stop = false;
         for (i, taken) in batch.iter().enumerate().skip(from) {
             let event = match &taken.item {
@@ -188,7 +190,7 @@ impl Lane {
             upto = taken.through;
         }
         let Some(tcp) = state.tcp.clone() else { return self.hand_back(state) };
-        let slices: Vec<std::io::IoSlice<'_>> = out.iter().map(|&i| std::io::IoSlice::new(&batch[i].wire)).collect();
+        slices.extend(out.iter().map(|&i| std::io::IoSlice::new(&batch[i].wire)));
         let written = match slices.as_slice() {
             [] => Ok(0),
             [one] => tcp.try_write(one),
@@ -200,7 +202,7 @@ impl Lane {
         };
         // The frames written whole, and the one written in part (which counts as sent: the
         // task writes its rest first); the connection stops after it.
-        for &i in &out {
+        for &i in out.iter() {
             let taken = &batch[i];
             let len = taken.wire.len();
             let Item::Event(event) = &taken.item else { unreachable!("only events go out") };
@@ -278,6 +280,13 @@ struct Taken {
     item: Item,
     through: Totals,
     wire: Bytes,
+}
+
+/// What a shard reuses from lane to lane: which items go out, and their frames for `writev`.
+#[derive(Default)]
+struct Scratch<'b> {
+    out: Vec<usize>,
+    slices: Vec<std::io::IoSlice<'b>>,
 }
 
 /// The most items a shard takes at once (each lane gets them in one `writev`).
@@ -382,6 +391,7 @@ async fn walk(hub: &Hub, index: usize, stats: &Stats, shutdown: &CancellationTok
         }
         shard.started.store(taken.items, SeqCst);
         let mut sent = vec![0u64; batch.len()];
+        let mut scratch = Scratch::default();
         let mut i = 0;
         while i < lanes.len() {
             let lane = &lanes[i];
@@ -389,7 +399,7 @@ async fn walk(hub: &Hub, index: usize, stats: &Stats, shutdown: &CancellationTok
                 lanes.swap_remove(i);
                 continue;
             }
-            lane.offer(&batch, &mut sent);
+            lane.offer(&batch, &mut sent, &mut scratch);
             i += 1;
             if i % WALK_CHUNK == 0 {
                 tokio::task::yield_now().await;
@@ -627,7 +637,7 @@ mod tests {
         let items = [1, 2, 3, 5, 6].map(|p| Item::Event(event(p, &format!("e{p}")))).to_vec();
         let taken = batch(items, upto);
         let mut sent = vec![0; taken.len()];
-        lane.offer(&taken, &mut sent);
+        lane.offer(&taken, &mut sent, &mut Scratch::default());
         // 1 was sent before the handover; 2 and 3 go out together; 5 is a gap: the lane goes
         // back to its task, standing after 3.
         assert_eq!(sent, [0, 1, 1, 0, 0]);
@@ -646,7 +656,7 @@ mod tests {
         let items = [3, 4].map(|p| Item::Event(event(p, &format!("e{p}")))).to_vec();
         let again = batch(items, taken[1].through);
         let mut sent = vec![0; 2];
-        lane.offer(&again, &mut sent);
+        lane.offer(&again, &mut sent, &mut Scratch::default());
         assert_eq!(sent, [0, 1]);
         assert_eq!(read_exactly(&mut client, 4), text_frame(b"e4").to_vec());
         assert!(lane.is_express());
