@@ -158,6 +158,17 @@ struct Ring {
 }
 
 impl Ring {
+    /// The slot of the item after `taken`: `Ok(None)` when there is none yet, `Err(())` when it
+    /// already left the ring.
+    fn after(&self, taken: Totals) -> Result<Option<&Slot>, ()> {
+        if self.base.items > taken.items {
+            return Err(());
+        }
+        // Items base+1 ..= head are slots[0 ..]; the one wanted is taken+1.
+        let index = usize::try_from(taken.items - self.base.items).expect("the ring fits in memory");
+        Ok(self.slots.get(index))
+    }
+
     fn push(&mut self, mut item: Item, bound: Bound) {
         let (bytes, wire) = match &mut item {
             Item::Event(e) => {
@@ -222,12 +233,11 @@ impl Hub {
     /// none yet, `Some((None, _))` when it left the ring (`taken` moves to the newest item).
     fn take_framed(&self, taken: &mut Totals) -> Option<(Option<Item>, bytes::Bytes)> {
         let ring = self.ring.read().expect("hub lock is never poisoned");
-        if ring.base.items > taken.items {
+        let Ok(slot) = ring.after(*taken) else {
             *taken = ring.head;
             return Some((None, bytes::Bytes::new()));
-        }
-        let index = usize::try_from(taken.items - ring.base.items).expect("the ring fits in memory");
-        let slot = ring.slots.get(index)?;
+        };
+        let slot = slot?;
         *taken = slot.through;
         Some((Some(slot.item.clone()), slot.wire.clone()))
     }
@@ -491,15 +501,13 @@ impl Feed<'_> {
 
     fn next_item(&mut self) -> Result<Item, Option<Lag>> {
         let ring = self.hub.ring.read().expect("hub lock is never poisoned");
-        if ring.base.items > self.taken.items {
+        let Ok(slot) = ring.after(self.taken) else {
             let lag = ring.head - self.taken;
             self.taken = ring.head;
             self.last = None;
             return Err(Some(lag));
-        }
-        // Items base+1 ..= head are slots[0 ..]; ours is taken+1.
-        let index = usize::try_from(self.taken.items - ring.base.items).expect("the ring fits in memory");
-        let slot = ring.slots.get(index).ok_or(None)?;
+        };
+        let slot = slot.ok_or(None)?;
         self.taken = slot.through;
         Ok(slot.item.clone())
     }

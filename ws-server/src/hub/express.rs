@@ -233,15 +233,18 @@ impl Lane {
     }
 }
 
-/// Where an event stands against a connection's last position (`socket::stream`'s verdict,
-/// for a connection that takes every event).
-enum Follows {
+/// Where an event stands against a connection's last position (what `socket::stream` decides
+/// on too, before it looks at a gated feed's skips).
+pub(crate) enum Follows {
+    /// The next one to send (or an event with no position, forwarded as it comes).
     Next,
+    /// At or before the position: already sent.
     Sent,
+    /// Further ahead, or in another history: the log has what lies between.
     Gap,
 }
 
-fn follows(cursor: Option<&Cursor>, event: &Event) -> Follows {
+pub(crate) fn follows(cursor: Option<&Cursor>, event: &Event) -> Follows {
     let (Some(epoch), Some(pos)) = (&event.epoch, event.pos) else {
         return Follows::Next; // a pre-log publisher's frame: forwarded as it comes
     };

@@ -27,7 +27,10 @@ use tracing::{debug, info};
 use super::{Conn, End, subs::Shape};
 use crate::{
     history::{PAGE, Page},
-    hub::{Break, Cursor, Event, Item},
+    hub::{
+        Break, Cursor, Event, Item,
+        express::{Follows, follows},
+    },
     view::Lazy,
 };
 
@@ -59,18 +62,20 @@ impl Conn<'_> {
     }
 
     fn verdict(&self, event: &Event) -> Verdict {
-        let (Some(epoch), Some(pos)) = (&event.epoch, event.pos) else {
-            return Verdict::Send; // no position: cannot be placed, forwarded as it comes
-        };
-        match &self.cursor {
-            None => Verdict::Send,
-            // Another history than ours: the log says which one is current.
-            Some(c) if c.epoch != *epoch => Verdict::Gap,
-            Some(c) if pos <= c.pos => Verdict::Skip,
-            Some(c) if pos == c.pos + 1 => Verdict::Send,
-            // A gated feed skipped the events between: none was for this connection.
-            Some(c) if event.after.as_ref().is_some_and(|a| a.epoch == c.epoch && a.pos <= c.pos) => Verdict::Send,
-            Some(_) => Verdict::Gap,
+        match follows(self.cursor.as_ref(), event) {
+            Follows::Next => Verdict::Send,
+            Follows::Sent => Verdict::Skip,
+            // A gated feed skipped the events between, in our history: none was for this
+            // connection. (Another history than ours stays a gap: the log says which is current.)
+            Follows::Gap
+                if self.cursor.as_ref().is_some_and(|c| {
+                    event.epoch.as_ref() == Some(&c.epoch)
+                        && event.after.as_ref().is_some_and(|a| a.epoch == c.epoch && a.pos <= c.pos)
+                }) =>
+            {
+                Verdict::Send
+            }
+            Follows::Gap => Verdict::Gap,
         }
     }
 
