@@ -33,7 +33,7 @@ use crate::{
     AppState,
     auth::{self, Auth},
     consumers, dashboard,
-    socket::{self, Mode, Opening, Token},
+    socket::{self, Mode, Opening, Setup, Token},
     sse::SseWire,
     upgrade::{NotUpgrade, Upgrade},
     view::{Scope, Spec, View, ViewError},
@@ -250,19 +250,14 @@ async fn upgrade(
         .max_message_size(Some(hard_limit))
         .max_frame_size(Some(hard_limit));
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let task = state.tracker.token();
     let shutdown = state.shutdown.clone();
     let protocol = offered.then_some(SUBPROTOCOL);
     // Plain TCP connections get an express lane (`hub::express`); SSE and others do not.
     let lane = ws.tcp().filter(|_| state.config.express).map(|tcp| state.hub.express.register(tcp));
-    ws.on_upgrade(protocol, config, lane.clone(), move |socket| async move {
-        // Held for the connection's life: the slot, and shutdown's wait for this task.
-        let _permit = permit;
-        let _task = task;
-        state.stats.accepted.inc();
-        state.stats.connections.add(1);
-        socket::serve(Box::pin(socket), lane, opening, conn_id, &state, shutdown).await;
-        state.stats.connections.add(-1);
+    let held = (permit, state.tracker.token());
+    ws.on_upgrade(protocol, config, lane.clone(), move |socket| {
+        let setup = Setup { ws: Box::pin(socket), lane, opening, conn_id, shutdown, held };
+        socket::serve(state, Box::new(setup))
     })
 }
 
@@ -279,17 +274,9 @@ async fn events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, h
     let (wire, body) = SseWire::new(resumes);
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let shutdown = state.shutdown.clone();
-    let task = state.clone();
-    state.tracker.spawn(async move {
-        let _permit = permit;
-        let state = task;
-        state.stats.accepted.inc();
-        state.stats.sse_streams.add(1);
-        state.stats.connections.add(1);
-        socket::serve(Box::pin(wire), None, opening, conn_id, &state, shutdown).await;
-        state.stats.connections.add(-1);
-        state.stats.sse_streams.add(-1);
-    });
+    let held = (permit, state.tracker.token());
+    let setup = Setup { ws: Box::pin(wire), lane: None, opening, conn_id, shutdown, held };
+    tokio::spawn(socket::serve(state, Box::new(setup)));
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

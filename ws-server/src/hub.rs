@@ -338,11 +338,14 @@ impl Feed<'_> {
         loop {
             if let Some(gate) = self.gate.as_ref().map(|g| g.gate.clone()) {
                 // A permit is kept by `notify_one`: an offer between the look and the wait is not lost.
+                // (The waits are outside the matches: a scrutinee's temporary would be held
+                // across them, in every waiting connection's state.)
                 match self.next() {
                     Ok(item) => return Ok(item),
                     Err(Some(lag)) => return Err(lag),
-                    Err(None) => gate.notify.notified().await,
+                    Err(None) => {}
                 }
+                gate.notify.notified().await;
                 continue;
             }
             let pushed = self.hub.pushed.notified();
@@ -352,8 +355,9 @@ impl Feed<'_> {
             match self.next() {
                 Ok(item) => return Ok(item),
                 Err(Some(lag)) => return Err(lag),
-                Err(None) => pushed.await,
+                Err(None) => {}
             }
+            pushed.await;
         }
     }
 

@@ -36,7 +36,12 @@ mod snapshot;
 mod stream;
 mod subs;
 
-use std::{future::poll_fn, pin::Pin, sync::Arc, task::Poll};
+use std::{
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+};
 
 use protocol::{
     frames::{
@@ -45,9 +50,12 @@ use protocol::{
     },
     log::Position,
 };
-use tokio::time::Instant;
+use tokio::{
+    sync::OwnedSemaphorePermit,
+    time::{Instant, Interval, Sleep},
+};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes, error::CapacityError, protocol::CloseFrame};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -191,6 +199,8 @@ struct Conn<'a> {
     subs: Vec<Sub>,
     /// What the token allows, its subject and expiry.
     token: Token,
+    /// Fires at the token's expiry; allocated only for a token that expires (`arm_token_timer`).
+    token_timer: Option<Pin<Box<Sleep>>>,
     /// Every event delivered counts as acknowledged for the connection's consumers.
     auto_ack: bool,
     /// The newest position delivered and not yet stored for auto-acking consumers.
@@ -202,6 +212,7 @@ struct Conn<'a> {
     lane: Option<Arc<Lane>>,
     /// Whether the lane's shard writes the live stream now (and the feed is not read).
     express: bool,
+    _held: (OwnedSemaphorePermit, TaskTrackerToken),
 }
 
 impl Drop for Conn<'_> {
@@ -212,45 +223,43 @@ impl Drop for Conn<'_> {
     }
 }
 
-/// Serves one upgraded connection until it ends; `lane` is its express lane, if it has one.
-pub(crate) async fn serve(
-    ws: Wire,
-    lane: Option<Arc<Lane>>,
-    opening: Opening,
-    conn_id: u64,
-    state: &AppState,
-    shutdown: CancellationToken,
-) {
-    // The feed's first item is the event right after `newest`: that is where this
-    // connection's stream starts, and what `hello` announces.
-    let (rx, newest) = state.hub.subscribe();
-    let Opening { mode, since, snapshot, conflate, view, consumer, auto_ack, token } = opening;
-    let subs = view.map(|view| Sub { id: None, view, from: None, consumer }).into_iter().collect();
-    let mut conn = Conn {
-        ws,
-        read_gate: ReadGate::new(),
-        mode,
-        conn_id,
-        state,
-        sender: Sender::new(state.config.send_timeout),
-        shutdown,
-        rx,
-        cursor: newest,
-        first_sent: None,
-        conflate: false,
-        last_heard: Instant::now(),
-        subs,
-        token,
-        auto_ack,
-        unacked: None,
-        frame_budget: state.config.max_client_frames_per_second as f64,
-        budget_at: Instant::now(),
-        lane,
-        express: false,
+/// What a connection is opened with, boxed so that its task holds one pointer to it until
+/// the connection state is built (an async fn keeps its arguments for its whole life).
+pub(crate) struct Setup {
+    pub(crate) ws: Wire,
+    /// Its express lane, if it is a plain TCP WebSocket.
+    pub(crate) lane: Option<Arc<Lane>>,
+    pub(crate) opening: Opening,
+    pub(crate) conn_id: u64,
+    pub(crate) shutdown: CancellationToken,
+    /// Held for the connection's life: its slot, and shutdown's wait for it.
+    pub(crate) held: (OwnedSemaphorePermit, TaskTrackerToken),
+}
+
+/// Where a connection's stream starts, from its opening.
+struct Start {
+    since: Option<Position>,
+    snapshot: bool,
+    conflate: bool,
+}
+
+/// Serves one connection until it ends. Spawned as a task of its own (not awaited inside
+/// another future) so that the task holds this and nothing else: every idle connection pays
+/// for its task's state (docs/benchmarks.md, idle).
+pub(crate) async fn serve(state: Arc<AppState>, setup: Box<Setup>) {
+    let sse = setup.opening.mode == Mode::Sse;
+    state.stats.accepted.inc();
+    state.stats.connections.add(1);
+    if sse {
+        state.stats.sse_streams.add(1);
+    }
+    let (mut conn, start) = Conn::open(&state, setup);
+    let end = match Box::pin(conn.begin(start)).await {
+        Ok(()) => conn.run().await,
+        Err(end) => end,
     };
-    conn.regate();
-    let end = conn.run(since, snapshot, conflate).await;
     Box::pin(conn.store_acks()).await;
+    let conn_id = conn.conn_id;
     match &end {
         End::SlowConsumer(lag) => {
             // Counted when noticed (`close_slow`); the close may have waited for the client.
@@ -272,11 +281,56 @@ pub(crate) async fn serve(
         }
         other => debug!(conn_id, end = ?other, "connection ended"),
     }
+    drop(conn);
+    state.stats.connections.add(-1);
+    if sse {
+        state.stats.sse_streams.add(-1);
+    }
+}
+
+impl<'a> Conn<'a> {
+    fn open(state: &'a AppState, setup: Box<Setup>) -> (Self, Start) {
+        // The feed's first item is the event right after `newest`: that is where this
+        // connection's stream starts, and what `hello` announces.
+        let (rx, newest) = state.hub.subscribe();
+        let Setup { ws, lane, opening, conn_id, shutdown, held } = *setup;
+        let Opening { mode, since, snapshot, conflate, view, consumer, auto_ack, token } = opening;
+        let subs = view.map(|view| Sub { id: None, view, from: None, consumer }).into_iter().collect();
+        let mut conn = Conn {
+            ws,
+            read_gate: ReadGate::new(),
+            mode,
+            conn_id,
+            state,
+            sender: Sender::new(state.config.send_timeout),
+            shutdown,
+            rx,
+            cursor: newest,
+            first_sent: None,
+            conflate: false,
+            last_heard: Instant::now(),
+            subs,
+            token,
+            token_timer: None,
+            auto_ack,
+            unacked: None,
+            frame_budget: state.config.max_client_frames_per_second as f64,
+            budget_at: Instant::now(),
+            lane,
+            express: false,
+            _held: held,
+        };
+        conn.regate();
+        (conn, Start { since, snapshot, conflate })
+    }
 }
 
 impl Conn<'_> {
-    async fn run(&mut self, since: Option<Position>, snapshot: bool, conflate: bool) -> End {
-        let mut since = since;
+    /// Opens the stream: a durable consumer's position, hello, the replay or snapshot asked
+    /// for. Apart from `run` (and boxed by its caller) so that none of it stays in the state
+    /// every connection holds for its life.
+    async fn begin(&mut self, start: Start) -> Result<(), End> {
+        let Start { mut since, snapshot, conflate } = start;
         if since.is_none()
             && !snapshot
             && let Some(key) = self.subs.first().and_then(|s| s.consumer.clone())
@@ -284,46 +338,43 @@ impl Conn<'_> {
             // A durable consumer resumes after its last ack.
             match Box::pin(self.consumer_position(&key)).await {
                 Ok(stored) => since = stored,
-                Err(end) => return end,
+                Err(end) => return Err(end),
             }
         }
         if self.mode.speaks() {
-            // (SSE leaves the `id:` off a hello that a replay follows: `sse`.)
-            let position = self.cursor.as_ref().map(Cursor::to_position);
-            let hello = ServerFrame::Hello {
-                protocol: PROTOCOL_VERSION,
-                server_id: self.state.server_id.clone(),
-                max_frame_bytes: self.state.config.max_frame_bytes,
-                position,
-            };
-            if let Err(end) = self.send_frame(&hello).await {
-                return end;
-            }
+            self.send_hello().await?;
         }
-        if (since.is_some() || snapshot || conflate)
-            && let Err(end) = Box::pin(self.subscribe_live(since, snapshot, conflate)).await
-        {
-            return end;
+        if since.is_some() || snapshot || conflate {
+            Box::pin(self.subscribe_live(since, snapshot, conflate)).await?;
         }
+        Ok(())
+    }
 
-        let interval = self.state.config.heartbeat_interval;
-        let mut heartbeat = tokio::time::interval(interval);
+    /// The live stream, until the connection ends.
+    async fn run(&mut self) -> End {
+        let mut heartbeat = tokio::time::interval(self.state.config.heartbeat_interval);
         heartbeat.reset();
-        let mut ack_flush = tokio::time::interval(ACK_FLUSH);
+        // Only for a connection with positions to store (`auto_ack`): an interval is a timer
+        // allocation.
+        let mut ack_flush: Option<Interval> = None;
         loop {
-            let handed = match self.hand_over().await {
+            if let Err(end) = match self.hand_over().await {
                 Err(End::Overflow { lag, .. }) => Box::pin(self.on_overflow(lag)).await,
                 other => other,
-            };
-            if let Err(end) = handed {
+            } {
                 return end;
             }
-            let expires = self.token.expires_at;
+            self.arm_token_timer();
+            if self.unacked.is_some() && ack_flush.is_none() {
+                ack_flush = Some(tokio::time::interval(ACK_FLUSH));
+            }
             let express = self.express;
             let wake = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Wake::Shutdown,
-                () = sleep_until_some(expires) => Wake::TokenExpired,
+                () = poll_fn(|cx| self.token_timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if self.token_timer.is_some() => {
+                    Wake::TokenExpired
+                }
                 // Cancel-safe: the feed takes nothing until it returns an item.
                 item = self.rx.recv(), if !express => Wake::Hub(item),
                 () = poll_fn(|cx| self.lane.as_ref().map_or(Poll::Pending, |l| l.poll_handed_back(cx))), if express => {
@@ -332,13 +383,50 @@ impl Conn<'_> {
                 // Cancel-safe: tungstenite keeps partial frames in its own buffer.
                 inbound = poll_fn(|cx| self.read_gate.poll_next(self.ws.as_mut(), cx)) => Wake::Inbound(inbound),
                 _ = heartbeat.tick() => Wake::Heartbeat,
-                _ = ack_flush.tick(), if self.unacked.is_some() => Wake::AckFlush,
+                _ = poll_fn(|cx| ack_flush.as_mut().map_or(Poll::Pending, |a| a.poll_tick(cx))), if self.unacked.is_some() => {
+                    Wake::AckFlush
+                }
             };
             // Whatever woke the task, it handles it with the lane back in hand: its cursor
             // is then the connection's, and its own writes cannot meet the shard's.
             let step = if self.express { self.take_back().await } else { Ok(()) };
+            // What woke the task is handled here, not in an async fn of its own: its argument
+            // would be held twice in the state every connection keeps for its life. What is
+            // rare (client frames, closes, overflows, breaks, gaps) is boxed for the same reason.
             let step = match step {
-                Ok(()) => self.on_wake(wake, interval).await,
+                Ok(()) => match wake {
+                    Wake::Shutdown => Err(Box::pin(self.going_away()).await),
+                    Wake::TokenExpired => Err(Box::pin(self.token_expired()).await),
+                    // Boxed too: a connection on an express lane never takes this path.
+                    Wake::Hub(item) => Box::pin(self.on_hub(item)).await,
+                    Wake::HandedBack => Ok(()),
+                    Wake::Inbound(inbound) => {
+                        self.last_heard = Instant::now();
+                        match inbound {
+                            None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
+                            Some(Err(e)) => Err(Box::pin(self.on_read_error(e)).await),
+                            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                            Some(Ok(msg)) => Box::pin(self.answer(msg)).await,
+                        }
+                    }
+                    Wake::Heartbeat => {
+                        if self.mode == Mode::Sse {
+                            // An event stream cannot answer; a write that goes through is the sign of life.
+                            self.last_heard = Instant::now();
+                        }
+                        if self.last_heard.elapsed() >= self.state.config.heartbeat_interval * 2 {
+                            Box::pin(self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals"))
+                                .await;
+                            Err(End::HeartbeatTimeout)
+                        } else {
+                            Box::pin(self.send_live(Message::Ping(Default::default()))).await
+                        }
+                    }
+                    Wake::AckFlush => {
+                        Box::pin(self.store_acks()).await;
+                        Ok(())
+                    }
+                },
                 err => err,
             };
             let step = match step {
@@ -351,41 +439,25 @@ impl Conn<'_> {
         }
     }
 
-    /// Handles what woke the task. What is rare (client frames, closes, overflows, breaks,
-    /// gaps) is boxed: an async fn's state is as large as its largest await, and this one is
-    /// held by every connection for its whole life.
-    async fn on_wake(&mut self, wake: Wake, interval: std::time::Duration) -> Result<(), End> {
-        match wake {
-            Wake::Shutdown => Err(Box::pin(self.going_away()).await),
-            Wake::TokenExpired => Err(Box::pin(self.token_expired()).await),
-            // Boxed too: a connection on an express lane never takes this path.
-            Wake::Hub(item) => Box::pin(self.on_hub(item)).await,
-            Wake::HandedBack => Ok(()),
-            Wake::Inbound(inbound) => {
-                self.last_heard = Instant::now();
-                match inbound {
-                    None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
-                    Some(Err(e)) => Err(Box::pin(self.on_read_error(e)).await),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                    Some(Ok(msg)) => Box::pin(self.answer(msg)).await,
-                }
-            }
-            Wake::Heartbeat => {
-                if self.mode == Mode::Sse {
-                    // An event stream cannot answer; a write that goes through is the sign of life.
-                    self.last_heard = Instant::now();
-                }
-                if self.last_heard.elapsed() >= interval * 2 {
-                    Box::pin(self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals")).await;
-                    Err(End::HeartbeatTimeout)
-                } else {
-                    Box::pin(self.send_live(Message::Ping(Default::default()))).await
-                }
-            }
-            Wake::AckFlush => {
-                Box::pin(self.store_acks()).await;
-                Ok(())
-            }
+    async fn send_hello(&mut self) -> Result<(), End> {
+        // (SSE leaves the `id:` off a hello that a replay follows: `sse`.)
+        let position = self.cursor.as_ref().map(Cursor::to_position);
+        let hello = ServerFrame::Hello {
+            protocol: PROTOCOL_VERSION,
+            server_id: self.state.server_id.clone(),
+            max_frame_bytes: self.state.config.max_frame_bytes,
+            position,
+        };
+        self.send_frame(&hello).await
+    }
+
+    /// Keeps `token_timer` at the token's expiry (which an `auth` frame moves).
+    fn arm_token_timer(&mut self) {
+        match (self.token.expires_at, &mut self.token_timer) {
+            (None, timer) => *timer = None,
+            (Some(at), Some(timer)) if timer.deadline() == at => {}
+            (Some(at), Some(timer)) => timer.as_mut().reset(at),
+            (Some(at), timer) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
         }
     }
 
@@ -648,10 +720,3 @@ fn error_frame(code: ErrorCode, message: String) -> ServerFrame {
 
 /// How often positions delivered to auto-acking consumers are stored.
 const ACK_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}

@@ -83,8 +83,8 @@ impl Upgrade {
         self.tcp.clone()
     }
 
-    /// Answers 101 (selecting `protocol`, which the client offered) and runs `serve` on the
-    /// upgraded connection once hyper hands it over.
+    /// Answers 101 (selecting `protocol`, which the client offered) and spawns the future
+    /// `serve` makes of the upgraded connection once hyper hands it over.
     pub(crate) fn on_upgrade<F, Fut>(
         self,
         protocol: Option<&'static str>,
@@ -110,7 +110,10 @@ impl Upgrade {
                 }
             };
             let io = LaneIo::new(TokioIo::new(upgraded), lane);
-            serve(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await).await;
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            // In a task of its own: awaited here, the connection would keep this task's state
+            // (the handshake's, `serve`'s captures) beside its own for its whole life.
+            tokio::spawn(serve(socket));
         });
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
