@@ -42,7 +42,7 @@ use crate::{
 /// Per-connection buffer sizes: small, so tens of thousands of idle connections stay cheap.
 /// Client frames are small (subscribe, ack, ping); tungstenite grows the buffer for a larger
 /// one as its header announces it, so this bounds only how much one read takes.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 128;
 /// Each frame is written to the socket at once; what the socket does not take stays in
 /// tungstenite's buffer, and the connection sends nothing more until it is flushed.
 const WRITE_BUFFER_BYTES: usize = 0;

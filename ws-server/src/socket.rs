@@ -206,7 +206,8 @@ struct Conn<'a> {
     /// The newest position delivered and not yet stored for auto-acking consumers.
     unacked: Option<Cursor>,
     /// Client frames allowed now (refilled at `WS_MAX_CLIENT_FRAMES_PER_SECOND`).
-    frame_budget: f64,
+    /// (f32: it packs with the flags; the budget is a few hundred frames at most.)
+    frame_budget: f32,
     budget_at: Instant,
     /// The connection's express lane (`hub::express`), if it is a plain TCP WebSocket.
     lane: Option<Arc<Lane>>,
@@ -314,7 +315,7 @@ impl<'a> Conn<'a> {
             token_timer: None,
             auto_ack,
             unacked: None,
-            frame_budget: state.config.max_client_frames_per_second as f64,
+            frame_budget: state.config.max_client_frames_per_second as f32,
             budget_at: Instant::now(),
             lane,
             express: false,
@@ -382,59 +383,61 @@ impl Conn<'_> {
                 }
                 // Cancel-safe: tungstenite keeps partial frames in its own buffer.
                 inbound = poll_fn(|cx| self.read_gate.poll_next(self.ws.as_mut(), cx)) => Wake::Inbound(inbound),
-                _ = heartbeat.tick() => Wake::Heartbeat,
+                _ = poll_fn(|cx| heartbeat.poll_tick(cx)) => Wake::Heartbeat,
                 _ = poll_fn(|cx| ack_flush.as_mut().map_or(Poll::Pending, |a| a.poll_tick(cx))), if self.unacked.is_some() => {
                     Wake::AckFlush
                 }
             };
-            // Whatever woke the task, it handles it with the lane back in hand: its cursor
-            // is then the connection's, and its own writes cannot meet the shard's.
-            let step = if self.express { self.take_back().await } else { Ok(()) };
-            // What woke the task is handled here, not in an async fn of its own: its argument
-            // would be held twice in the state every connection keeps for its life. What is
-            // rare (client frames, closes, overflows, breaks, gaps) is boxed for the same reason.
-            let step = match step {
-                Ok(()) => match wake {
-                    Wake::Shutdown => Err(Box::pin(self.going_away()).await),
-                    Wake::TokenExpired => Err(Box::pin(self.token_expired()).await),
-                    // Boxed too: a connection on an express lane never takes this path.
-                    Wake::Hub(item) => Box::pin(self.on_hub(item)).await,
-                    Wake::HandedBack => Ok(()),
-                    Wake::Inbound(inbound) => {
-                        self.last_heard = Instant::now();
-                        match inbound {
-                            None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
-                            Some(Err(e)) => Err(Box::pin(self.on_read_error(e)).await),
-                            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                            Some(Ok(msg)) => Box::pin(self.answer(msg)).await,
-                        }
-                    }
-                    Wake::Heartbeat => {
-                        if self.mode == Mode::Sse {
-                            // An event stream cannot answer; a write that goes through is the sign of life.
-                            self.last_heard = Instant::now();
-                        }
-                        if self.last_heard.elapsed() >= self.state.config.heartbeat_interval * 2 {
-                            Box::pin(self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals"))
-                                .await;
-                            Err(End::HeartbeatTimeout)
-                        } else {
-                            Box::pin(self.send_live(Message::Ping(Default::default()))).await
-                        }
-                    }
-                    Wake::AckFlush => {
-                        Box::pin(self.store_acks()).await;
-                        Ok(())
-                    }
-                },
-                err => err,
-            };
+            // Handled in a future of its own, boxed: what woke the task (and the handling)
+            // then takes no room in the state every connection holds for its life.
+            let step = Box::pin(self.on_wake(wake)).await;
             let step = match step {
                 Err(End::Overflow { lag, .. }) => Box::pin(self.on_overflow(lag)).await,
                 other => other,
             };
             if let Err(end) = step {
                 return end;
+            }
+        }
+    }
+
+    /// Handles what woke the task, with the lane back in hand: its cursor is then the
+    /// connection's, and its own writes cannot meet the shard's. What is rare (client frames,
+    /// closes, overflows, breaks, gaps) is boxed again: this future is allocated for every
+    /// wake, sized by its largest await.
+    async fn on_wake(&mut self, wake: Wake) -> Result<(), End> {
+        if self.express {
+            self.take_back().await?;
+        }
+        match wake {
+            Wake::Shutdown => Err(Box::pin(self.going_away()).await),
+            Wake::TokenExpired => Err(Box::pin(self.token_expired()).await),
+            Wake::Hub(item) => Box::pin(self.on_hub(item)).await,
+            Wake::HandedBack => Ok(()),
+            Wake::Inbound(inbound) => {
+                self.last_heard = Instant::now();
+                match inbound {
+                    None | Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
+                    Some(Err(e)) => Err(Box::pin(self.on_read_error(e)).await),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                    Some(Ok(msg)) => Box::pin(self.answer(msg)).await,
+                }
+            }
+            Wake::Heartbeat => {
+                if self.mode == Mode::Sse {
+                    // An event stream cannot answer; a write that goes through is the sign of life.
+                    self.last_heard = Instant::now();
+                }
+                if self.last_heard.elapsed() >= self.state.config.heartbeat_interval * 2 {
+                    Box::pin(self.close(CLOSE_HEARTBEAT_TIMEOUT, "no pong within two heartbeat intervals")).await;
+                    Err(End::HeartbeatTimeout)
+                } else {
+                    Box::pin(self.send_live(Message::Ping(Default::default()))).await
+                }
+            }
+            Wake::AckFlush => {
+                Box::pin(self.store_acks()).await;
+                Ok(())
             }
         }
     }
@@ -504,12 +507,13 @@ impl Conn<'_> {
         let rate = self.state.config.max_client_frames_per_second as f64;
         let now = Instant::now();
         let refill = now.duration_since(self.budget_at).as_secs_f64() * rate;
-        self.frame_budget = (self.frame_budget + refill).min(rate);
+        let budget = (f64::from(self.frame_budget) + refill).min(rate);
         self.budget_at = now;
-        if self.frame_budget < 1.0 {
+        if budget < 1.0 {
+            self.frame_budget = budget as f32;
             return false;
         }
-        self.frame_budget -= 1.0;
+        self.frame_budget = (budget - 1.0) as f32;
         true
     }
 
@@ -720,3 +724,25 @@ fn error_frame(code: ErrorCode, message: String) -> ServerFrame {
 
 /// How often positions delivered to auto-acking consumers are stored.
 const ACK_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    /// Every connection holds its task's state for its whole life (docs/benchmarks.md, idle:
+    /// 1,024 bytes with tokio's task header in a release build). What used to grow it: awaiting
+    /// the connection inside other futures, which then held their captures beside it; an
+    /// async fn's arguments and a match's scrutinee held across awaits; rare paths not boxed.
+    #[test]
+    fn a_connections_task_state_stays_small() {
+        fn future_size<A, B, F>(_: fn(A, B) -> F) -> usize {
+            size_of::<F>()
+        }
+        let size = future_size(super::serve);
+        eprintln!("socket::serve's future: {size} bytes");
+        // 920: the most that keeps tokio's task cell (32-byte header, 24 bytes beside the
+        // future, 48-byte trailer, 128-byte aligned) at 1,024 bytes.
+        assert!(
+            size <= 920,
+            "socket::serve's future is {size} bytes (at most 920 fit a 1,024-byte task); see what made it grow"
+        );
+    }
+}
