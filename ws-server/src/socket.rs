@@ -213,7 +213,7 @@ struct Conn<'a> {
     lane: Option<Arc<Lane>>,
     /// Whether the lane's shard writes the live stream now (and the feed is not read).
     express: bool,
-    _held: (OwnedSemaphorePermit, TaskTrackerToken),
+    _held: Held,
 }
 
 impl Drop for Conn<'_> {
@@ -233,9 +233,11 @@ pub(crate) struct Setup {
     pub(crate) opening: Opening,
     pub(crate) conn_id: u64,
     pub(crate) shutdown: CancellationToken,
-    /// Held for the connection's life: its slot, and shutdown's wait for it.
-    pub(crate) held: (OwnedSemaphorePermit, TaskTrackerToken),
+    pub(crate) held: Held,
 }
+
+/// Held for a connection's life: its slot (`WS_MAX_CONNECTIONS`), and shutdown's wait for it.
+pub(crate) type Held = (OwnedSemaphorePermit, TaskTrackerToken);
 
 /// Where a connection's stream starts, from its opening.
 struct Start {
