@@ -345,7 +345,15 @@ impl Conn<'_> {
             }
         }
         if self.mode.speaks() {
-            self.send_hello().await?;
+            // (SSE leaves the `id:` off a hello that a replay follows: `sse`.)
+            let position = self.cursor.as_ref().map(Cursor::to_position);
+            let hello = ServerFrame::Hello {
+                protocol: PROTOCOL_VERSION,
+                server_id: self.state.server_id.clone(),
+                max_frame_bytes: self.state.config.max_frame_bytes,
+                position,
+            };
+            self.send_frame(&hello).await?;
         }
         if since.is_some() || snapshot || conflate {
             Box::pin(self.subscribe_live(since, snapshot, conflate)).await?;
@@ -414,6 +422,7 @@ impl Conn<'_> {
         match wake {
             Wake::Shutdown => Err(Box::pin(self.going_away()).await),
             Wake::TokenExpired => Err(Box::pin(self.token_expired()).await),
+            // Boxed too (1.5 KB): heartbeats and client frames, which also come here, need none of it.
             Wake::Hub(item) => Box::pin(self.on_hub(item)).await,
             Wake::HandedBack => Ok(()),
             Wake::Inbound(inbound) => {
@@ -442,18 +451,6 @@ impl Conn<'_> {
                 Ok(())
             }
         }
-    }
-
-    async fn send_hello(&mut self) -> Result<(), End> {
-        // (SSE leaves the `id:` off a hello that a replay follows: `sse`.)
-        let position = self.cursor.as_ref().map(Cursor::to_position);
-        let hello = ServerFrame::Hello {
-            protocol: PROTOCOL_VERSION,
-            server_id: self.state.server_id.clone(),
-            max_frame_bytes: self.state.config.max_frame_bytes,
-            position,
-        };
-        self.send_frame(&hello).await
     }
 
     /// Keeps `token_timer` at the token's expiry (which an `auth` frame moves).
