@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Ensure the tools that building, running and testing the workspace need are present:
-# PostgreSQL server binaries, redis-server, promtool, nginx, tmux, a C linker and cargo; with --browser also
+# PostgreSQL server binaries, redis-server and redis-cli, promtool, nginx, tmux, a C linker and cargo; with --browser also
 # chromium and chromedriver (for the dashboard's headless-browser tests); with --schemathesis
 # (and always when CI=true) schemathesis, in a venv (the orders API's schema test).
 #
@@ -130,6 +130,9 @@ ensure_deps() {
 
     pg_bin_dir >/dev/null || missing+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || [[ -x "${REDIS_SERVER_BIN:-}" ]] || missing+=(redis-server)
+    # redis-cli (testkit's RedisCluster joins its nodes with `redis-cli --cluster create`).
+    # Debian's redis-server depends on redis-tools, but a redis-server from elsewhere may not.
+    command -v redis-cli >/dev/null 2>&1 || [[ -x "${REDIS_CLI_BIN:-}" ]] || missing+=(redis-tools)
     # The e2e tests pipe each service's /metrics through `promtool check metrics`. Debian ships
     # promtool only in `prometheus`, which also brings the Prometheus server: enabled as a
     # service on a systemd host (Docker images' policy-rc.d keeps it from starting).

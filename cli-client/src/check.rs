@@ -6,7 +6,8 @@
 //! 2. table `orders` exists (`to_regclass`)
 //! 3. a trigger on `orders` whose function calls `pg_notify` (`pg_trigger`, `pg_proc`); 2 and 3
 //!    are skipped when 1 fails, 3 when 2 does
-//! 4. Redis answers `PING` (refused and a refused password told apart)
+//! 4. Redis answers `PING` (refused and a refused password told apart); a Redis Cluster is
+//!    named as one, and fails when `CLUSTER INFO` is not ok or some of its 16384 slots are unserved
 //! 5. the publisher's `/readyz`, and 6. its outbox backlog from `/metrics`
 //!    (`publisher_outbox_backlog`, `publisher_outbox_backlog_age_seconds`): committed changes
 //!    not yet published, failed when the oldest is older than `--max-backlog-age`
@@ -268,13 +269,31 @@ async fn check_trigger(conn: &mut PgConnection, limit: Duration) -> Outcome {
 async fn check_redis(config: &CheckConfig) -> Outcome {
     let url = redact_url(&config.redis_url);
     let fix = format!("start Redis, or point REDIS_URL / --redis-url at it (now {url})");
+    // Any seed node that answers will do: a cluster node reports on the whole cluster.
     let ping = async {
-        let client = redis::Client::open(config.redis_url.as_str())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
+        let mut last = None;
+        for node in protocol::store::split_urls(&config.redis_url) {
+            let attempt = async {
+                let client = redis::Client::open(node.as_str())?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                let pong = redis::cmd("PING").query_async::<String>(&mut conn).await?;
+                let cluster = if protocol::store::cluster_enabled(&mut conn).await? {
+                    Some(redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut conn).await?)
+                } else {
+                    None
+                };
+                Ok::<_, redis::RedisError>((pong, cluster))
+            };
+            match attempt.await {
+                Ok(answer) => return Ok(answer),
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no URL given"))))
     };
     match timeout(config.timeout, ping).await {
-        Ok(Ok(pong)) => Outcome::Passed { detail: format!("{url} answered PING with {pong}") },
+        Ok(Ok((pong, None))) => Outcome::Passed { detail: format!("{url} answered PING with {pong} (one server)") },
+        Ok(Ok((_, Some(info)))) => cluster_outcome(&url, &info),
         Ok(Err(err)) if err.is_connection_refusal() => {
             Outcome::failed(format!("{url}: connection refused (nothing listens there)"), fix)
         }
@@ -287,6 +306,23 @@ async fn check_redis(config: &CheckConfig) -> Outcome {
             Outcome::Failed { problem: format!("{url}: no answer to PING within {}s", config.timeout.as_secs()), fix }
         }
     }
+}
+
+/// A Redis Cluster passes when `CLUSTER INFO` says it is ok and all 16384 slots are served.
+fn cluster_outcome(url: &str, info: &str) -> Outcome {
+    let field = |name: &str| {
+        info.lines().find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':')).unwrap_or("?").to_owned()
+    };
+    let (state, ok, masters, nodes) =
+        (field("cluster_state"), field("cluster_slots_ok"), field("cluster_size"), field("cluster_known_nodes"));
+    let summary = format!("{url} is a Redis Cluster: {masters} masters, {nodes} nodes, {ok} of 16384 slots served");
+    if state == "ok" && ok == "16384" {
+        return Outcome::Passed { detail: format!("{summary}, state ok") };
+    }
+    Outcome::failed(
+        format!("{summary}, state {state}: events for unserved slots cannot be published or read"),
+        "a master is down with no replica to take over: start it again (or add a replica), then check          `redis-cli --cluster check <host:port>`; `redis-cli --cluster fix` reassigns slots nobody serves",
+    )
 }
 
 /// Whether Redis refused the credentials (none given, or wrong ones).

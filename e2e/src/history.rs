@@ -1,14 +1,24 @@
 //! Reading back what reached Redis: the replay log and the state, for durability checks.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
-use protocol::{channel::ChannelName, log::Log};
+use protocol::{
+    channel::ChannelName,
+    log::Log,
+    store::{ClusterMode, Conn, RedisTarget, Timeouts},
+};
 use serde_json::Value;
+
+/// A connection to the server or cluster `redis_url` names (as the services make it).
+pub async fn connect(redis_url: &str) -> Conn {
+    let target = RedisTarget::open(redis_url, ClusterMode::Auto).expect("redis url");
+    let timeouts = Timeouts { connect: Duration::from_secs(5), response: Duration::from_secs(5) };
+    target.connect(timeouts).await.expect("connect to redis")
+}
 
 /// Every frame in the replay log, in position order.
 pub async fn log_frames(redis_url: &str) -> Vec<Value> {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = connect(redis_url).await;
     let log = Log::new(&ChannelName::parse(protocol::channel::DEFAULT_REDIS_CHANNEL).expect("valid"));
     let mut frames = Vec::new();
     let mut after = 0;
@@ -22,8 +32,7 @@ pub async fn log_frames(redis_url: &str) -> Vec<Value> {
 
 /// The state hash in Redis, as `<table>:<id>` → row.
 pub async fn state(redis_url: &str) -> BTreeMap<String, Value> {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = connect(redis_url).await;
     let log = Log::new(&ChannelName::parse(protocol::channel::DEFAULT_REDIS_CHANNEL).expect("valid"));
     let snapshot = log.snapshot(&mut conn).await.expect("snapshot");
     snapshot.rows.into_iter().map(|(k, v)| (k, serde_json::from_str(&v).expect("rows are JSON"))).collect()

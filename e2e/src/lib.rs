@@ -10,6 +10,7 @@
 //! - [`SseClient`], [`SseRequest`]: a raw Server-Sent Events client (plain HTTP/1.1, chunked
 //!   bodies, the event-stream parser) with bounded waits
 //! - [`Process`]: a service as a real process (for SIGKILL)
+//! - [`write_mix`]: a writer committing a mix of changes, some rolled back
 //! - [`history`]: what reached Redis (the replay log, the state) and the table, to compare
 //! - `logs`: every service's log lines, read back with [`Service::logs`]
 //! - [`browser`]: a real headless Chromium over WebDriver, for the dashboard
@@ -25,6 +26,7 @@ mod process;
 mod service;
 pub mod sse;
 pub mod views;
+mod writer;
 
 pub use browser::{Browser, BrowserOptions};
 pub use client::WsClient;
@@ -33,6 +35,7 @@ pub use process::Process;
 pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, spawn_ws_on, ws_config};
 pub use sse::{SseClient, SseEvent, SseItem, SseRequest};
 pub use testkit::http_get;
+pub use writer::write_mix;
 
 use std::time::Duration;
 

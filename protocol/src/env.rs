@@ -96,6 +96,23 @@ impl<'a> Env<'a> {
         value
     }
 
+    /// `REDIS_URL`-style: one URL with one of `schemes`, or a comma list of them (the seed
+    /// nodes of a cluster), or `default`.
+    pub fn url_list(&mut self, var: &'static str, default: &str, schemes: &[&str]) -> String {
+        let value = self.string(var, default);
+        let urls = crate::store::split_urls(&value);
+        let bad = urls.iter().find(|u| !schemes.iter().any(|s| u.starts_with(&format!("{s}://"))));
+        if urls.is_empty() || bad.is_some() {
+            let expected = schemes.iter().map(|s| format!("{s}://…")).collect::<Vec<_>>().join(" or ");
+            self.invalid(
+                var,
+                redact_url(&value),
+                format!("expected a URL starting with {expected}, or a comma list of them (cluster seed nodes)"),
+            );
+        }
+        value
+    }
+
     /// A value parsed with `FromStr`, or `default`; `expected` describes valid values.
     pub fn parse<T: FromStr>(&mut self, var: &'static str, default: T, expected: &str) -> T {
         match self.raw(var) {
@@ -202,8 +219,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The URL with any password replaced by `***`, for logs and error messages.
+/// The URL (or comma list of URLs) with any password replaced by `***`, for logs and error
+/// messages.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_one).collect::<Vec<_>>().join(",");
+    }
+    redact_one(url)
+}
+
+fn redact_one(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let Some((userinfo, host)) = rest.split_once('@') else { return url.to_owned() };
     match userinfo.split_once(':') {
@@ -246,6 +271,7 @@ mod tests {
     fn urls_are_redacted_and_checked() {
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://:pw@a:1,redis://:pw@b:2"), "redis://:***@a:1,redis://:***@b:2");
         let lookup = |_: &str| Some("mysql://u:pw@h/db".to_owned());
         let mut env = Env::new(&lookup);
         env.url("DATABASE_URL", "postgres://localhost/db", &["postgres", "postgresql"]);

@@ -9,6 +9,7 @@
 //! - [`env`]: configuration from the environment, reporting every problem at once
 //! - [`ops`]: readiness, Prometheus metrics and the `/healthz` `/readyz` `/metrics` router
 //! - [`timestamp`]: an event's `ts` as a `SystemTime` (for the latency histograms)
+//! - [`store`]: one Redis server or a Redis Cluster behind one connection type; pub/sub vs sharded pub/sub
 //! - [`service`]: the daemons' shared `main` (env, config, logging, bind, signals, exit code)
 //! - [`telemetry`], [`shutdown`]: logging setup and the SIGINT/SIGTERM future
 
@@ -22,5 +23,6 @@ pub mod ops;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod timestamp;

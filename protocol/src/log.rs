@@ -10,7 +10,7 @@
 //! | `{<channel>}:state` | hash | current row per `<table>:<row id>` (row JSON), for snapshots |
 //!
 //! The publish script assigns each event the next position, writes the frame (with `epoch` and
-//! `pos`) to the stream, updates the state, and PUBLISHes the same frame — one atomic step, so a
+//! `pos`) to the stream, updates the state, and PUBLISHes (SPUBLISHes on a cluster) the same frame — one atomic step, so a
 //! position means the same event in the log, on the channel and in the state. The epoch is a
 //! random name chosen when the history starts (first start, or Redis restarted empty): a
 //! position is only meaningful within its epoch, or through the new history's [`Bridge`].
@@ -24,7 +24,7 @@ use std::fmt;
 use redis::{Script, aio::ConnectionLike};
 use serde::{Deserialize, Serialize};
 
-use crate::channel::ChannelName;
+use crate::{channel::ChannelName, store::LogConnection};
 
 /// The keys of one channel's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,16 +163,26 @@ pub enum StateChange<'a> {
 }
 
 /// `KEYS`: meta, log, state. `ARGV`: channel, fence, maxlen, epoch, frame prefix (see
-/// [`frame_prefix`]), then 5 per event: body rest, event id, state field, `S`/`D`/`-`, row.
+/// [`frame_prefix`]), `PUBLISH` or `SPUBLISH`, the position the log must be at (empty: not
+/// checked), then 5 per event: body rest, event id, state field, `S`/`D`/`-`, row.
+///
+/// The position check catches a log that went back under a publisher that kept its
+/// connection: a Redis Cluster failover promotes a replica that may lack the newest appends,
+/// and the cluster client follows it without a new connection. Appending there again would
+/// give positions that clients already saw to other events.
 const PUBLISH: &str = r#"
 local meta, log, state = KEYS[1], KEYS[2], KEYS[3]
 local current = redis.call('HMGET', meta, 'fence', 'epoch', 'seq')
 if current[1] ~= ARGV[2] or current[2] ~= ARGV[4] then
   return redis.error_reply('FENCED another publisher took over, or redis lost its data')
 end
+if ARGV[7] ~= '' and current[3] ~= ARGV[7] then
+  return redis.error_reply('FENCED the log is not at the position this publisher appended last (a failover lost writes?)')
+end
 local seq = tonumber(current[3])
 local prefix = ARGV[5]
-for i = 6, #ARGV, 5 do
+local publish = ARGV[6]
+for i = 8, #ARGV, 5 do
   seq = seq + 1
   local frame = prefix .. string.format('%d', seq) .. ',' .. ARGV[i]
   if ARGV[i + 1] ~= '' then
@@ -185,7 +195,7 @@ for i = 6, #ARGV, 5 do
   elseif ARGV[i + 3] == 'D' then
     redis.call('HDEL', state, ARGV[i + 2])
   end
-  redis.call('PUBLISH', ARGV[1], frame)
+  redis.call(publish, ARGV[1], frame)
 end
 redis.call('HSET', meta, 'seq', string.format('%d', seq))
 return seq
@@ -368,14 +378,18 @@ impl Log {
         call.invoke_async::<()>(conn).await
     }
 
-    /// Appends events atomically (positions, stream, state, PUBLISH); returns the last position.
+    /// Appends events atomically (positions, stream, state, PUBLISH or, on a cluster,
+    /// SPUBLISH); returns the last position. `after` is the position the log must be at
+    /// (`None`: any).
     ///
     /// # Errors
-    /// A Redis error; [`is_fenced`] tells a lost leadership apart.
-    pub async fn append<C: ConnectionLike>(
+    /// A Redis error; [`is_fenced`] tells a lost leadership, or a log that is not at `after`,
+    /// apart.
+    pub async fn append<C: LogConnection>(
         &self,
         conn: &mut C,
         claim: &Claim,
+        after: Option<u64>,
         maxlen: usize,
         events: &[Append<'_>],
     ) -> redis::RedisResult<u64> {
@@ -386,7 +400,9 @@ impl Log {
             .arg(claim.fence)
             .arg(maxlen)
             .arg(&claim.epoch)
-            .arg(frame_prefix(&claim.epoch));
+            .arg(frame_prefix(&claim.epoch))
+            .arg(if conn.sharded() { "SPUBLISH" } else { "PUBLISH" })
+            .arg(after.map(|p| p.to_string()).unwrap_or_default());
         for e in events {
             call.arg(e.body_rest).arg(e.event_id.map(|i| i.to_string()).unwrap_or_default());
             match e.state {

@@ -41,7 +41,11 @@ async fn append_orders_publishes_logs_and_tracks_state_in_one_step() {
         ),
         append(r#""id":3,"operation":"DELETE","order":{"id":9}}"#, 103, StateChange::Delete { field: "orders:9" }),
     ];
-    assert_eq!(log.append(&mut conn, &claim, 1000, &events).await.unwrap(), 3);
+    assert_eq!(log.append(&mut conn, &claim, Some(0), 1000, &events).await.unwrap(), 3);
+    // An append that expects the log elsewhere (a failover lost writes under it) is refused.
+    let err = log.append(&mut conn, &claim, Some(2), 1000, &events[..1]).await.unwrap_err();
+    assert!(is_fenced(&err), "{err}");
+    assert_eq!(log.head(&mut conn).await.unwrap().unwrap().pos, 3, "and writes nothing");
 
     let frames = log.read_after(&mut conn, 0, 10).await.unwrap();
     assert_eq!(frames.len(), 3);
@@ -68,21 +72,21 @@ async fn append_orders_publishes_logs_and_tracks_state_in_one_step() {
     let second = log.claim(&mut conn, "unused", 10, false, None).await.unwrap();
     assert_eq!((second.fence, second.epoch.as_str(), second.seq, second.seeded), (2, "epochA", 3, true));
     assert_eq!(second.recent, vec![(103, 3), (102, 2), (101, 1)]);
-    let err = log.append(&mut conn, &claim, 1000, &events[..1]).await.unwrap_err();
+    let err = log.append(&mut conn, &claim, None, 1000, &events[..1]).await.unwrap_err();
     assert!(is_fenced(&err), "{err}");
 
     // Redis restarted empty: the next claim starts a new history. The old claim's fence (2)
     // comes round again in it, but its epoch does not: still fenced off.
     redis.restart().await;
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let err = log.append(&mut conn, &second, 1000, &events[..1]).await.unwrap_err();
+    let err = log.append(&mut conn, &second, None, 1000, &events[..1]).await.unwrap_err();
     assert!(is_fenced(&err), "{err}");
     let fresh = log.claim(&mut conn, "epochB", 10, false, None).await.unwrap();
     assert_eq!((fresh.epoch.as_str(), fresh.seq, fresh.seeded), ("epochB", 0, false));
     assert!(fresh.recent.is_empty());
     let again = log.claim(&mut conn, "unused", 10, false, None).await.unwrap();
     assert_eq!((again.fence, again.epoch.as_str()), (2, "epochB"), "same fence number as `second`");
-    let err = log.append(&mut conn, &second, 1000, &events[..1]).await.unwrap_err();
+    let err = log.append(&mut conn, &second, None, 1000, &events[..1]).await.unwrap_err();
     assert!(is_fenced(&err), "a stale claim with a recurring fence number: {err}");
 }
 
@@ -108,7 +112,7 @@ async fn a_new_history_carries_its_bridge_and_an_interrupted_one_is_replaced() {
 
     let rest = r#""id":7,"operation":"INSERT","order":{"id":1}}"#;
     let event = Append { body_rest: rest, event_id: Some(7), state: StateChange::None };
-    log.append(&mut conn, &again, 1000, std::slice::from_ref(&event)).await.unwrap();
+    log.append(&mut conn, &again, None, 1000, std::slice::from_ref(&event)).await.unwrap();
 
     // The publisher died before seeding: positions of epochB may have been seen, so the next
     // claim starts another history rather than appending to this one again.
@@ -119,7 +123,7 @@ async fn a_new_history_carries_its_bridge_and_an_interrupted_one_is_replaced() {
 
     // `restart` replaces even a complete history (Redis came back with less than was appended).
     log.seed(&mut conn, &next, &[], true, true).await.unwrap();
-    log.append(&mut conn, &next, 1000, std::slice::from_ref(&event)).await.unwrap();
+    log.append(&mut conn, &next, None, 1000, std::slice::from_ref(&event)).await.unwrap();
     assert_eq!(log.claim(&mut conn, "epochD", 10, false, None).await.unwrap().epoch, "epochC");
     let restarted = log.claim(&mut conn, "epochD", 10, true, None).await.unwrap();
     assert_eq!((restarted.epoch.as_str(), restarted.seq, restarted.seeded), ("epochD", 0, false));

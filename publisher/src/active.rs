@@ -180,7 +180,7 @@ impl<'a> Active<'a> {
                         marks.release();
                         return Ok(Drained::Stopped);
                     };
-                    log.append(conn, claim, config.log_maxlen, &batch.appends()).await
+                    log.append(conn, claim, Some(self.appended), config.log_maxlen, &batch.appends()).await
                 };
                 match self.outcome(redis, marks, batch, appended, shutdown).await? {
                     Appended::Ok(positions) => done.extend(positions),
@@ -195,6 +195,34 @@ impl<'a> Active<'a> {
             marks.send(&epoch, done).await?;
             return Ok(if full { Drained::More } else { Drained::All });
         }
+    }
+
+    /// On a cluster, checks that the log still reaches the last position appended: a failover
+    /// can lose the newest writes while the cluster client carries on, and without a further
+    /// append (whose position check would notice) nothing else would. If it went back, the claim
+    /// is dropped: the next drain claims again and starts a new history that re-offers them.
+    pub(crate) async fn verify_head(
+        &mut self,
+        redis: &mut Redis<'_>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        let Some(claim) = self.claim.as_ref().filter(|_| redis.is_cluster()) else { return Ok(()) };
+        let Some(conn) = redis.connection(shutdown).await? else { return Ok(()) };
+        match self.log.head(conn).await {
+            Ok(head) if head.as_ref().is_some_and(|h| h.epoch == claim.epoch && h.pos >= self.appended) => {}
+            Ok(head) => {
+                warn!(
+                    appended = self.appended,
+                    ?head,
+                    "the cluster's log went back (a failover lost writes?); claiming again"
+                );
+                self.claim = None;
+            }
+            Err(e) => {
+                redis.failed(e, shutdown).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether events were notified and not forwarded yet.
@@ -249,7 +277,7 @@ impl<'a> Active<'a> {
             };
             let claim = self.claim.as_ref().expect("checked");
             let appends = batch.appends();
-            let append = log.append(conn, claim, config.log_maxlen, &appends);
+            let append = log.append(conn, claim, Some(self.appended), config.log_maxlen, &appends);
             // The next batch is read and parsed meanwhile: the ids of this one are reserved, so
             // they are not among it.
             let mut notified = std::mem::take(&mut self.notified);
@@ -419,6 +447,24 @@ impl<'a> Active<'a> {
             restart = false;
             if claim.seeded {
                 let recorded = bounded(QUERY_TIMEOUT, outbox::recorded_head(pg, &claim.epoch)).await??;
+                // On a cluster a batch in doubt that the log lacks may still have reached
+                // replicas: the old master can publish it and die before its replica, now the
+                // master, has it. Its positions may have been seen, so only a new history
+                // (whose bridge re-offers the batch) is safe. One server publishes only what
+                // its log holds.
+                let doubt_lost = redis.is_cluster()
+                    && self
+                        .in_doubt
+                        .as_ref()
+                        .is_some_and(|d| d.epoch == claim.epoch && claim.seq + 1 < d.first + d.batch.len() as u64);
+                if doubt_lost {
+                    warn!(
+                        epoch = %claim.epoch, redis = claim.seq,
+                        "the cluster's log lacks a batch whose append went unanswered (a failover?); starting a new history"
+                    );
+                    restart = true;
+                    continue;
+                }
                 if recorded.is_some_and(|pos| pos > claim.seq) {
                     // Positions after `claim.seq` were seen by clients; appending there again
                     // would give them other events. Only a new history is safe.

@@ -6,6 +6,7 @@ use protocol::{
     channel::{ChannelName, DEFAULT_PG_CHANNEL, DEFAULT_REDIS_CHANNEL},
     env::{ConfigErrors, Env, redact_url},
     retry::RetryPolicy,
+    store::ClusterMode,
     telemetry::LogFormat,
 };
 
@@ -16,6 +17,8 @@ pub struct Config {
     pub database_url: String,
     /// Redis to publish to (`REDIS_URL`).
     pub redis_url: String,
+    /// Whether `REDIS_URL` is a Redis Cluster (`REDIS_CLUSTER`: `auto`, the default, asks it).
+    pub redis_cluster: ClusterMode,
     /// The NOTIFY channel (`PUBLISHER_PG_CHANNEL`, default `orders_channel`).
     pub pg_channel: ChannelName,
     /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
@@ -73,6 +76,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database_url", &redact_url(&self.database_url))
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_cluster", &self.redis_cluster)
             .field("pg_channel", &self.pg_channel.as_str())
             .field("redis_channel", &self.redis_channel.as_str())
             .field("bind_addr", &self.bind_addr)
@@ -112,7 +116,8 @@ impl Config {
                 "postgres://postgres@localhost:5432/postgres",
                 &["postgres", "postgresql"],
             ),
-            redis_url: env.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
+            redis_url: env.url_list("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
+            redis_cluster: env.parse("REDIS_CLUSTER", ClusterMode::Auto, "auto, true or false"),
             pg_channel: env.channel("PUBLISHER_PG_CHANNEL", DEFAULT_PG_CHANNEL),
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
             bind_addr: env.parse(

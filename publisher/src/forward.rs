@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
+use protocol::store::{Conn, RedisTarget, Timeouts};
 use protocol::{
     env::redact_url,
     retry::{Flow, Retry, Supervisor},
 };
-use redis::{AsyncConnectionConfig, aio::MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -56,8 +56,8 @@ impl Retry for Failure {
 /// The publisher's Redis connection.
 pub(crate) struct Redis<'a> {
     stats: &'a Stats,
-    client: redis::Client,
-    conn: Option<MultiplexedConnection>,
+    target: RedisTarget,
+    conn: Option<Conn>,
     connected_at: Instant,
     generation: u64,
     supervisor: Supervisor,
@@ -67,12 +67,18 @@ impl<'a> Redis<'a> {
     pub(crate) fn new(config: &Config, stats: &'a Stats) -> Result<Self, FatalError> {
         Ok(Self {
             stats,
-            client: redis::Client::open(config.redis_url.as_str()).map_err(FatalError)?,
+            target: RedisTarget::open(&config.redis_url, config.redis_cluster).map_err(FatalError)?,
             conn: None,
             connected_at: Instant::now(),
             generation: 0,
             supervisor: Supervisor::new("redis", config.retry).for_server(redact_url(&config.redis_url)),
         })
+    }
+
+    /// Whether the live connection is to a Redis Cluster (where a failover can lose the newest
+    /// writes without the connection breaking).
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.conn.as_ref().is_some_and(Conn::is_cluster)
     }
 
     /// Bumped on every new connection.
@@ -82,26 +88,15 @@ impl<'a> Redis<'a> {
 
     /// The live connection, connecting first if needed (waiting out failures with backoff).
     /// `None` when shutdown was requested meanwhile.
-    pub(crate) async fn connection(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<&mut MultiplexedConnection>, FatalError> {
+    pub(crate) async fn connection(&mut self, shutdown: &CancellationToken) -> Result<Option<&mut Conn>, FatalError> {
         while self.conn.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                .set_response_timeout(Some(COMMAND_TIMEOUT));
             self.connected_at = Instant::now();
-            let attempt = async {
-                let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
-                redis::cmd("PING").query_async::<()>(&mut conn).await?;
-                Ok::<_, redis::RedisError>(conn)
-            };
-            match attempt.await {
+            match self.target.connect(Timeouts { connect: COMMAND_TIMEOUT, response: COMMAND_TIMEOUT }).await {
                 Ok(conn) => {
+                    info!(cluster = conn.is_cluster(), "connected to redis");
                     self.conn = Some(conn);
                     self.generation += 1;
                     self.stats.readiness.set(REDIS, true);
-                    info!("connected to redis");
                 }
                 Err(e) => {
                     if self.failed(e, shutdown).await? == Flow::Stop {

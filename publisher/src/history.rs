@@ -168,7 +168,9 @@ pub(crate) async fn build(
     shutdown: &CancellationToken,
 ) -> Result<Built, SessionError> {
     let mut snapshot = bounded(DRAIN_TIMEOUT, Snapshot::begin(pg)).await??;
-    match fill(active, redis, &mut snapshot, &claim, shutdown).await {
+    // `claim.seq` follows the build's appends: the next append must find the log there.
+    let mut claim = claim;
+    match fill(active, redis, &mut snapshot, &mut claim, shutdown).await {
         Ok(Ok(())) => bounded(DRAIN_TIMEOUT, snapshot.commit()).await??,
         Ok(Err(built)) => {
             snapshot.rollback().await;
@@ -201,7 +203,7 @@ async fn fill(
     active: &Active<'_>,
     redis: &mut Redis<'_>,
     snapshot: &mut Snapshot<'_>,
-    claim: &Claim,
+    claim: &mut Claim,
     shutdown: &CancellationToken,
 ) -> Result<Step<()>, SessionError> {
     let (config, stats, log) = (active.config, active.stats, active.log);
@@ -220,7 +222,14 @@ async fn fill(
         );
         for batch in &reoffer {
             bridged.extend(batch.ids());
-            let last = on_redis!(redis, shutdown, |conn| log.append(conn, claim, config.log_maxlen, &batch.appends()));
+            let last = on_redis!(redis, shutdown, |conn| log.append(
+                conn,
+                claim,
+                Some(claim.seq),
+                config.log_maxlen,
+                &batch.appends()
+            ));
+            claim.seq = last;
             marks.extend(batch.marks(last));
             stats.reoffered.add(batch.len() as u64);
         }
@@ -248,7 +257,14 @@ async fn fill(
             }
         }
         if !batch.is_empty() {
-            let last = on_redis!(redis, shutdown, |conn| log.append(conn, claim, config.log_maxlen, &batch.appends()));
+            let last = on_redis!(redis, shutdown, |conn| log.append(
+                conn,
+                claim,
+                Some(claim.seq),
+                config.log_maxlen,
+                &batch.appends()
+            ));
+            claim.seq = last;
             marks.extend(batch.marks(last));
             stats.published.add(batch.len() as u64);
             stats.batches.inc();

@@ -189,6 +189,7 @@ async fn session(
                 // notification ever go missing.
                 bounded(KEEPALIVE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut pg)).await??;
                 redis.ping(shutdown).await?;
+                active.verify_head(redis, shutdown).await?;
                 wake = true;
             }
             _ = prune.tick() => {

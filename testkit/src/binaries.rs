@@ -1,4 +1,4 @@
-//! Finding the server executables: `PG_BIN_DIR` / `REDIS_SERVER_BIN` / `NGINX_BIN`, then
+//! Finding the server executables: `PG_BIN_DIR` / `REDIS_SERVER_BIN` / `REDIS_CLI_BIN` / `NGINX_BIN`, then
 //! `PATH`, then the places Debian installs them. A missing binary is a panic that says how to install it, because
 //! a test cannot do anything useful without its server.
 
@@ -13,6 +13,8 @@ const PG_MISSING: &str = "PostgreSQL server binaries not found \
      (set PG_BIN_DIR or install them: sudo apt-get install -y postgresql)";
 const REDIS_MISSING: &str = "redis-server not found \
      (set REDIS_SERVER_BIN or install it: sudo apt-get install -y redis-server)";
+const REDIS_CLI_MISSING: &str = "redis-cli not found \
+     (set REDIS_CLI_BIN or install it: sudo apt-get install -y redis-tools, or bash scripts/install-deps.sh)";
 const NGINX_MISSING: &str = "nginx not found \
      (set NGINX_BIN or install it: sudo apt-get install -y nginx, or bash scripts/install-deps.sh)";
 
@@ -29,6 +31,12 @@ pub(crate) fn pg_bin_dir() -> &'static Path {
 pub(crate) fn redis_server_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| find_redis_server().unwrap_or_else(|| panic!("{REDIS_MISSING}")))
+}
+
+/// The `redis-cli` executable (`redis-cli --cluster create` makes nodes a Redis Cluster).
+pub(crate) fn redis_cli_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| find_redis_cli().unwrap_or_else(|| panic!("{REDIS_CLI_MISSING}")))
 }
 
 /// The `nginx` executable.
@@ -85,6 +93,15 @@ fn find_redis_server() -> Option<PathBuf> {
         return Some(bin);
     }
     find_on_path("redis-server")
+}
+
+fn find_redis_cli() -> Option<PathBuf> {
+    if let Some(bin) = env::var_os("REDIS_CLI_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(is_executable(&bin), "REDIS_CLI_BIN={} is not an executable file", bin.display());
+        return Some(bin);
+    }
+    find_on_path("redis-cli")
 }
 
 fn find_nginx() -> Option<PathBuf> {

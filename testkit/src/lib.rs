@@ -6,6 +6,7 @@
 //! - `process`: one server child process: log capture, readiness polling, stop/kill, no leaks
 //! - `postgres`: [`PgServer`], a throwaway cluster (runs as the `postgres` user when we are root)
 //! - `redis`: [`RedisServer`], a `redis-server` without persistence
+//! - `redis_cluster`: [`RedisCluster`], a Redis Cluster of masters and replicas, for cluster mode and failover
 //! - `nginx`: [`NginxServer`], an unprivileged nginx serving the configuration a test gives it
 //! - `wait`: [`free_port`], [`wait_until`], [`wait_for`]
 //! - `http`: [`http_get`] for ops endpoints; [`service_command`], [`terminate`] and [`kill`] for
@@ -23,6 +24,7 @@ mod nginx;
 mod postgres;
 mod process;
 mod redis;
+mod redis_cluster;
 mod wait;
 
 pub use http::{http_get, kill, service_command, terminate};
@@ -30,4 +32,5 @@ pub use logging::init_test_logging;
 pub use nginx::NginxServer;
 pub use postgres::PgServer;
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
 pub use wait::{free_port, wait_for, wait_until};

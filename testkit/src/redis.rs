@@ -157,7 +157,7 @@ impl Drop for RedisServer {
 
 /// True when the server on `port` answers `PING` with `+PONG` and is the process `pid`: another
 /// test's Redis on a port we also picked would answer `PING` as well.
-async fn answers(port: u16, pid: Pid, password: Option<&str>) -> bool {
+pub(crate) async fn answers(port: u16, pid: Pid, password: Option<&str>) -> bool {
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
         if let Some(password) = password {

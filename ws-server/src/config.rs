@@ -6,6 +6,7 @@ use protocol::{
     channel::{ChannelName, DEFAULT_REDIS_CHANNEL},
     env::{ConfigErrors, Env, redact_url},
     retry::RetryPolicy,
+    store::ClusterMode,
     telemetry::LogFormat,
 };
 
@@ -20,6 +21,8 @@ pub struct Config {
     pub port: u16,
     /// Redis to subscribe to (`REDIS_URL`).
     pub redis_url: String,
+    /// Whether `REDIS_URL` is a Redis Cluster (`REDIS_CLUSTER`: `auto`, the default, asks it).
+    pub redis_cluster: ClusterMode,
     /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
     pub redis_channel: ChannelName,
     /// This replica's name in `hello` frames and logs (`WS_SERVER_ID`).
@@ -83,6 +86,7 @@ impl fmt::Debug for Config {
             .field("bind_addr", &self.bind_addr)
             .field("port", &self.port)
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_cluster", &self.redis_cluster)
             .field("redis_channel", &self.redis_channel.as_str())
             .field("server_id", &self.server_id)
             .field("queue_capacity", &self.queue_capacity)
@@ -127,7 +131,8 @@ impl Config {
                 "an IP address (e.g. 0.0.0.0 or 127.0.0.1)",
             ),
             port: env.parse("PORT", 8080, "a port number (0-65535)"),
-            redis_url: env.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
+            redis_url: env.url_list("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
+            redis_cluster: env.parse("REDIS_CLUSTER", ClusterMode::Auto, "auto, true or false"),
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
             server_id: lookup("WS_SERVER_ID").filter(|s| !s.trim().is_empty()),
             hostname: lookup("HOSTNAME").filter(|s| !s.trim().is_empty()),

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use protocol::log::{Log, frame_prefix};
-use redis::aio::MultiplexedConnection;
+use protocol::store::Conn;
 use tokio::sync::watch;
 
 /// Entries read per XRANGE.
@@ -21,7 +21,7 @@ pub(crate) const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub(crate) struct History {
     pub(crate) log: Log,
-    conn: watch::Sender<Option<MultiplexedConnection>>,
+    conn: watch::Sender<Option<Conn>>,
 }
 
 /// One step of a paged read after some position.
@@ -43,12 +43,12 @@ impl History {
     }
 
     /// Makes `conn` (or, with `None`, no connection) the one connections borrow.
-    pub(crate) fn set_conn(&self, conn: Option<MultiplexedConnection>) {
+    pub(crate) fn set_conn(&self, conn: Option<Conn>) {
         self.conn.send_replace(conn);
     }
 
     /// The log connection, waiting up to [`LOG_TIMEOUT`] for a Redis session to provide one.
-    pub(crate) async fn conn(&self) -> Option<MultiplexedConnection> {
+    pub(crate) async fn conn(&self) -> Option<Conn> {
         let mut rx = self.conn.subscribe();
         let ready = tokio::time::timeout(LOG_TIMEOUT, rx.wait_for(Option::is_some)).await;
         // A timeout or a dropped sender both mean: no Redis to read from now.
@@ -59,12 +59,7 @@ impl History {
     ///
     /// # Errors
     /// The Redis error (a broken connection or a response timeout).
-    pub(crate) async fn page(
-        &self,
-        conn: &mut MultiplexedConnection,
-        epoch: &str,
-        after: u64,
-    ) -> redis::RedisResult<Page> {
+    pub(crate) async fn page(&self, conn: &mut Conn, epoch: &str, after: u64) -> redis::RedisResult<Page> {
         let mut frames = self.log.read_after(conn, after, PAGE).await?;
         // An entry of another history means Redis was emptied and refilled between our reads.
         let prefix = frame_prefix(epoch);

@@ -21,11 +21,11 @@
 
 use std::sync::Arc;
 
+use protocol::store::Conn;
 use protocol::{
     frames::ResetReason,
     log::{Head, Position},
 };
-use redis::aio::MultiplexedConnection;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -53,7 +53,7 @@ impl<'a> Sequencer<'a> {
     }
 
     /// Called right after SUBSCRIBE: forwards what was appended since the last position.
-    pub(crate) async fn catch_up(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionError> {
+    pub(crate) async fn catch_up(&mut self, conn: &mut Conn) -> Result<(), SessionError> {
         let Some(head) = self.state.history.log.head_with_bridge(conn).await? else {
             debug!("no history in redis yet; live events will start it");
             return Ok(());
@@ -73,7 +73,7 @@ impl<'a> Sequencer<'a> {
     }
 
     /// One live message from the channel.
-    pub(crate) async fn live(&mut self, conn: &mut MultiplexedConnection, event: Event) -> Result<(), SessionError> {
+    pub(crate) async fn live(&mut self, conn: &mut Conn, event: Event) -> Result<(), SessionError> {
         let Some(at) = event.cursor() else {
             // A frame without a position cannot be placed or deduplicated: forward it as is.
             self.state.hub.publish(event);
@@ -115,7 +115,7 @@ impl<'a> Sequencer<'a> {
 
     /// Forwards every logged event after the last position. Stops at the first short page:
     /// whatever is appended after that reaches the subscription live.
-    async fn fill(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionError> {
+    async fn fill(&mut self, conn: &mut Conn) -> Result<(), SessionError> {
         let mut filled = 0_u64;
         while let Some(last) = self.last.clone() {
             match self.state.history.page(conn, &last.epoch, last.pos).await? {
@@ -158,7 +158,7 @@ impl<'a> Sequencer<'a> {
     /// Redis holds another history than the one this replica followed: its data was lost.
     /// Continue in the new one where its bridge re-offers our last position; announce a break
     /// where it does not.
-    async fn other_history(&mut self, conn: &mut MultiplexedConnection, head: Head) -> Result<(), SessionError> {
+    async fn other_history(&mut self, conn: &mut Conn, head: Head) -> Result<(), SessionError> {
         let last = self.last.as_ref().map(Cursor::to_position);
         if let Some(last) = last
             && let Some(to) = head.translate(&last)
@@ -172,7 +172,7 @@ impl<'a> Sequencer<'a> {
     }
 
     /// The new history does not reach back to what this replica saw: tell connections.
-    async fn history_lost(&mut self, conn: &mut MultiplexedConnection, head: Position) -> Result<(), SessionError> {
+    async fn history_lost(&mut self, conn: &mut Conn, head: Position) -> Result<(), SessionError> {
         // Forward the new history from its oldest retained event: nothing of it was seen yet.
         let first = self.state.history.log.first_pos(conn).await?;
         let resume = Cursor::new(head.epoch.as_str().into(), first.map_or(head.pos, |f| f.saturating_sub(1)));

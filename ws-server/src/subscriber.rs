@@ -15,12 +15,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use futures_util::StreamExt;
 use protocol::{
     event::Operation,
     retry::{Flow, Retry, Supervisor},
+    store::{Conn, Received, RedisTarget, Timeouts},
 };
-use redis::AsyncConnectionConfig;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -39,9 +38,9 @@ pub enum SessionError {
     /// Connecting, SUBSCRIBE, PING or a log read failed.
     #[error("redis error")]
     Redis(#[from] redis::RedisError),
-    /// The server closed the connection.
-    #[error("subscription stream ended (connection lost)")]
-    Lost,
+    /// The subscription broke (the server closed the connection, a cluster slot moved).
+    #[error("subscription lost: {0}")]
+    Lost(&'static str),
     /// Redis did not answer in time.
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
@@ -57,14 +56,14 @@ impl Retry for SessionError {
 
 /// Runs Redis subscriptions until shutdown.
 pub(crate) async fn run(state: &AppState, shutdown: &CancellationToken) -> Result<(), SessionError> {
-    let client = redis::Client::open(state.config.redis_url.as_str())?;
+    let target = RedisTarget::open(&state.config.redis_url, state.config.redis_cluster)?;
     let mut supervisor =
         Supervisor::new("redis", state.config.retry).for_server(protocol::env::redact_url(&state.config.redis_url));
     // Outlives sessions: the last position seen is where the next session catches up from.
     let mut sequencer = Sequencer::new(state);
     loop {
         let started = Instant::now();
-        let ended = session(state, &client, &mut sequencer, shutdown).await;
+        let ended = session(state, &target, &mut sequencer, shutdown).await;
         if supervisor.after(started, ended, &state.stats.redis_reconnects, shutdown).await? == Flow::Stop {
             return Ok(());
         }
@@ -73,21 +72,18 @@ pub(crate) async fn run(state: &AppState, shutdown: &CancellationToken) -> Resul
 
 async fn session(
     state: &AppState,
-    client: &redis::Client,
+    target: &RedisTarget,
     sequencer: &mut Sequencer<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let channel = state.config.redis_channel.as_str();
-    let mut pubsub = bounded(client.get_async_pubsub()).await??;
-    bounded(pubsub.subscribe(channel)).await??;
-    let log_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_response_timeout(Some(LOG_TIMEOUT));
-    let mut conn = bounded(client.get_multiplexed_async_connection_with_config(&log_config)).await??;
-    let (mut sink, mut stream) = pubsub.split();
+    let timeouts = Timeouts { connect: COMMAND_TIMEOUT, response: COMMAND_TIMEOUT };
+    let mut subscription = bounded(target.subscribe(channel, timeouts)).await??;
+    let log_timeouts = Timeouts { connect: COMMAND_TIMEOUT, response: LOG_TIMEOUT };
+    let mut conn = bounded(target.connect(log_timeouts)).await??;
     let _lent = Lent::new(state, conn.clone());
     let _up = state.stats.readiness.up_while(REDIS);
-    info!(channel, "subscribed to redis");
+    info!(channel, cluster = conn.is_cluster(), "subscribed to redis");
 
     // Subscribed first, so everything published from now on reaches the stream; then the
     // log fills in what was published before. The sequencer drops the overlap.
@@ -99,20 +95,23 @@ async fn session(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
-            // Cancel-safe: the stream buffers messages; `next` takes one or none.
-            msg = stream.next() => {
-                let msg = msg.ok_or(SessionError::Lost)?;
+            // Cancel-safe: the subscription buffers messages; `next` takes one or none.
+            received = subscription.next() => {
+                let payload = match received {
+                    Received::Message(payload) => payload,
+                    Received::Lost(why) => return Err(SessionError::Lost(why)),
+                };
                 state.stats.messages_in.inc();
-                match validate(msg.get_payload_bytes(), sequencer.epoch()) {
+                match validate_payload(payload, sequencer.epoch()) {
                     // Not cancel-safe if cancelled mid-fill, but it runs inside this arm's
                     // body, which `select!` never cancels.
                     Ok(event) => sequencer.live(&mut conn, event).await?,
-                    Err(reason) => skip(state, msg.get_payload_bytes(), &reason),
+                    Err((reason, payload)) => skip(state, &payload, &reason),
                 }
                 keepalive.reset();
             }
             _ = keepalive.tick() => {
-                bounded(sink.ping::<redis::Value>()).await??;
+                bounded(subscription.ping()).await??;
                 bounded(redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await??;
                 debug!("redis ping ok");
             }
@@ -124,7 +123,7 @@ async fn session(
 struct Lent<'a>(&'a AppState);
 
 impl<'a> Lent<'a> {
-    fn new(state: &'a AppState, conn: redis::aio::MultiplexedConnection) -> Self {
+    fn new(state: &'a AppState, conn: Conn) -> Self {
         state.history.set_conn(Some(conn));
         Self(state)
     }
@@ -167,10 +166,21 @@ struct Probe<'a> {
 /// current epoch, shared rather than allocated per event. Anything else on the channel (a
 /// hand-made PUBLISH, another program's messages) is not relayed: only the publisher writes
 /// frames with a place in the history.
+#[cfg(test)]
 pub(crate) fn validate(payload: &[u8], epoch: Option<&Arc<str>>) -> Result<Event, String> {
-    let text = std::str::from_utf8(payload).map_err(|e| format!("not UTF-8: {e}"))?;
-    let Probed { epoch, pos, changed_at } = probe(text, epoch)?;
-    Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text), parsed: Lazy::default(), after: None })
+    validate_payload(payload.to_vec(), epoch).map_err(|(reason, _)| reason)
+}
+
+/// [`validate`] for a message's own bytes (no copy); a message that is not an event comes back
+/// with the reason.
+fn validate_payload(payload: Vec<u8>, epoch: Option<&Arc<str>>) -> Result<Event, (String, Vec<u8>)> {
+    let text = String::from_utf8(payload).map_err(|e| (format!("not UTF-8: {}", e.utf8_error()), e.into_bytes()))?;
+    match probe(&text, epoch) {
+        Ok(Probed { epoch, pos, changed_at }) => {
+            Ok(Event { epoch, pos, changed_at, frame: Utf8Bytes::from(text), parsed: Lazy::default(), after: None })
+        }
+        Err(reason) => Err((reason, text.into_bytes())),
+    }
 }
 
 /// [`validate`] for a frame read from the log, already owned: no copy.

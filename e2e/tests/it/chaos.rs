@@ -10,55 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e::{Follower, PlainFollower, Process, Rng, WAIT, history::table};
+use e2e::{Follower, PlainFollower, Process, WAIT, history::table, write_mix};
 use protocol::{channel::ChannelName, log::Log};
-use sqlx::{Connection, PgConnection};
 use testkit::{PgServer, RedisServer, free_port};
 use tokio::sync::watch;
 
 const WRITE_FOR: Duration = Duration::from_secs(24);
-
-/// One writer: single and multi-row transactions of inserts, updates and deletes; some roll back.
-async fn write(url: String, seed: u64, stop: watch::Receiver<bool>) -> usize {
-    let mut rng = Rng(seed);
-    let mut conn = PgConnection::connect(&url).await.expect("writer connects");
-    let mut committed = 0;
-    while !*stop.borrow() {
-        let statements = 1 + rng.below(3);
-        let mut tx = conn.begin().await.expect("begin");
-        let mut ok = true;
-        for _ in 0..statements {
-            let sql = match rng.below(10) {
-                0..=4 => format!(
-                    "INSERT INTO orders (customer_name, product_name, status, amount) VALUES ('c{}', 'p{}', 'pending', {})",
-                    rng.below(50),
-                    rng.below(20),
-                    rng.below(1000)
-                ),
-                5..=7 => format!(
-                    "UPDATE orders SET status = '{}', amount = amount + 1 WHERE id = (SELECT id FROM orders ORDER BY random() LIMIT 1)",
-                    ["paid", "shipped", "completed"][rng.below(3) as usize]
-                ),
-                _ => "DELETE FROM orders WHERE id = (SELECT id FROM orders ORDER BY random() LIMIT 1)".to_owned(),
-            };
-            // Concurrent writers may deadlock on the same rows; such a transaction just fails.
-            if sqlx::query(&sql).execute(&mut *tx).await.is_err() {
-                ok = false;
-                break;
-            }
-        }
-        if ok && rng.below(10) != 0 {
-            if tx.commit().await.is_ok() {
-                committed += 1;
-            }
-        } else {
-            // Rolled back on purpose (or after an error): must leave no trace downstream.
-            let _ = tx.rollback().await;
-        }
-        tokio::time::sleep(Duration::from_millis(5 + rng.below(20))).await;
-    }
-    committed
-}
 
 /// Starts a publisher process on a fresh health port.
 fn start_publisher(name: &str, pg: &PgServer, redis: &RedisServer, dir: &Path) -> Process {
@@ -152,7 +109,7 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
         })
         .collect();
     let (writers_stop_tx, writers_stop_rx) = watch::channel(false);
-    let writers: Vec<_> = (0..3).map(|w| tokio::spawn(write(pg.url(), 7 + w, writers_stop_rx.clone()))).collect();
+    let writers: Vec<_> = (0..3).map(|w| tokio::spawn(write_mix(pg.url(), 7 + w, writers_stop_rx.clone()))).collect();
 
     // The schedule; each step is logged so a failure can be read against it.
     let started = Instant::now();

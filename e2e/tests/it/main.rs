@@ -4,6 +4,7 @@ mod api;
 mod auth;
 mod chaos;
 mod close_codes;
+mod cluster;
 mod consumers;
 mod dashboard;
 mod durability;

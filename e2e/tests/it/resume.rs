@@ -74,7 +74,7 @@ impl Writer {
                 },
             })
             .collect();
-        self.log.append(&mut self.conn, &self.claim, self.maxlen, &appends).await.unwrap()
+        self.log.append(&mut self.conn, &self.claim, None, self.maxlen, &appends).await.unwrap()
     }
 
     /// Appends `n` updates of distinct rows; returns the last position.

@@ -155,7 +155,7 @@ impl Writer {
                 },
             })
             .collect();
-        let append = self.log.append(&mut self.conn, &self.claim, self.maxlen, &appends);
+        let append = self.log.append(&mut self.conn, &self.claim, None, self.maxlen, &appends);
         timeout(WAIT, append).await.expect("append in time").expect("append")
     }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use protocol::log::{Position, Snapshot};
-use redis::aio::MultiplexedConnection;
+use protocol::store::Conn as RedisConn;
 use serde::Serialize;
 use serde_json::{Map, Value, value::RawValue};
 use tokio::time::Instant;
@@ -24,7 +24,7 @@ const SEED_POLL: Duration = Duration::from_millis(50);
 impl Conn<'_> {
     /// Sends the state as of a known position for the connection's only subscription; events
     /// after it follow.
-    pub(super) async fn snapshot(&mut self, conn: &mut MultiplexedConnection) -> Result<(), End> {
+    pub(super) async fn snapshot(&mut self, conn: &mut RedisConn) -> Result<(), End> {
         if let Some(position) = self.snapshot_for(conn, 0).await? {
             // The snapshot's rows include every event up to its position.
             let first = position.pos + 1;
@@ -35,11 +35,7 @@ impl Conn<'_> {
 
     /// Sends subscription `index`'s rows (only those its view holds, with its columns) as of
     /// a known position, and returns the position.
-    pub(super) async fn snapshot_for(
-        &mut self,
-        conn: &mut MultiplexedConnection,
-        index: usize,
-    ) -> Result<Option<Cursor>, End> {
+    pub(super) async fn snapshot_for(&mut self, conn: &mut RedisConn, index: usize) -> Result<Option<Cursor>, End> {
         let Some(snap) = self.seeded_snapshot(conn).await? else {
             let error = format!("the state of the new history was not seeded within {SEED_WAIT:?}");
             return Err(self.redis_unavailable(error).await);
@@ -83,7 +79,7 @@ impl Conn<'_> {
     /// A new history (Redis lost its data) starts with an empty state that the publisher fills
     /// from the tables in chunks; a snapshot taken meanwhile would lack rows, so it waits for
     /// `seeded`. `None` when seeding did not finish within [`SEED_WAIT`].
-    async fn seeded_snapshot(&mut self, conn: &mut MultiplexedConnection) -> Result<Option<Snapshot>, End> {
+    async fn seeded_snapshot(&mut self, conn: &mut RedisConn) -> Result<Option<Snapshot>, End> {
         let state = self.state;
         let log = &state.history.log;
         let deadline = Instant::now() + SEED_WAIT;

@@ -15,11 +15,11 @@
 //! What cannot be served is said, never skipped: a protocol client gets a `reset` frame and
 //! keeps its connection; a plain one that asked for `?since=` is closed with 4010.
 
+use protocol::store::Conn as RedisConn;
 use protocol::{
     frames::{CLOSE_HISTORY_LOST, ResetReason, ServerFrame},
     log::{Head, Position},
 };
-use redis::aio::MultiplexedConnection;
 use tokio::{sync::broadcast::error::TryRecvError, time::Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
@@ -245,7 +245,7 @@ impl Conn<'_> {
     /// The log holds another history than the cursor's. Continue from the same place in it
     /// where its bridge reaches back to the cursor; otherwise say so, and continue in it from
     /// its oldest retained event.
-    pub(super) async fn adopt_epoch(&mut self, conn: &mut MultiplexedConnection, head: &Head) -> Result<Cursor, End> {
+    pub(super) async fn adopt_epoch(&mut self, conn: &mut RedisConn, head: &Head) -> Result<Cursor, End> {
         let from = self.cursor.as_ref().map(Cursor::to_position);
         if let Some(from) = from
             && let Some(to) = head.translate(&from)
@@ -319,7 +319,7 @@ impl Conn<'_> {
     /// current history (`since` itself, or translated through the bridge of a new history).
     pub(super) async fn check_since(
         &mut self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut RedisConn,
         since: &Position,
     ) -> Result<Result<Position, (ResetReason, Option<Position>, String)>, End> {
         let state = self.state;
@@ -426,7 +426,7 @@ impl Conn<'_> {
     }
 
     /// The shared log connection; closes with 1013 when Redis stays away.
-    pub(super) async fn log_conn(&mut self) -> Result<MultiplexedConnection, End> {
+    pub(super) async fn log_conn(&mut self) -> Result<RedisConn, End> {
         match self.state.history.conn().await {
             Some(conn) => Ok(conn),
             None => Err(self.redis_unavailable("no redis session".into()).await),
