@@ -287,6 +287,9 @@ pub struct CheckArgs {
     /// Redis to check
     #[arg(long, value_name = "URL", env = "REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
+    /// The CA (PEM) a rediss:// server's certificate must chain to (default: the system's trust store)
+    #[arg(long, value_name = "PEM", env = "REDIS_TLS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Don't colour the output (also off when stdout is not a terminal or NO_COLOR is set)
     #[arg(long)]
     pub no_color: bool,
@@ -303,6 +306,7 @@ impl CheckArgs {
         Ok(CheckConfig {
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
+            redis_ca_file: self.redis_ca_file.clone(),
             ws_urls: self.url.clone(),
             publisher_url: self.publisher_url.clone(),
             max_backlog_age: Duration::from_secs(self.max_backlog_age),

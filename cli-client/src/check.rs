@@ -45,6 +45,8 @@ pub struct CheckConfig {
     pub database_url: String,
     /// Redis (`REDIS_URL`).
     pub redis_url: String,
+    /// The CA file for `rediss://` (`REDIS_TLS_CA_FILE`), if not the system's trust store.
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Every ws-server replica's WebSocket endpoint.
     pub ws_urls: Vec<String>,
     /// The publisher's HTTP address (`/readyz`, `/metrics`).
@@ -270,11 +272,21 @@ async fn check_redis(config: &CheckConfig) -> Outcome {
     let url = redact_url(&config.redis_url);
     let fix = format!("start Redis, or point REDIS_URL / --redis-url at it (now {url})");
     // Any seed node that answers will do: a cluster node reports on the whole cluster.
+    let ca = match config.redis_ca_file.as_deref().map(protocol::env::read_pem_certificates) {
+        None => None,
+        Some(Ok(pem)) => Some(pem),
+        Some(Err(reason)) => {
+            return Outcome::failed(
+                format!("--redis-ca-file / REDIS_TLS_CA_FILE: {reason}"),
+                "name a PEM file of the CA",
+            );
+        }
+    };
     let ping = async {
         let mut last = None;
         for node in protocol::store::split_urls(&config.redis_url) {
             let attempt = async {
-                let client = redis::Client::open(node.as_str())?;
+                let client = protocol::store::client(&node, ca.as_ref())?;
                 let mut conn = client.get_multiplexed_async_connection().await?;
                 let pong = redis::cmd("PING").query_async::<String>(&mut conn).await?;
                 let cluster = if protocol::store::cluster_enabled(&mut conn).await? {
@@ -301,7 +313,10 @@ async fn check_redis(config: &CheckConfig) -> Outcome {
             format!("{url}: authentication failed ({err})"),
             "put Redis's password in REDIS_URL / --redis-url: redis://:PASSWORD@host:6379 (or USER:PASSWORD@ with an ACL user)",
         ),
-        Ok(Err(err)) => Outcome::Failed { problem: format!("{url}: {err}"), fix },
+        Ok(Err(err)) => {
+            let fix = protocol::retry::tls_fix("redis", &format!("{err:?}")).map_or(fix, str::to_owned);
+            Outcome::Failed { problem: format!("{url}: {err}"), fix }
+        }
         Err(_elapsed) => {
             Outcome::Failed { problem: format!("{url}: no answer to PING within {}s", config.timeout.as_secs()), fix }
         }

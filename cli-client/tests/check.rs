@@ -122,3 +122,27 @@ async fn redis_refusing_the_password_is_an_authentication_failure_not_a_refusal(
     let (_, doc) = check(&args, &pg, &format!("redis://127.0.0.1:{}", testkit::free_port())).await;
     assert_failed(&doc, "Redis", "connection refused", "start Redis");
 }
+
+#[tokio::test]
+async fn a_redis_cluster_is_named_and_fails_once_a_master_with_no_replica_is_gone() {
+    let mut cluster = testkit::RedisCluster::start(3, 0).await;
+    let args = ["--url", "ws://127.0.0.1:1/ws", "--publisher-url", "http://127.0.0.1:1"];
+    let pg = format!("postgres://postgres@127.0.0.1:{}/postgres", testkit::free_port());
+    let (_, doc) = check(&args, &pg, &cluster.url()).await;
+    let redis = named(&doc, "Redis");
+    assert_eq!(redis["status"], "ok", "{doc}");
+    let detail = redis["detail"].as_str().unwrap();
+    assert!(detail.contains("Redis Cluster: 3 masters") && detail.contains("16384 of 16384 slots"), "{detail}");
+
+    // A seed list whose first node is down still reaches the cluster; with a master gone and
+    // no replica to promote, its slots go unserved once the others mark it failed.
+    cluster.kill(0).await;
+    let seeds = cluster.urls();
+    testkit::wait_until(WAIT, "the check reports unserved slots", || async {
+        let (_, doc) = check(&args, &pg, &seeds).await;
+        named(&doc, "Redis")["status"] == "fail"
+    })
+    .await;
+    let (_, doc) = check(&args, &pg, &seeds).await;
+    assert_failed(&doc, "Redis", "slots served", "redis-cli --cluster");
+}

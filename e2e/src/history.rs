@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// A connection to the server or cluster `redis_url` names (as the services make it).
 pub async fn connect(redis_url: &str) -> Conn {
-    let target = RedisTarget::open(redis_url, ClusterMode::Auto).expect("redis url");
+    let target = RedisTarget::open(redis_url, ClusterMode::Auto, None).expect("redis url");
     let timeouts = Timeouts { connect: Duration::from_secs(5), response: Duration::from_secs(5) };
     target.connect(timeouts).await.expect("connect to redis")
 }

@@ -113,6 +113,44 @@ impl<'a> Env<'a> {
         value
     }
 
+    /// A PostgreSQL URL (`postgres://…`), or `default`, whose TLS parameters are checked here
+    /// so a mistake stops the service at start rather than failing every connection: `sslmode`
+    /// must be one PostgreSQL knows, and `sslrootcert` must name a readable PEM certificate.
+    pub fn database_url(&mut self, var: &'static str, default: &str) -> String {
+        let value = self.url(var, default, &["postgres", "postgresql"]);
+        let query = value.split_once('?').map_or("", |(_, q)| q);
+        for (key, val) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+            match key {
+                "sslmode" if !SSL_MODES.contains(&val) => self.invalid(
+                    var,
+                    redact_url(&value),
+                    format!("sslmode={val} is not a mode PostgreSQL knows; use one of {}", SSL_MODES.join(", ")),
+                ),
+                "sslrootcert" => {
+                    let path = percent_decode(val);
+                    if let Err(reason) = read_pem_certificates(std::path::Path::new(&path)) {
+                        self.invalid(var, redact_url(&value), format!("sslrootcert: {reason}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        value
+    }
+
+    /// The PEM certificates in the file `var` names, if it is set (e.g. the CA a managed
+    /// Redis signs its certificate with).
+    pub fn pem_file(&mut self, var: &'static str) -> Option<Vec<u8>> {
+        let path = self.raw(var)?;
+        match read_pem_certificates(std::path::Path::new(&path)) {
+            Ok(pem) => Some(pem),
+            Err(reason) => {
+                self.invalid(var, path, reason);
+                None
+            }
+        }
+    }
+
     /// A value parsed with `FromStr`, or `default`; `expected` describes valid values.
     pub fn parse<T: FromStr>(&mut self, var: &'static str, default: T, expected: &str) -> T {
         match self.raw(var) {
@@ -219,6 +257,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// PostgreSQL's `sslmode` values.
+const SSL_MODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
+
+/// The file's bytes if it holds at least one PEM certificate; otherwise what is wrong with it.
+pub fn read_pem_certificates(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----; convert DER with \
+             openssl x509 -inform der -in ca.der -out ca.pem)",
+            path.display()
+        ));
+    }
+    Ok(pem)
+}
+
+/// `%XX` escapes of a URL query value decoded (a path with spaces or `/` written as `%2F`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The URL (or comma list of URLs) with any password replaced by `***`, for logs and error
 /// messages.
 pub fn redact_url(url: &str) -> String {
@@ -265,6 +340,40 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("env-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let good = format!("postgres://u:pw@h/db?sslmode=verify-full&sslrootcert={}", ca.display());
+        let bad = [
+            ("postgres://h/db?sslmode=verify", "sslmode=verify is not a mode"),
+            ("postgres://h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem", "cannot read /nonexistent/ca.pem"),
+            (&*format!("postgres://h/db?sslrootcert={}", junk.display()), "holds no PEM certificate"),
+        ];
+        let lookup = |k: &str| Some(if k == "DATABASE_URL" { good.clone() } else { ca.display().to_string() });
+        let mut env = Env::new(&lookup);
+        env.database_url("DATABASE_URL", "postgres://localhost/db");
+        assert!(env.pem_file("REDIS_TLS_CA_FILE").is_some());
+        assert!(env.finish().is_ok());
+        for (url, expected) in bad {
+            let lookup = |_: &str| Some(url.to_owned());
+            let mut env = Env::new(&lookup);
+            env.database_url("DATABASE_URL", "postgres://localhost/db");
+            let msg = env.finish().unwrap_err().to_string();
+            assert!(msg.contains(expected), "{url}: {msg}");
+        }
+        let lookup = |_: &str| Some(junk.display().to_string());
+        let mut env = Env::new(&lookup);
+        assert!(env.pem_file("REDIS_TLS_CA_FILE").is_none());
+        assert!(env.finish().unwrap_err().to_string().contains("REDIS_TLS_CA_FILE"));
+        assert_eq!(percent_decode("%2Ftmp%2Fmy%20ca.pem"), "/tmp/my ca.pem");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -147,7 +147,9 @@ impl Supervisor {
         let err = match ended {
             Ok(()) => return Ok(Flow::Stop),
             Err(err) if err.is_fatal() => {
-                error!(session = self.what, server = %self.server, error = %error_chain(&err), "session failed; not retrying");
+                let chain = error_chain(&err).to_string();
+                let fix = tls_fix(self.what, &chain).unwrap_or("");
+                error!(session = self.what, server = %self.server, error = %chain, fix, "session failed; not retrying");
                 return Err(err);
             }
             Err(err) => err,
@@ -157,16 +159,68 @@ impl Supervisor {
         }
         reconnects.inc();
         let delay = self.backoff.next_delay(started);
-        warn!(
-            session = self.what, server = %self.server, delay_ms = delay.as_millis() as u64, error = %error_chain(&err),
-            "session ended; reconnecting"
-        );
+        let chain = error_chain(&err).to_string();
+        match tls_fix(self.what, &chain) {
+            // A certificate problem does not go away by retrying, but the server's certificate
+            // may be replaced meanwhile: keep retrying, and say what to change on every attempt.
+            Some(fix) => warn!(
+                session = self.what, server = %self.server, delay_ms = delay.as_millis() as u64, error = %chain, fix,
+                "session ended; reconnecting"
+            ),
+            None => warn!(
+                session = self.what, server = %self.server, delay_ms = delay.as_millis() as u64, error = %chain,
+                "session ended; reconnecting"
+            ),
+        }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => Ok(Flow::Stop),
             () = tokio::time::sleep(delay) => Ok(Flow::Retry),
         }
     }
+}
+
+/// The fix for a TLS failure of a `what` session (`postgres`, `redis`, …), named from the error
+/// text that rustls and the drivers give: the errors themselves say what failed, not which
+/// setting of ours changes it.
+pub fn tls_fix(what: &str, error: &str) -> Option<&'static str> {
+    let e = error.to_ascii_lowercase();
+    let postgres = what != "redis";
+    if e.contains("unknownissuer") || e.contains("unknown issuer") || e.contains("unknownca") {
+        return Some(if postgres {
+            "the server's certificate is not signed by a CA this service trusts: add sslrootcert=/path/to/ca.pem \
+             (the CA your provider publishes) to DATABASE_URL"
+        } else {
+            "the server's certificate is not signed by a CA this service trusts: set REDIS_TLS_CA_FILE=/path/to/ca.pem \
+             (the CA your provider publishes)"
+        });
+    }
+    if e.contains("notvalidforname") || e.contains("not valid for name") {
+        return Some(if postgres {
+            "the certificate does not name the host in DATABASE_URL: connect by a name the certificate lists, \
+             or use sslmode=verify-ca (checks the CA, not the name)"
+        } else {
+            "the certificate does not name the host in REDIS_URL: connect by a name the certificate lists"
+        });
+    }
+    if e.contains("expired") {
+        return Some(
+            "the server's certificate has expired, or this machine's clock is wrong: renew it, or fix the clock",
+        );
+    }
+    if e.contains("server does not support tls") {
+        return Some(
+            "the server does not offer TLS: enable ssl on it, or set sslmode=prefer (or disable) in DATABASE_URL",
+        );
+    }
+    if !postgres
+        && (e.contains("corrupt message") || e.contains("invalidcontenttype") || e.contains("invalid content type"))
+    {
+        return Some(
+            "the server did not answer TLS: a rediss:// URL needs the server's TLS port (plain ports take redis://)",
+        );
+    }
+    None
 }
 
 /// `err` and its sources, joined by `: `.
@@ -189,6 +243,18 @@ pub fn error_chain(err: &dyn std::error::Error) -> impl Display + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_failures_name_the_setting_that_fixes_them() {
+        let unknown =
+            "error occurred while attempting to establish a TLS connection: invalid peer certificate: UnknownIssuer";
+        assert!(tls_fix("postgres", unknown).unwrap().contains("sslrootcert="));
+        assert!(tls_fix("redis", unknown).unwrap().contains("REDIS_TLS_CA_FILE="));
+        assert!(tls_fix("postgres", "invalid peer certificate: NotValidForName").unwrap().contains("verify-ca"));
+        assert!(tls_fix("postgres", "server does not support TLS").unwrap().contains("enable ssl"));
+        assert!(tls_fix("redis", "received corrupt message of type InvalidContentType").unwrap().contains("TLS port"));
+        assert_eq!(tls_fix("redis", "Connection refused (os error 111)"), None);
+    }
 
     #[test]
     fn delays_stay_within_bounds_and_never_stop() {

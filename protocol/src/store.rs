@@ -17,7 +17,7 @@ use std::{fmt, time::Duration};
 
 use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisError, RedisFuture,
-    RedisResult, Value,
+    RedisResult, TlsCertificates, Value,
     aio::{ConnectionLike, MultiplexedConnection, PubSub},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
@@ -59,6 +59,8 @@ pub struct RedisTarget {
     urls: Vec<String>,
     mode: ClusterMode,
     single: redis::Client,
+    /// The CA `rediss://` certificates must chain to, if not the system's trust store.
+    ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -83,7 +85,7 @@ impl RedisTarget {
     /// # Errors
     /// A URL redis-rs cannot use (`InvalidClientConfig`), or a comma list with
     /// `REDIS_CLUSTER=false`.
-    pub fn open(url: &str, mode: ClusterMode) -> RedisResult<Self> {
+    pub fn open(url: &str, mode: ClusterMode, ca: Option<&[u8]>) -> RedisResult<Self> {
         let urls = split_urls(url);
         let Some(first) = urls.first() else {
             return Err(RedisError::from((ErrorKind::InvalidClientConfig, "REDIS_URL is empty")));
@@ -94,11 +96,12 @@ impl RedisTarget {
                 "REDIS_URL lists several nodes but REDIS_CLUSTER=false; list one URL, or set REDIS_CLUSTER=true",
             )));
         }
-        let single = redis::Client::open(first.as_str())?;
+        let ca = ca.map(<[u8]>::to_vec);
+        let single = client(first, ca.as_ref())?;
         for other in &urls[1..] {
-            redis::Client::open(other.as_str())?;
+            client(other, ca.as_ref())?;
         }
-        Ok(Self { urls, mode, single })
+        Ok(Self { urls, mode, single, ca })
     }
 
     /// Whether this is a cluster: from the setting, or else by asking the first node.
@@ -141,13 +144,31 @@ impl RedisTarget {
     }
 
     fn cluster_builder(&self, timeouts: Timeouts) -> ClusterClientBuilder {
-        ClusterClientBuilder::new(self.urls.clone())
+        let builder = ClusterClientBuilder::new(self.urls.clone());
+        let builder = match &self.ca {
+            Some(pem) => builder.certs(TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) }),
+            None => builder,
+        };
+        builder
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             // The cluster client retries redirects and reconnects inside one call; bound the
             // whole of it, so a call during a failover fails in time and the caller's own
             // backoff (and log) takes over.
             .overall_response_timeout(Some(timeouts.response))
+    }
+}
+
+/// A client for one URL: `rediss://` verified against `ca` when given, else the system's trust store.
+///
+/// # Errors
+/// A URL redis-rs cannot use.
+pub fn client(url: &str, ca: Option<&Vec<u8>>) -> RedisResult<redis::Client> {
+    match ca {
+        Some(pem) if url.starts_with("rediss://") => {
+            redis::Client::build_with_tls(url, TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) })
+        }
+        _ => redis::Client::open(url),
     }
 }
 
@@ -324,9 +345,9 @@ mod tests {
 
     #[test]
     fn a_list_with_cluster_off_is_refused_by_name() {
-        let err = RedisTarget::open("redis://a:1,redis://b:2", ClusterMode::Single).unwrap_err();
+        let err = RedisTarget::open("redis://a:1,redis://b:2", ClusterMode::Single, None).unwrap_err();
         assert!(err.to_string().contains("REDIS_CLUSTER=false"), "{err}");
-        assert!(RedisTarget::open("redis://a:1,redis://b:2", ClusterMode::Auto).is_ok());
+        assert!(RedisTarget::open("redis://a:1,redis://b:2", ClusterMode::Auto, None).is_ok());
         assert_eq!("true".parse::<ClusterMode>(), Ok(ClusterMode::Cluster));
         assert!("maybe".parse::<ClusterMode>().is_err());
     }

@@ -19,6 +19,9 @@ pub struct Config {
     pub redis_url: String,
     /// Whether `REDIS_URL` is a Redis Cluster (`REDIS_CLUSTER`: `auto`, the default, asks it).
     pub redis_cluster: ClusterMode,
+    /// The CA (PEM) a `rediss://` server's certificate must chain to (`REDIS_TLS_CA_FILE`);
+    /// without it, the system's trust store.
+    pub redis_tls_ca: Option<Vec<u8>>,
     /// The NOTIFY channel (`PUBLISHER_PG_CHANNEL`, default `orders_channel`).
     pub pg_channel: ChannelName,
     /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
@@ -77,6 +80,7 @@ impl fmt::Debug for Config {
             .field("database_url", &redact_url(&self.database_url))
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_cluster", &self.redis_cluster)
+            .field("redis_tls_ca", &self.redis_tls_ca.as_ref().map(|pem| format!("{} bytes of PEM", pem.len())))
             .field("pg_channel", &self.pg_channel.as_str())
             .field("redis_channel", &self.redis_channel.as_str())
             .field("bind_addr", &self.bind_addr)
@@ -111,13 +115,10 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
         let mut env = Env::new(&lookup);
         let config = Self {
-            database_url: env.url(
-                "DATABASE_URL",
-                "postgres://postgres@localhost:5432/postgres",
-                &["postgres", "postgresql"],
-            ),
+            database_url: env.database_url("DATABASE_URL", "postgres://postgres@localhost:5432/postgres"),
             redis_url: env.url_list("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
             redis_cluster: env.parse("REDIS_CLUSTER", ClusterMode::Auto, "auto, true or false"),
+            redis_tls_ca: env.pem_file("REDIS_TLS_CA_FILE"),
             pg_channel: env.channel("PUBLISHER_PG_CHANNEL", DEFAULT_PG_CHANNEL),
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
             bind_addr: env.parse(

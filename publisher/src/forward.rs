@@ -67,7 +67,8 @@ impl<'a> Redis<'a> {
     pub(crate) fn new(config: &Config, stats: &'a Stats) -> Result<Self, FatalError> {
         Ok(Self {
             stats,
-            target: RedisTarget::open(&config.redis_url, config.redis_cluster).map_err(FatalError)?,
+            target: RedisTarget::open(&config.redis_url, config.redis_cluster, config.redis_tls_ca.as_deref())
+                .map_err(FatalError)?,
             conn: None,
             connected_at: Instant::now(),
             generation: 0,

@@ -7,6 +7,7 @@
 //! - `postgres`: [`PgServer`], a throwaway cluster (runs as the `postgres` user when we are root)
 //! - `redis`: [`RedisServer`], a `redis-server` without persistence
 //! - `redis_cluster`: [`RedisCluster`], a Redis Cluster of masters and replicas, for cluster mode and failover
+//! - `tls`: [`TestCa`], a private CA and the server certificate it signed, for the `start_tls` servers
 //! - `nginx`: [`NginxServer`], an unprivileged nginx serving the configuration a test gives it
 //! - `wait`: [`free_port`], [`wait_until`], [`wait_for`]
 //! - `http`: [`http_get`] for ops endpoints; [`service_command`], [`terminate`] and [`kill`] for
@@ -25,6 +26,7 @@ mod postgres;
 mod process;
 mod redis;
 mod redis_cluster;
+mod tls;
 mod wait;
 
 pub use http::{http_get, kill, service_command, terminate};
@@ -33,4 +35,5 @@ pub use nginx::NginxServer;
 pub use postgres::PgServer;
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;
+pub use tls::TestCa;
 pub use wait::{free_port, wait_for, wait_until};

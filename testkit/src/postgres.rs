@@ -4,6 +4,10 @@
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root (CI containers) the cluster
 //! belongs to the `postgres` system user and `initdb`/`postgres` run as that user.
+//!
+//! [`PgServer::start_tls`] is the managed-database setup: TCP connections must use TLS, with a
+//! certificate from a private [`TestCa`]. Clients add `sslmode=verify-full&sslrootcert=` with
+//! [`PgServer::tls_ca_path`] to [`PgServer::url`]; the testkit's own `psql` runs do the same.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +20,7 @@ use tempfile::TempDir;
 use tokio::{net::TcpStream, process::Command};
 
 use crate::{
+    TestCa,
     binaries::pg_bin_dir,
     process::{LaunchError, ServerProcess, launch, launch_on_free_port},
 };
@@ -36,6 +41,8 @@ pub struct PgServer {
     process: Option<ServerProcess>,
     port: u16,
     owner: Option<SystemUser>,
+    /// The certificate and key of a [`PgServer::start_tls`] server, kept across restarts.
+    tls: Option<TestCa>,
     dir: TempDir,
 }
 
@@ -45,6 +52,17 @@ impl PgServer {
     ///
     /// Panics, with the server log, when the binaries are missing or the server does not start.
     pub async fn start() -> PgServer {
+        Self::start_with(false).await
+    }
+
+    /// [`PgServer::start`] with TLS (`ssl = on`) and a certificate for `localhost` and
+    /// `127.0.0.1` from a private CA ([`PgServer::tls_ca_path`]). TCP connections without TLS are
+    /// rejected (`hostnossl … reject` in `pg_hba.conf`); the Unix socket stays as it was.
+    pub async fn start_tls() -> PgServer {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> PgServer {
         let owner = SystemUser::for_postgres();
         let dir = tempfile::Builder::new()
             .prefix("testkit-pg-")
@@ -55,8 +73,11 @@ impl PgServer {
             std::os::unix::fs::chown(dir.path(), Some(owner.uid), Some(owner.gid))
                 .unwrap_or_else(|err| panic!("failed to chown {} to postgres: {err}", dir.path().display()));
         }
-        let mut server = PgServer { process: None, port: 0, owner, dir };
+        let mut server = PgServer { process: None, port: 0, owner, tls: None, dir };
         server.initdb().await;
+        if tls {
+            server.enable_tls();
+        }
 
         let (port, process) = launch_on_free_port("PostgreSQL", |port| server.launch(port)).await;
         server.port = port;
@@ -79,6 +100,12 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The CA certificate (PEM) that signed a [`PgServer::start_tls`] server's certificate, for
+    /// `sslrootcert=`; `None` without TLS.
+    pub fn tls_ca_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(TestCa::ca_path)
+    }
+
     /// Creates database `name` (panics if it exists or the server is down).
     pub async fn create_database(&self, name: &str) {
         let ident = name.replace('"', "\"\"");
@@ -90,7 +117,7 @@ impl PgServer {
     ///
     /// Panics with psql's stderr when it fails.
     pub async fn psql(&self, db: &str, sql: &str) -> String {
-        match run_psql(self.port, db, sql).await {
+        match run_psql(self.port, &self.ssl_options(), db, sql).await {
             Ok(stdout) => stdout,
             Err(err) => panic!("psql on port {} failed for {sql:?}: {err}", self.port),
         }
@@ -154,8 +181,10 @@ impl PgServer {
     pub async fn require_password_for(&self, role: &str) {
         let hba = self.data_dir().join("pg_hba.conf");
         let current = std::fs::read_to_string(&hba).expect("pg_hba.conf is readable");
-        // First match wins: the role's line goes above initdb's trust lines.
-        let line = format!("host all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} ::1/128 scram-sha-256\n");
+        // First match wins: the role's line goes above initdb's trust lines. With TLS it must not
+        // match connections without it, which the `hostnossl … reject` lines below refuse.
+        let host = if self.tls.is_some() { "hostssl" } else { "host" };
+        let line = format!("{host} all {role} 127.0.0.1/32 scram-sha-256\n{host} all {role} ::1/128 scram-sha-256\n");
         // Writing the existing file keeps its owner (the cluster's user) and mode.
         std::fs::write(&hba, format!("{line}{current}")).expect("pg_hba.conf is writable");
         let reloaded = self.psql("postgres", "SELECT pg_reload_conf()").await;
@@ -164,6 +193,38 @@ impl PgServer {
 
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Writes the certificate files into the cluster's directory and makes `pg_hba.conf` refuse
+    /// TCP without TLS; [`PgServer::launch`] then turns `ssl` on.
+    fn enable_tls(&mut self) {
+        let tls_dir = self.dir.path().join("tls");
+        std::fs::create_dir(&tls_dir).unwrap_or_else(|err| panic!("failed to create {}: {err}", tls_dir.display()));
+        let ca = TestCa::create_in(&tls_dir);
+        if let Some(owner) = &self.owner {
+            // PostgreSQL reads the key as the cluster's owner and refuses one it does not own
+            // (root's would need mode 0640 and the postgres group); the key is already 0600.
+            for path in [tls_dir.as_path(), ca.ca_path(), ca.cert_path(), ca.key_path()] {
+                std::os::unix::fs::chown(path, Some(owner.uid), Some(owner.gid))
+                    .unwrap_or_else(|err| panic!("failed to chown {} to postgres: {err}", path.display()));
+            }
+        }
+        let hba = self.data_dir().join("pg_hba.conf");
+        let current = std::fs::read_to_string(&hba).expect("pg_hba.conf is readable");
+        // First match wins: TCP without TLS is refused before initdb's `host … trust` lines, which
+        // then only ever see TLS connections. `local` lines (the Unix socket) are untouched.
+        let reject = "hostnossl all all all reject\nhostnossl replication all all reject\n";
+        // Writing the existing file keeps its owner (the cluster's user) and mode.
+        std::fs::write(&hba, format!("{reject}{current}")).expect("pg_hba.conf is writable");
+        self.tls = Some(ca);
+    }
+
+    /// The libpq options for this server's TLS (`sslmode=verify-full` with its CA), or none.
+    fn ssl_options(&self) -> String {
+        match self.tls_ca_path() {
+            Some(ca) => format!("sslmode=verify-full sslrootcert={}", conninfo_value(&ca.display().to_string())),
+            None => String::new(),
+        }
     }
 
     /// A command for a server binary, run as the cluster's owner.
@@ -201,7 +262,7 @@ impl PgServer {
     async fn launch(&self, port: u16) -> Result<ServerProcess, LaunchError> {
         let mut command = self.command("postgres");
         command.arg("-D").arg(self.data_dir());
-        for setting in [
+        let mut settings = vec![
             format!("port={port}"),
             "listen_addresses=127.0.0.1".to_owned(),
             format!("unix_socket_directories={}", self.dir.path().display()),
@@ -215,11 +276,20 @@ impl PgServer {
             "full_page_writes=off".to_owned(),
             // Services under test keep pools; several of them share one server.
             "max_connections=200".to_owned(),
-        ] {
+        ];
+        if let Some(tls) = &self.tls {
+            settings.extend([
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", tls.cert_path().display()),
+                format!("ssl_key_file={}", tls.key_path().display()),
+            ]);
+        }
+        for setting in settings {
             command.arg("-c").arg(setting);
         }
         let data_dir = self.data_dir();
-        launch("postgres", command, &self.log_path(), READY_TIMEOUT, |_pid: Pid| is_ready(port, &data_dir)).await
+        let ssl = self.ssl_options();
+        launch("postgres", command, &self.log_path(), READY_TIMEOUT, |_pid: Pid| is_ready(port, &ssl, &data_dir)).await
     }
 }
 
@@ -232,21 +302,20 @@ impl Drop for PgServer {
 
 /// Ready when a session works, on *this* server: a port taken by another test's cluster would
 /// also accept connections, but it reports another data directory.
-async fn is_ready(port: u16, data_dir: &Path) -> bool {
+async fn is_ready(port: u16, ssl: &str, data_dir: &Path) -> bool {
     // A cheap TCP check first, so no psql process is spawned while the server is still starting.
     let connect = TcpStream::connect(("127.0.0.1", port));
     if !matches!(tokio::time::timeout(Duration::from_secs(1), connect).await, Ok(Ok(_))) {
         return false;
     }
-    run_psql(port, "postgres", "SHOW data_directory").await.is_ok_and(|shown| Path::new(&shown) == data_dir)
+    run_psql(port, ssl, "postgres", "SHOW data_directory").await.is_ok_and(|shown| Path::new(&shown) == data_dir)
 }
 
-/// Runs `psql` against 127.0.0.1:`port` as `postgres`; `Err` holds what went wrong.
-async fn run_psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
-    let conninfo = format!(
-        "host=127.0.0.1 port={port} user=postgres dbname='{}' connect_timeout=5",
-        db.replace('\\', "\\\\").replace('\'', "\\'")
-    );
+/// Runs `psql` against 127.0.0.1:`port` as `postgres`, with the libpq options `ssl` (`sslmode=…`,
+/// or empty for libpq's default); `Err` holds what went wrong.
+async fn run_psql(port: u16, ssl: &str, db: &str, sql: &str) -> Result<String, String> {
+    let conninfo =
+        format!("host=127.0.0.1 port={port} user=postgres dbname={} connect_timeout=5 {ssl}", conninfo_value(db));
     let mut command = Command::new(pg_bin_dir().join("psql"));
     command
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-d", &conninfo, "-c", sql])
@@ -265,6 +334,11 @@ async fn run_psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
     } else {
         Err(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim_end()))
     }
+}
+
+/// `value` quoted for a libpq conninfo string.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The system user that owns the cluster when the tests run as root.
@@ -331,5 +405,49 @@ mod tests {
 
         assert!(err.port_in_use, "{}", err.message);
         assert!(err.message.contains("postgres.log"), "{}", err.message);
+    }
+
+    /// libpq options for verified TLS against `ca`.
+    fn verify_full(ca: &Path) -> String {
+        format!("sslmode=verify-full sslrootcert={}", conninfo_value(&ca.display().to_string()))
+    }
+
+    const SSL_IN_USE: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+    #[tokio::test]
+    async fn tls_server_accepts_tcp_only_over_verified_tls() {
+        let mut server = PgServer::start_tls().await;
+        let port = server.port();
+        let ca = server.tls_ca_path().expect("a TLS server has a CA").to_owned();
+        assert!(PgServer::start().await.tls_ca_path().is_none());
+
+        assert_eq!(run_psql(port, &verify_full(&ca), "postgres", SSL_IN_USE).await.unwrap(), "t");
+        // The `psql` helper (and the readiness probe) go through verified TLS as well.
+        assert_eq!(server.psql("postgres", SSL_IN_USE).await, "t");
+        let plain = run_psql(port, "sslmode=disable", "postgres", "SELECT 1").await.unwrap_err();
+        assert!(plain.contains("no encryption"), "{plain}");
+        let other_ca = TestCa::new();
+        let wrong = run_psql(port, &verify_full(other_ca.ca_path()), "postgres", "SELECT 1").await.unwrap_err();
+        assert!(wrong.contains("certificate verify failed"), "{wrong}");
+
+        server.restart().await;
+        assert_eq!(run_psql(port, &verify_full(&ca), "postgres", SSL_IN_USE).await.unwrap(), "t");
+        let plain = run_psql(port, "sslmode=disable", "postgres", "SELECT 1").await.unwrap_err();
+        assert!(plain.contains("no encryption"), "{plain}");
+    }
+
+    #[tokio::test]
+    async fn tls_server_keeps_refusing_plain_tcp_for_password_roles() {
+        let server = PgServer::start_tls().await;
+        server.psql("postgres", "CREATE ROLE app LOGIN PASSWORD 'secret'").await;
+        server.require_password_for("app").await;
+        // Later conninfo keywords win over run_psql's `user=postgres`.
+        let app = "user=app password=secret";
+        let ca = server.tls_ca_path().unwrap();
+
+        let tls = run_psql(server.port(), &format!("{} {app}", verify_full(ca)), "postgres", SSL_IN_USE).await;
+        assert_eq!(tls.unwrap(), "t");
+        let plain = run_psql(server.port(), &format!("sslmode=disable {app}"), "postgres", "SELECT 1").await;
+        assert!(plain.as_ref().unwrap_err().contains("no encryption"), "{plain:?}");
     }
 }

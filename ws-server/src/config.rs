@@ -23,6 +23,9 @@ pub struct Config {
     pub redis_url: String,
     /// Whether `REDIS_URL` is a Redis Cluster (`REDIS_CLUSTER`: `auto`, the default, asks it).
     pub redis_cluster: ClusterMode,
+    /// The CA (PEM) a `rediss://` server's certificate must chain to (`REDIS_TLS_CA_FILE`);
+    /// without it, the system's trust store.
+    pub redis_tls_ca: Option<Vec<u8>>,
     /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
     pub redis_channel: ChannelName,
     /// This replica's name in `hello` frames and logs (`WS_SERVER_ID`).
@@ -87,6 +90,7 @@ impl fmt::Debug for Config {
             .field("port", &self.port)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_cluster", &self.redis_cluster)
+            .field("redis_tls_ca", &self.redis_tls_ca.as_ref().map(|pem| format!("{} bytes of PEM", pem.len())))
             .field("redis_channel", &self.redis_channel.as_str())
             .field("server_id", &self.server_id)
             .field("queue_capacity", &self.queue_capacity)
@@ -133,6 +137,7 @@ impl Config {
             port: env.parse("PORT", 8080, "a port number (0-65535)"),
             redis_url: env.url_list("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"]),
             redis_cluster: env.parse("REDIS_CLUSTER", ClusterMode::Auto, "auto, true or false"),
+            redis_tls_ca: env.pem_file("REDIS_TLS_CA_FILE"),
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
             server_id: lookup("WS_SERVER_ID").filter(|s| !s.trim().is_empty()),
             hostname: lookup("HOSTNAME").filter(|s| !s.trim().is_empty()),

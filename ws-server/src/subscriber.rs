@@ -56,7 +56,8 @@ impl Retry for SessionError {
 
 /// Runs Redis subscriptions until shutdown.
 pub(crate) async fn run(state: &AppState, shutdown: &CancellationToken) -> Result<(), SessionError> {
-    let target = RedisTarget::open(&state.config.redis_url, state.config.redis_cluster)?;
+    let target =
+        RedisTarget::open(&state.config.redis_url, state.config.redis_cluster, state.config.redis_tls_ca.as_deref())?;
     let mut supervisor =
         Supervisor::new("redis", state.config.retry).for_server(protocol::env::redact_url(&state.config.redis_url));
     // Outlives sessions: the last position seen is where the next session catches up from.

@@ -1,6 +1,7 @@
 //! Why a PostgreSQL connection failed, in the terms of its fix: refused, unknown host, role
 //! missing, database missing, password refused, or not allowed by pg_hba.conf, told apart by
-//! the SQLSTATE the server sent or the socket error.
+//! the SQLSTATE the server sent or the socket error; a TLS failure by what to set (the CA, the
+//! host name, the sslmode).
 
 use std::io::ErrorKind;
 
@@ -50,6 +51,12 @@ pub(super) fn diagnose(url: &str, err: &sqlx::Error) -> Outcome {
                 ),
             }
         }
-        other => Outcome::failed(format!("{url}: {other}"), format!("start PostgreSQL, or point {env} at it")),
+        other => {
+            let chain = protocol::retry::error_chain(other).to_string();
+            match protocol::retry::tls_fix("postgres", &chain) {
+                Some(fix) => Outcome::failed(format!("{url}: {chain}"), fix),
+                None => Outcome::failed(format!("{url}: {other}"), format!("start PostgreSQL, or point {env} at it")),
+            }
+        }
     }
 }
