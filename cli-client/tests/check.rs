@@ -146,3 +146,21 @@ async fn a_redis_cluster_is_named_and_fails_once_a_master_with_no_replica_is_gon
     let (_, doc) = check(&args, &pg, &seeds).await;
     assert_failed(&doc, "Redis", "slots served", "redis-cli --cluster");
 }
+
+#[tokio::test]
+async fn tls_servers_pass_with_their_ca_and_fail_naming_the_ca_setting_without_it() {
+    let (pg, redis) = tokio::join!(testkit::PgServer::start_tls(), testkit::RedisServer::start_tls());
+    let (pg_ca, redis_ca) = (pg.tls_ca_path().unwrap().display().to_string(), redis.tls_ca_path().unwrap());
+    let args = ["--url", "ws://127.0.0.1:1/ws", "--publisher-url", "http://127.0.0.1:1"];
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={pg_ca}", pg.url());
+    let with_ca = [&args[..], &["--redis-ca-file", redis_ca.to_str().unwrap()]].concat();
+    let (_, doc) = check(&with_ca, &verified, &redis.url()).await;
+    assert_eq!(named(&doc, "PostgreSQL")["status"], "ok", "{doc}");
+    assert_eq!(named(&doc, "Redis")["status"], "ok", "{doc}");
+
+    let other = testkit::TestCa::new();
+    let wrong = format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(), other.ca_path().display());
+    let (_, doc) = check(&args, &wrong, &redis.url()).await;
+    assert_failed(&doc, "PostgreSQL", "UnknownIssuer", "sslrootcert=");
+    assert_failed(&doc, "Redis", "UnknownIssuer", "REDIS_TLS_CA_FILE=");
+}

@@ -84,3 +84,41 @@ async fn wss_works_with_the_private_ca_and_says_what_is_wrong_without_it() {
     assert_eq!(missing.code, Some(2), "{missing:?}");
     assert!(missing.stderr.contains("/nonexistent/ca.pem"), "{missing:?}");
 }
+
+/// The shipped TLS server block (deploy/nginx-tls.conf) beside the shipped Debian drop-in, in a
+/// private nginx in front of `system`'s replica: wss:// through it reaches the replica.
+#[tokio::test]
+async fn wss_through_the_shipped_nginx_tls_config_reaches_the_replicas() {
+    let system = System::start(1).await;
+    let ca = testkit::TestCa::new();
+    let tls_port = testkit::free_port();
+    let replica = system.ws[0].addr;
+    let nginx = testkit::NginxServer::start("conf.d/orders-realtime.conf", |listen| {
+        let site = shipped("nginx-debian.conf")
+            .replace("listen 8000;", &format!("listen {listen};"))
+            .replace("server 127.0.0.1:8080;", &format!("server {replica};"))
+            .replace("    server 127.0.0.1:8081;\n", "");
+        let tls = shipped("nginx-tls.conf")
+            .replace("listen 8443 ssl;", &format!("listen 127.0.0.1:{tls_port} ssl;"))
+            .replace("orders-realtime/tls/server.pem", &ca.cert_path().display().to_string())
+            .replace("orders-realtime/tls/server.key", &ca.key_path().display().to_string());
+        assert!(
+            site.contains(&replica.to_string()) && tls.contains(&tls_port.to_string()),
+            "the shipped files changed shape"
+        );
+        vec![
+            ("conf.d/orders-realtime.conf".into(), format!("{site}\n{tls}")),
+            ("orders-realtime/ws-proxy.conf".into(), shipped("ws-proxy.conf")),
+        ]
+    })
+    .await;
+    let url = format!("wss://127.0.0.1:{tls_port}/ws");
+    let event = first_event(&system, &["--url", &url, "--ca-file", ca.ca_path().to_str().unwrap()], &[]).await;
+    assert_eq!(event["order"]["product_name"], "Secure");
+    drop(nginx);
+}
+
+fn shipped(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}

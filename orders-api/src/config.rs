@@ -52,11 +52,7 @@ impl Config {
         let mut env = Env::new(&lookup);
         let config = Self {
             // The same default as the publisher's, so one local PostgreSQL serves both.
-            database_url: env.url(
-                "DATABASE_URL",
-                "postgres://postgres@localhost:5432/postgres",
-                &["postgres", "postgresql"],
-            ),
+            database_url: env.database_url("DATABASE_URL", "postgres://postgres@localhost:5432/postgres"),
             bind_addr: env.parse(
                 "API_BIND_ADDR",
                 IpAddr::from([0, 0, 0, 0]),

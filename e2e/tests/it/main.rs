@@ -22,5 +22,6 @@ mod shutdown;
 mod slow;
 mod sse;
 mod support;
+mod tls;
 mod websocket;
 mod wipe;
