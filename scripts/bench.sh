@@ -27,6 +27,8 @@ Environment (defaults in brackets):
               ephemeral range: thousands of client sockets take ports there)
   WS_PORTS [18180 18181] (ours)  NODE_PORTS [18190 18191]  HEALTH_PORT [19100]
   PG_SYNCHRONOUS_COMMIT  PostgreSQL's synchronous_commit [on]
+  REDIS_CLUSTER  1: our Redis is a 3-master Redis Cluster on REDIS_PORT and the next two
+              ports (the services find it from the first node's URL) [0: one server]
 EOF
 }
 
@@ -141,7 +143,23 @@ OURS_DB=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 NODE_DB=postgres://postgres@127.0.0.1:$PG_PORT/nodepeer
 "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres nodepeer
 "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d nodepeer -f "$RUN_DIR/node/schema.sql" >/dev/null
-for r in "redis:$REDIS_PORT" "node-redis:$NODE_REDIS_PORT"; do
+REDIS_SERVERS=("redis:$REDIS_PORT" "node-redis:$NODE_REDIS_PORT")
+if [[ "${REDIS_CLUSTER:-0}" == 1 ]]; then
+    REDIS_SERVERS=("node-redis:$NODE_REDIS_PORT")
+    cluster_nodes=()
+    for port in "$REDIS_PORT" $((REDIS_PORT + 1)) $((REDIS_PORT + 2)); do
+        mkdir -p "$RUN_DIR/redis-$port" && rm -f "$RUN_DIR/redis-$port/nodes.conf"
+        start "redis-$port" "$RUN_DIR/redis-$port.log" redis-server --port "$port" --bind 127.0.0.1 --save "" \
+            --appendonly no --cluster-enabled yes --cluster-config-file "$RUN_DIR/redis-$port/nodes.conf" \
+            --dir "$RUN_DIR/redis-$port"
+        wait_for "redis-$port" redis_ok "$port"
+        cluster_nodes+=("127.0.0.1:$port")
+    done
+    redis-cli --cluster create "${cluster_nodes[@]}" --cluster-yes >"$RUN_DIR/redis-cluster.log" 2>&1 ||
+        die "redis-cli --cluster create failed: see $RUN_DIR/redis-cluster.log"
+    wait_for "redis-$REDIS_PORT" bash -c "redis-cli -p $REDIS_PORT cluster info | grep -q cluster_state:ok"
+fi
+for r in "${REDIS_SERVERS[@]}"; do
     start "${r%%:*}" "$RUN_DIR/${r%%:*}.log" redis-server --port "${r##*:}" --bind 127.0.0.1 --save "" --appendonly no
     wait_for "${r%%:*}" redis_ok "${r##*:}"
 done

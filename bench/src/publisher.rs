@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use protocol::store::{ClusterMode, Conn, RedisTarget, Timeouts};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
@@ -17,7 +18,7 @@ pub struct PublisherArgs {
     /// Our system's PostgreSQL.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
-    /// Its Redis (read only: the log's newest entry).
+    /// Its Redis, one server or a cluster's node(s) (read only: the log's newest entry).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: String,
     /// The replay log's key.
@@ -66,7 +67,7 @@ pub struct PublisherReport {
     pub single_row_log_lag_s: f64,
 }
 
-async fn newest_pos(con: &mut redis::aio::MultiplexedConnection, key: &str) -> Result<u64> {
+async fn newest_pos(con: &mut Conn, key: &str) -> Result<u64> {
     let newest: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")
@@ -85,12 +86,7 @@ async fn newest_pos(con: &mut redis::aio::MultiplexedConnection, key: &str) -> R
     }
 }
 
-async fn wait_for_pos(
-    con: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    pos: u64,
-    timeout: Duration,
-) -> Result<u64> {
+async fn wait_for_pos(con: &mut Conn, key: &str, pos: u64, timeout: Duration) -> Result<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let now = newest_pos(con, key).await?;
@@ -107,8 +103,10 @@ async fn wait_for_pos(
 /// Runs the scenario, prints its line, writes the JSON.
 pub async fn run(args: PublisherArgs) -> Result<PublisherReport> {
     let machine_before = crate::procfs::machine_load().await?;
-    let client = redis::Client::open(args.redis_url.as_str()).context("REDIS_URL")?;
-    let mut con = client.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+    // One server or a cluster (the log's slot), as the services find it.
+    let target = RedisTarget::open(&args.redis_url, ClusterMode::Auto, None).context("REDIS_URL")?;
+    let timeouts = Timeouts { connect: Duration::from_secs(5), response: Duration::from_secs(5) };
+    let mut con = target.connect(timeouts).await.context("connecting to Redis")?;
     let mut db = PgConnection::connect(&args.database_url).await.context("connecting to the database")?;
 
     // Burst: one transaction of `rows` rows; the publisher sees them only once it commits.
