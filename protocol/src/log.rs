@@ -21,10 +21,13 @@
 
 use std::fmt;
 
-use redis::{Script, aio::ConnectionLike};
+use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 
-use crate::{channel::ChannelName, store::LogConnection};
+use crate::{
+    channel::ChannelName,
+    store::{LogConnection, Lua},
+};
 
 /// The keys of one channel's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,11 +302,11 @@ pub struct Snapshot {
 pub struct Log {
     keys: Keys,
     channel: String,
-    publish: Script,
-    claim: Script,
-    seed: Script,
-    snapshot: Script,
-    head: Script,
+    publish: Lua,
+    claim: Lua,
+    seed: Lua,
+    snapshot: Lua,
+    head: Lua,
 }
 
 /// Whether a Redis error is the publish script refusing a fenced-off publisher.
@@ -317,11 +320,11 @@ impl Log {
         Self {
             keys: Keys::new(channel),
             channel: channel.as_str().to_owned(),
-            publish: Script::new(PUBLISH),
-            claim: Script::new(CLAIM),
-            seed: Script::new(SEED),
-            snapshot: Script::new(SNAPSHOT),
-            head: Script::new(HEAD),
+            publish: Lua::new(PUBLISH),
+            claim: Lua::new(CLAIM),
+            seed: Lua::new(SEED),
+            snapshot: Lua::new(SNAPSHOT),
+            head: Lua::new(HEAD),
         }
     }
 

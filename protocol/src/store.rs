@@ -13,11 +13,15 @@
 //! is the channel name itself: `orders_updates` hashes to the same slot as the log's keys
 //! `{orders_updates}:…`, as Redis requires of a script.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use redis::{
-    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, ProtocolVersion, PushInfo, PushKind, RedisError, RedisFuture,
-    RedisResult, TlsCertificates, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
+    ProtocolVersion, PushInfo, PushKind, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
     aio::{ConnectionLike, MultiplexedConnection, PubSub},
     cluster::ClusterClientBuilder,
     cluster_async::ClusterConnection,
@@ -61,6 +65,9 @@ pub struct RedisTarget {
     single: redis::Client,
     /// The CA `rediss://` certificates must chain to, if not the system's trust store.
     ca: Option<Vec<u8>>,
+    /// The cluster's nodes as last seen, seeds for the next connection besides `urls`: a
+    /// `REDIS_URL` naming one node must not strand the service when that node dies.
+    learned: Arc<Mutex<Vec<ConnectionInfo>>>,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -101,7 +108,7 @@ impl RedisTarget {
         for other in &urls[1..] {
             client(other, ca.as_ref())?;
         }
-        Ok(Self { urls, mode, single, ca })
+        Ok(Self { urls, mode, single, ca, learned: Arc::default() })
     }
 
     /// Whether this is a cluster: from the setting, or else by asking the first node.
@@ -110,6 +117,8 @@ impl RedisTarget {
             ClusterMode::Cluster => Ok(true),
             ClusterMode::Single => Ok(false),
             ClusterMode::Auto if self.urls.len() > 1 => Ok(true),
+            // Known from an earlier connection: the one URL may name a node that is gone.
+            ClusterMode::Auto if !self.learned().is_empty() => Ok(true),
             ClusterMode::Auto => {
                 let mut conn =
                     self.single.get_multiplexed_async_connection_with_config(&single_config(timeouts)).await?;
@@ -121,8 +130,10 @@ impl RedisTarget {
     /// A connection for commands, to the one server or to the cluster.
     pub async fn connect(&self, timeouts: Timeouts) -> RedisResult<Conn> {
         if self.is_cluster(timeouts).await? {
-            let client = self.cluster_builder(timeouts).build()?;
-            return Ok(Conn::Cluster(client.get_async_connection().await?));
+            let client = self.cluster_builder(timeouts)?.build()?;
+            let mut conn = client.get_async_connection().await?;
+            self.learn(&mut conn).await;
+            return Ok(Conn::Cluster(conn));
         }
         let mut conn = self.single.get_multiplexed_async_connection_with_config(&single_config(timeouts)).await?;
         redis::cmd("PING").query_async::<()>(&mut conn).await?;
@@ -133,7 +144,8 @@ impl RedisTarget {
     pub async fn subscribe(&self, channel: &str, timeouts: Timeouts) -> RedisResult<Subscription> {
         if self.is_cluster(timeouts).await? {
             let (tx, rx) = mpsc::unbounded_channel();
-            let client = self.cluster_builder(timeouts).use_protocol(ProtocolVersion::RESP3).push_sender(tx).build()?;
+            let client =
+                self.cluster_builder(timeouts)?.use_protocol(ProtocolVersion::RESP3).push_sender(tx).build()?;
             let mut conn = client.get_async_connection().await?;
             conn.ssubscribe(channel).await?;
             return Ok(Subscription::Cluster { conn, pushes: rx, confirmed: false });
@@ -143,20 +155,68 @@ impl RedisTarget {
         Ok(Subscription::Single(Box::new(pubsub)))
     }
 
-    fn cluster_builder(&self, timeouts: Timeouts) -> ClusterClientBuilder {
-        let builder = ClusterClientBuilder::new(self.urls.clone());
+    fn learned(&self) -> std::sync::MutexGuard<'_, Vec<ConnectionInfo>> {
+        self.learned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers the nodes `conn`'s cluster has now (best effort: the next connection simply
+    /// has fewer seeds if this fails), addressed like the first URL (credentials, TLS).
+    async fn learn(&self, conn: &mut ClusterConnection) {
+        let Ok(nodes) = redis::cmd("CLUSTER").arg("NODES").query_async::<String>(conn).await else { return };
+        let Ok(template) = self.urls[0].as_str().into_connection_info() else { return };
+        let seeds: Vec<ConnectionInfo> = node_addresses(&nodes)
+            .into_iter()
+            .map(|(host, port)| {
+                let addr = match template.addr() {
+                    ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+                        ConnectionAddr::TcpTls { host, port, insecure: *insecure, tls_params: tls_params.clone() }
+                    }
+                    _ => ConnectionAddr::Tcp(host, port),
+                };
+                template.clone().set_addr(addr)
+            })
+            .collect();
+        if !seeds.is_empty() {
+            *self.learned() = seeds;
+        }
+    }
+
+    fn cluster_builder(&self, timeouts: Timeouts) -> RedisResult<ClusterClientBuilder> {
+        let mut seeds = Vec::new();
+        for url in &self.urls {
+            seeds.push(url.as_str().into_connection_info()?);
+        }
+        seeds.extend(self.learned().iter().cloned());
+        let builder = ClusterClientBuilder::new(seeds);
         let builder = match &self.ca {
             Some(pem) => builder.certs(TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) }),
             None => builder,
         };
-        builder
+        Ok(builder
             .connection_timeout(timeouts.connect)
             .response_timeout(timeouts.response)
             // The cluster client retries redirects and reconnects inside one call; bound the
             // whole of it, so a call during a failover fails in time and the caller's own
             // backoff (and log) takes over.
-            .overall_response_timeout(Some(timeouts.response))
+            .overall_response_timeout(Some(timeouts.response)))
     }
+}
+
+/// `(ip, port)` of the nodes a `CLUSTER NODES` reply lists that are not failed:
+/// `<id> <ip:port@cport[,hostname]> <flags> …` per line.
+fn node_addresses(reply: &str) -> Vec<(String, u16)> {
+    reply
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, address, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            if flags.split(',').any(|f| matches!(f, "fail" | "fail?" | "handshake" | "noaddr")) {
+                return None;
+            }
+            let (ip, port) = address.split(['@', ',']).next()?.rsplit_once(':')?;
+            Some((ip.to_owned(), port.parse().ok().filter(|p| *p != 0)?))
+        })
+        .collect()
 }
 
 /// A client for one URL: `rediss://` verified against `ca` when given, else the system's trust store.
@@ -204,6 +264,21 @@ impl Conn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
+
+    /// Checks that the server holding `key` answers: PING on one server. On a cluster PING
+    /// goes to every master, and one that is down elsewhere (with `cluster-require-full-coverage
+    /// no`) would fail the check although the log's slot is served; so the node of `key`'s slot
+    /// is asked instead.
+    pub async fn ping(&mut self, key: &str) -> RedisResult<()> {
+        match self {
+            Self::Single(c) => redis::cmd("PING").query_async::<()>(c).await,
+            Self::Cluster(c) => ping_slot(c, key).await,
+        }
+    }
+}
+
+async fn ping_slot(conn: &mut ClusterConnection, key: &str) -> RedisResult<()> {
+    redis::cmd("EXISTS").arg(key).query_async::<Value>(conn).await.map(drop)
 }
 
 /// A connection the replay log can be written through: it says which pub/sub the append
@@ -257,6 +332,71 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A Lua script, run with `EVALSHA` and, when the node lacks it, `EVAL`.
+///
+/// redis-rs's `Script` answers `NOSCRIPT` with `SCRIPT LOAD`, which a cluster client sends to
+/// every master: one master down elsewhere (its slots unserved, `cluster-require-full-coverage
+/// no`) then fails every first use of a script on the log's node, and so does a replica
+/// promoted by a failover (script caches are not replicated). `EVAL` goes by key, to the node
+/// that runs it, and caches the script there.
+#[derive(Debug, Clone)]
+pub struct Lua {
+    code: &'static str,
+    sha: String,
+}
+
+impl Lua {
+    /// The script `code`.
+    pub fn new(code: &'static str) -> Self {
+        Self { code, sha: redis::Script::new(code).get_hash().to_owned() }
+    }
+
+    /// A call with its first key.
+    pub fn key(&self, key: impl redis::ToRedisArgs) -> LuaCall<'_> {
+        let mut call = LuaCall { lua: self, keys: Vec::new(), args: Vec::new() };
+        call.key(key);
+        call
+    }
+}
+
+/// A call of a [`Lua`] script being built: keys, then arguments.
+#[derive(Debug)]
+pub struct LuaCall<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl LuaCall<'_> {
+    /// Adds a key (`KEYS[n]`).
+    pub fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument (`ARGV[n]`).
+    pub fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// Runs it: `EVALSHA`, then `EVAL` if the node does not have the script yet.
+    pub async fn invoke_async<T: redis::FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
+        match self.command("EVALSHA", self.lua.sha.as_bytes()).query_async(&mut *conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.command("EVAL", self.lua.code.as_bytes()).query_async(conn).await
+            }
+            result => result,
+        }
+    }
+
+    fn command(&self, verb: &str, script: &[u8]) -> Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script).arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+}
+
 /// A live subscription to one channel.
 ///
 /// On a cluster, redis-rs resubscribes by itself after a node went away or the slot moved;
@@ -268,7 +408,7 @@ pub enum Subscription {
     Single(Box<PubSub>),
     /// `SSUBSCRIBE` on a cluster.
     Cluster {
-        /// The connection the subscription was made on (also used for PING).
+        /// The connection the subscription was made on (also used for the keepalive).
         conn: ClusterConnection,
         /// Its pushes.
         pushes: mpsc::UnboundedReceiver<PushInfo>,
@@ -324,11 +464,12 @@ impl Subscription {
         }
     }
 
-    /// PINGs the server the subscription is on.
-    pub async fn ping(&mut self) -> RedisResult<()> {
+    /// PINGs the server the subscription is on (on a cluster: the node of `key`'s slot, as
+    /// [`Conn::ping`]).
+    pub async fn ping(&mut self, key: &str) -> RedisResult<()> {
         match self {
             Self::Single(pubsub) => pubsub.ping::<Value>().await.map(drop),
-            Self::Cluster { conn, .. } => redis::cmd("PING").query_async::<Value>(conn).await.map(drop),
+            Self::Cluster { conn, .. } => ping_slot(conn, key).await,
         }
     }
 }
@@ -336,6 +477,18 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_nodes_give_the_live_nodes_addresses() {
+        let reply = "07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected\n\
+                     67ed 127.0.0.1:30002@40002,node-b master - 0 1426238316232 2 connected 5461-10922\n\
+                     292f 127.0.0.1:30003@40003 master,fail - 1426238316232 0 3 disconnected\n\
+                     e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460\n";
+        assert_eq!(
+            node_addresses(reply),
+            vec![("127.0.0.1".to_owned(), 30004), ("127.0.0.1".to_owned(), 30002), ("127.0.0.1".to_owned(), 30001)]
+        );
+    }
 
     #[test]
     fn urls_split_on_commas() {

@@ -61,6 +61,8 @@ pub(crate) struct Redis<'a> {
     connected_at: Instant,
     generation: u64,
     supervisor: Supervisor,
+    /// A key of the log, whose node the keepalive asks (see `Conn::ping`).
+    log_key: String,
 }
 
 impl<'a> Redis<'a> {
@@ -73,6 +75,7 @@ impl<'a> Redis<'a> {
             connected_at: Instant::now(),
             generation: 0,
             supervisor: Supervisor::new("redis", config.retry).for_server(redact_url(&config.redis_url)),
+            log_key: protocol::log::Keys::new(&config.redis_channel).meta,
         })
     }
 
@@ -125,8 +128,9 @@ impl<'a> Redis<'a> {
 
     /// PINGs an idle connection, so a dead one is noticed (and readiness follows).
     pub(crate) async fn ping(&mut self, shutdown: &CancellationToken) -> Result<(), FatalError> {
+        let key = self.log_key.clone();
         let Some(conn) = self.connection(shutdown).await? else { return Ok(()) };
-        if let Err(e) = redis::cmd("PING").query_async::<()>(conn).await {
+        if let Err(e) = conn.ping(&key).await {
             self.failed(e, shutdown).await?;
         }
         Ok(())

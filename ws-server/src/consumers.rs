@@ -14,8 +14,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use protocol::store::Lua;
 use protocol::{channel::ChannelName, log::Position};
-use redis::{Script, aio::ConnectionLike};
+use redis::aio::ConnectionLike;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
@@ -79,7 +80,7 @@ return v
 pub(crate) struct Consumers {
     positions: String,
     acked_at: String,
-    ack: Script,
+    ack: Lua,
 }
 
 impl Consumers {
@@ -87,7 +88,7 @@ impl Consumers {
         Self {
             positions: format!("{{{channel}}}:consumers"),
             acked_at: format!("{{{channel}}}:consumers:at"),
-            ack: Script::new(ACK),
+            ack: Lua::new(ACK),
         }
     }
 

@@ -112,8 +112,9 @@ async fn session(
                 keepalive.reset();
             }
             _ = keepalive.tick() => {
-                bounded(subscription.ping()).await??;
-                bounded(redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await??;
+                let key = &state.history.log.keys().meta;
+                bounded(subscription.ping(key)).await??;
+                bounded(conn.ping(key)).await??;
                 debug!("redis ping ok");
             }
         }
