@@ -259,3 +259,75 @@ impl PlainFollower {
         me
     }
 }
+
+/// Resuming followers (each on `urls` rotated by its index) and plain followers (one per URL
+/// given for them), started together: what the fault tests watch while they break things.
+#[derive(Debug)]
+pub struct Crowd {
+    stop: watch::Sender<bool>,
+    drop: watch::Sender<u64>,
+    progress: Vec<watch::Receiver<Option<Position>>>,
+    followers: Vec<tokio::task::JoinHandle<Follower>>,
+    plain: Vec<tokio::task::JoinHandle<PlainFollower>>,
+}
+
+impl Crowd {
+    /// Starts `followers` resuming followers on `urls` and a plain follower on each of
+    /// `plain_urls`.
+    pub fn start(followers: usize, urls: &[String], plain_urls: &[String]) -> Crowd {
+        let (stop, stop_rx) = watch::channel(false);
+        let (drop, drop_rx) = watch::channel(0u64);
+        let mut progress = Vec::new();
+        let followers = (0..followers)
+            .map(|i| {
+                let mut urls = urls.to_vec();
+                let turn = i % urls.len();
+                urls.rotate_left(turn);
+                let (tx, rx) = watch::channel(None);
+                progress.push(rx);
+                tokio::spawn(Follower::run_reporting(format!("client-{i}"), urls, drop_rx.clone(), stop_rx.clone(), tx))
+            })
+            .collect();
+        let plain = plain_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let (tx, rx) = watch::channel(None);
+                progress.push(rx);
+                tokio::spawn(PlainFollower::run(format!("plain-{i}"), url.clone(), stop_rx.clone(), tx))
+            })
+            .collect();
+        Crowd { stop, drop, progress, followers, plain }
+    }
+
+    /// Drops every resuming follower's connection, as a flaky network would.
+    pub fn drop_connections(&self) {
+        self.drop.send_modify(|n| *n += 1);
+    }
+
+    /// Waits (up to `limit`) until every follower has applied `head`; whether they all did. A
+    /// follower that stalls fails the caller's assertions with its own story.
+    pub async fn caught_up(&mut self, head: &Option<Position>, limit: Duration) -> bool {
+        timeout(limit, async {
+            for rx in &mut self.progress {
+                let _ = rx.wait_for(|p| p == head).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Stops them all: what each ended with.
+    pub async fn stop(self) -> (Vec<Follower>, Vec<PlainFollower>) {
+        self.stop.send_replace(true);
+        let mut followers = Vec::new();
+        for f in self.followers {
+            followers.push(f.await.expect("follower finished"));
+        }
+        let mut plain = Vec::new();
+        for f in self.plain {
+            plain.push(f.await.expect("plain follower finished"));
+        }
+        (followers, plain)
+    }
+}

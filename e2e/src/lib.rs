@@ -5,6 +5,7 @@
 //! - [`System`]: the whole pipeline, with verbs for the faults tests inject
 //! - [`Service`]: one in-process service (its address, stop, `/readyz`, `/metrics`)
 //! - [`WsClient`]: a WebSocket client with bounded waits
+//! - [`Crowd`]: followers and plain followers started and stopped together
 //! - [`Follower`]: a resuming client that keeps a copy of the rows and records broken promises;
 //!   [`PlainFollower`]: the same for a plain connection that must last
 //! - [`SseClient`], [`SseRequest`]: a raw Server-Sent Events client (plain HTTP/1.1, chunked
@@ -30,7 +31,7 @@ mod writer;
 
 pub use browser::{Browser, BrowserOptions};
 pub use client::WsClient;
-pub use follower::{Follower, PlainFollower};
+pub use follower::{Crowd, Follower, PlainFollower};
 pub use process::Process;
 pub use service::{Service, System, publisher_config, spawn_publisher, spawn_ws, spawn_ws_on, ws_config};
 pub use sse::{SseClient, SseEvent, SseItem, SseRequest};

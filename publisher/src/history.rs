@@ -198,6 +198,20 @@ async fn seeded(
     Ok(Ok(()))
 }
 
+/// Appends `batch` to the history being built, which must be at `claim.seq`; moves that on.
+async fn append(
+    active: &Active<'_>,
+    redis: &mut Redis<'_>,
+    claim: &mut Claim,
+    batch: &Batch,
+    shutdown: &CancellationToken,
+) -> Result<Step<()>, SessionError> {
+    let (config, log) = (active.config, active.log);
+    let at = Some(claim.seq);
+    claim.seq = on_redis!(redis, shutdown, |conn| log.append(conn, claim, at, config.log_maxlen, &batch.appends()));
+    Ok(Ok(()))
+}
+
 /// Inside the snapshot: bridge, backlog, marks and the seeded rows (all but the final flag).
 async fn fill(
     active: &Active<'_>,
@@ -222,15 +236,10 @@ async fn fill(
         );
         for batch in &reoffer {
             bridged.extend(batch.ids());
-            let last = on_redis!(redis, shutdown, |conn| log.append(
-                conn,
-                claim,
-                Some(claim.seq),
-                config.log_maxlen,
-                &batch.appends()
-            ));
-            claim.seq = last;
-            marks.extend(batch.marks(last));
+            if let Err(built) = append(active, redis, claim, batch, shutdown).await? {
+                return Ok(Err(built));
+            }
+            marks.extend(batch.marks(claim.seq));
             stats.reoffered.add(batch.len() as u64);
         }
     }
@@ -257,15 +266,10 @@ async fn fill(
             }
         }
         if !batch.is_empty() {
-            let last = on_redis!(redis, shutdown, |conn| log.append(
-                conn,
-                claim,
-                Some(claim.seq),
-                config.log_maxlen,
-                &batch.appends()
-            ));
-            claim.seq = last;
-            marks.extend(batch.marks(last));
+            if let Err(built) = append(active, redis, claim, &batch, shutdown).await? {
+                return Ok(Err(built));
+            }
+            marks.extend(batch.marks(claim.seq));
             stats.published.add(batch.len() as u64);
             stats.batches.inc();
             // Backlog events are as late as the outage made them; re-offered ones are not

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e::{Follower, PlainFollower, Process, WAIT, history::table, write_mix};
+use e2e::{Crowd, Process, WAIT, history::table, write_mix};
 use protocol::{channel::ChannelName, log::Log};
 use testkit::{PgServer, RedisServer, free_port};
 use tokio::sync::watch;
@@ -88,26 +88,8 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     }
     let urls: Vec<String> = ports.iter().map(|p| format!("ws://127.0.0.1:{p}/ws")).collect();
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (drop_tx, drop_rx) = watch::channel(0u64);
-    let mut progress = Vec::new();
-    let followers: Vec<_> = (0..4)
-        .map(|i| {
-            let mut urls = urls.clone();
-            urls.rotate_left(i % 2);
-            let (tx, rx) = watch::channel(None);
-            progress.push(rx);
-            tokio::spawn(Follower::run_reporting(format!("client-{i}"), urls, drop_rx.clone(), stop_rx.clone(), tx))
-        })
-        .collect();
-    let plain: Vec<_> = (0..2)
-        .map(|i| {
-            let (tx, rx) = watch::channel(None);
-            progress.push(rx);
-            let url = format!("ws://127.0.0.1:{steady_port}/ws");
-            tokio::spawn(PlainFollower::run(format!("plain-{i}"), url, stop_rx.clone(), tx))
-        })
-        .collect();
+    let steady_url = format!("ws://127.0.0.1:{steady_port}/ws");
+    let mut crowd = Crowd::start(4, &urls, &[steady_url.clone(), steady_url]);
     let (writers_stop_tx, writers_stop_rx) = watch::channel(false);
     let writers: Vec<_> = (0..3).map(|w| tokio::spawn(write_mix(pg.url(), 7 + w, writers_stop_rx.clone()))).collect();
 
@@ -145,7 +127,7 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
 
     at(13).await;
     step("drop every client connection");
-    drop_tx.send_modify(|n| *n += 1);
+    crowd.drop_connections();
 
     at(15).await;
     step("cut every replica's Redis subscription (CLIENT KILL TYPE pubsub): they must fill the gap");
@@ -167,7 +149,7 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
 
     at(21).await;
     step("drop every client connection");
-    drop_tx.send_modify(|n| *n += 1);
+    crowd.drop_connections();
 
     tokio::time::sleep_until((started + WRITE_FOR).into()).await;
     step("stop the writers");
@@ -191,23 +173,9 @@ async fn nothing_is_lost_while_everything_fails_in_turn() {
     let redis_client = redis::Client::open(redis.url()).expect("redis url");
     let mut head_conn = redis_client.get_multiplexed_async_connection().await.expect("connect to redis");
     let head = log.head(&mut head_conn).await.expect("read the head");
-    let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
-        for rx in &mut progress {
-            // A follower that stalls fails the assertions below with its own story.
-            let _ = rx.wait_for(|p| *p == head).await;
-        }
-    })
-    .await;
-    step(&format!("head {head:?}; every client caught up: {}", caught_up.is_ok()));
-    stop_tx.send_replace(true);
-    let mut results = Vec::new();
-    for f in followers {
-        results.push(f.await.expect("follower finished"));
-    }
-    let mut plain_results = Vec::new();
-    for f in plain {
-        plain_results.push(f.await.expect("plain follower finished"));
-    }
+    let caught_up = crowd.caught_up(&head, Duration::from_secs(30)).await;
+    step(&format!("head {head:?}; every client caught up: {caught_up}"));
+    let (results, plain_results) = crowd.stop().await;
     let logs = || {
         publishers
             .iter()

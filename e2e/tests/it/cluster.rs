@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    Follower, PlainFollower, Service, WAIT, WsClient,
+    Crowd, Service, WAIT, WsClient,
     history::{self, table},
     publisher_config, spawn_publisher, spawn_ws, write_mix, ws_config,
 };
@@ -127,27 +127,7 @@ async fn kill_the_log_master_under_load(how: Failover) -> usize {
     let mut system = Clustered::start(1, 2).await;
     let urls: Vec<String> = system.ws.iter().map(Service::ws_url).collect();
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (drop_tx, drop_rx) = watch::channel(0u64);
-    let mut progress = Vec::new();
-    let followers: Vec<_> = (0..4)
-        .map(|i| {
-            let mut urls = urls.clone();
-            urls.rotate_left(i % 2);
-            let (tx, rx) = watch::channel(None);
-            progress.push(rx);
-            tokio::spawn(Follower::run_reporting(format!("client-{i}"), urls, drop_rx.clone(), stop_rx.clone(), tx))
-        })
-        .collect();
-    let plain: Vec<_> = urls
-        .iter()
-        .enumerate()
-        .map(|(i, url)| {
-            let (tx, rx) = watch::channel(None);
-            progress.push(rx);
-            tokio::spawn(PlainFollower::run(format!("plain-{i}"), url.clone(), stop_rx.clone(), tx))
-        })
-        .collect();
+    let mut crowd = Crowd::start(4, &urls, &urls);
     let (writers_stop_tx, writers_stop_rx) = watch::channel(false);
     let writers: Vec<_> =
         (0..3).map(|w| tokio::spawn(write_mix(system.pg.url(), 31 + w, writers_stop_rx.clone()))).collect();
@@ -182,7 +162,7 @@ async fn kill_the_log_master_under_load(how: Failover) -> usize {
     step(&format!("node {promoted} promoted"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     step("drop every client connection: they resume from the new master's log");
-    drop_tx.send_modify(|n| *n += 1);
+    crowd.drop_connections();
     tokio::time::sleep(Duration::from_secs(2)).await;
     writers_stop_tx.send_replace(true);
     let mut committed = 0;
@@ -201,14 +181,9 @@ async fn kill_the_log_master_under_load(how: Failover) -> usize {
     .await;
     let log = Log::new(&ChannelName::parse("orders_updates").expect("valid channel"));
     let head = log.head(&mut history::connect(&urls_list).await).await.expect("read the head");
-    let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
-        for rx in &mut progress {
-            let _ = rx.wait_for(|p| *p == head).await;
-        }
-    })
-    .await;
-    step(&format!("head {head:?}; every client caught up: {}", caught_up.is_ok()));
-    stop_tx.send_replace(true);
+    let caught_up = crowd.caught_up(&head, Duration::from_secs(30)).await;
+    step(&format!("head {head:?}; every client caught up: {caught_up}"));
+    let (followers, plain) = crowd.stop().await;
     let logs = || {
         let mut all = system.publisher.logs(&["WARN"]);
         for ws in &system.ws {
@@ -218,14 +193,12 @@ async fn kill_the_log_master_under_load(how: Failover) -> usize {
     };
     assert!(converged.is_ok(), "the cluster's state never matched the table\n{}", logs());
     for f in plain {
-        let f = f.await.expect("plain follower finished");
         step(&format!("{}: {} events", f.name, f.events));
         assert!(f.violations.is_empty(), "{} saw broken promises: {:#?}\n{}", f.name, f.violations, logs());
         assert_eq!(f.state, expected, "{}'s folded events differ from the table\n{}", f.name, logs());
     }
     let mut rebases = usize::MAX;
     for f in followers {
-        let f = f.await.expect("follower finished");
         rebases = rebases.min(f.rebases);
         step(&format!(
             "{}: {} events, {} snapshots, {} resumes, {} rebases, at {:?}",
