@@ -195,10 +195,8 @@ impl RedisServer {
         // One client configuration for all the probes of this launch.
         let connector = self.tls.as_ref().map(TestCa::connector);
         let connector = connector.as_ref();
-        launch("redis-server", command, &self.log_path(), READY_TIMEOUT, |pid| {
-            answers_over(port, pid, password, connector)
-        })
-        .await
+        launch("redis-server", command, &self.log_path(), READY_TIMEOUT, |pid| answers(port, pid, password, connector))
+            .await
     }
 }
 
@@ -210,13 +208,9 @@ impl Drop for RedisServer {
 }
 
 /// True when the server on `port` answers `PING` with `+PONG` and is the process `pid`: another
-/// test's Redis on a port we also picked would answer `PING` as well.
-pub(crate) async fn answers(port: u16, pid: Pid, password: Option<&str>) -> bool {
-    answers_over(port, pid, password, None).await
-}
-
-/// [`answers`] over TLS when `tls` is given (a client trusting the server's CA).
-async fn answers_over(port: u16, pid: Pid, password: Option<&str>, tls: Option<&TlsConnector>) -> bool {
+/// test's Redis on a port we also picked would answer `PING` as well. Over TLS when `tls` is given
+/// (a client trusting the server's CA).
+pub(crate) async fn answers(port: u16, pid: Pid, password: Option<&str>, tls: Option<&TlsConnector>) -> bool {
     let expected = if password.is_some() { "+OK\r\n+PONG\r\n" } else { "+PONG\r\n" };
     match ping(port, password, tls).await {
         Some(reply) => reply.starts_with(expected) && info_process_id(&reply) == Some(pid.as_raw_pid()),

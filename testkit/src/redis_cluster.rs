@@ -7,9 +7,14 @@
 //! is 1 s rather than 15 s, so a failover takes a few seconds. Nodes talk to us in raw RESP over
 //! a `TcpStream`, like [`RedisServer`](crate::RedisServer)'s probe: no client library, and no
 //! client-side view of the cluster that could hide what the nodes themselves report.
+//!
+//! [`RedisCluster::start_tls`] is the managed-Redis setup (`rediss://` cluster endpoints): every
+//! node speaks TLS only, on its client port, its cluster bus and its replication link, with one
+//! certificate from a private [`TestCa`] ([`RedisCluster::tls_ca_path`]) and no client
+//! certificates. Our own raw RESP then goes over TLS as well.
 
 use std::{
-    fmt::Write as _,
+    fmt::{self, Write as _},
     fs::{self, File},
     future::Future,
     path::{Path, PathBuf},
@@ -20,17 +25,20 @@ use std::{
 use rustix::process::Signal;
 use tempfile::TempDir;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     process::Command,
     time::Instant,
 };
+use tokio_rustls::TlsConnector;
 
 use crate::{
+    TestCa,
     binaries::{redis_cli_bin, redis_server_bin},
     free_port,
     process::{LaunchError, ServerProcess, launch, launch_on_free_port, log_tail},
     redis::answers,
+    tls::server_name,
 };
 
 /// How long one node may take to answer `PING` after its start.
@@ -41,7 +49,7 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a failover may take: with a 1 s node timeout it is usually 2 to 4 s.
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bounds one command to one node (connect, write, read).
+/// Bounds one command to one node (connect, TLS handshake, write, read).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the cluster's state is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -55,14 +63,31 @@ const SLOTS: &str = "16384";
 ///
 /// Nodes are numbered in start order; which ones `redis-cli` made masters is read back from the
 /// nodes (use [`RedisCluster::master_for_key`] rather than assuming). Dropping it kills every node
-/// and deletes their directories.
+/// and deletes their directories (and the TLS files).
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<Node>,
     /// The nodes that were masters when the cluster was created: the seed list.
     masters: Vec<usize>,
-    /// Holds a directory per node, and `redis-cli.log`.
+    /// Holds a directory per node, `redis-cli.log`, and the TLS files of a TLS cluster.
     dir: TempDir,
+    /// The certificates of a [`RedisCluster::start_tls`] cluster, kept across restarts.
+    tls: Option<Tls>,
+}
+
+/// One CA and server certificate for every node of a TLS cluster (each node's certificate also
+/// serves as its client certificate on the cluster bus and for replication), and our client.
+struct Tls {
+    ca: TestCa,
+    /// Trusts `ca`. One for all our connections, so polls resume TLS sessions.
+    connector: TlsConnector,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `TlsConnector` has no `Debug`; the CA says which cluster this is.
+        f.debug_struct("Tls").field("ca", &self.ca).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -87,11 +112,28 @@ impl RedisCluster {
     /// Panics, with the logs, when a binary is missing or the cluster does not come up. Redis
     /// needs at least 3 masters.
     pub async fn start(masters: usize, replicas_per_master: usize) -> RedisCluster {
+        Self::start_with(masters, replicas_per_master, false).await
+    }
+
+    /// [`RedisCluster::start`] with TLS only, as a managed Redis Cluster: every node's port speaks
+    /// TLS (plain TCP is not served at all), and so do the cluster bus and replication. One
+    /// private CA ([`RedisCluster::tls_ca_path`]) signed the certificate, for `localhost` and
+    /// `127.0.0.1`, that every node serves; clients need no certificate. The URLs are then
+    /// `rediss://127.0.0.1:{port}`.
+    pub async fn start_tls(masters: usize, replicas_per_master: usize) -> RedisCluster {
+        Self::start_with(masters, replicas_per_master, true).await
+    }
+
+    async fn start_with(masters: usize, replicas_per_master: usize, tls: bool) -> RedisCluster {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters, not {masters}");
         let dir = tempfile::Builder::new()
             .prefix("testkit-redis-cluster-")
             .tempdir()
             .expect("failed to create a temporary directory for the Redis Cluster");
+        let tls = tls.then(|| {
+            let ca = TestCa::create_in(dir.path());
+            Tls { connector: ca.connector(), ca }
+        });
         let mut nodes = Vec::new();
         for index in 0..masters * (1 + replicas_per_master) {
             let node_dir = dir.path().join(format!("node-{index}"));
@@ -99,12 +141,12 @@ impl RedisCluster {
             let mut bus_port = 0;
             let (port, process) = launch_on_free_port("a Redis Cluster node", |port| {
                 bus_port = free_port();
-                launch_node(&node_dir, port, bus_port)
+                launch_node(&node_dir, port, bus_port, tls.as_ref())
             })
             .await;
             nodes.push(Node { process: Some(process), port, bus_port, dir: node_dir, replica_of: None });
         }
-        let mut cluster = RedisCluster { nodes, masters: Vec::new(), dir };
+        let mut cluster = RedisCluster { nodes, masters: Vec::new(), dir, tls };
         cluster.create(replicas_per_master).await;
         cluster.wait_until_converged("the new cluster to be ready").await;
         cluster.refresh_roles().await;
@@ -113,23 +155,32 @@ impl RedisCluster {
         cluster
     }
 
-    /// `redis://127.0.0.1:{port}` of each node that was a master when the cluster was created,
-    /// comma-separated: a seed list (a client learns the rest, and skips a dead seed).
+    /// `redis://127.0.0.1:{port}` (`rediss://` with TLS) of each node that was a master when the
+    /// cluster was created, comma-separated: a seed list (a client learns the rest, and skips a
+    /// dead seed).
     pub fn urls(&self) -> String {
         self.masters.iter().map(|&node| self.node_url(node)).collect::<Vec<_>>().join(",")
     }
 
-    /// `redis://127.0.0.1:{port}` of node 0.
+    /// `redis://127.0.0.1:{port}` (`rediss://` with TLS) of node 0.
     pub fn url(&self) -> String {
         self.node_url(0)
     }
 
-    /// `redis://127.0.0.1:{port}` of every node, in node order, masters and replicas.
+    /// `redis://127.0.0.1:{port}` (`rediss://` with TLS) of every node, in node order, masters
+    /// and replicas.
     pub fn node_urls(&self) -> Vec<String> {
         (0..self.nodes.len()).map(|node| self.node_url(node)).collect()
     }
 
-    /// The TCP port `node` listens on (127.0.0.1); the same across restarts.
+    /// The CA certificate (PEM) that signed the nodes' certificate in a
+    /// [`RedisCluster::start_tls`] cluster, for the clients' CA file setting; `None` without TLS.
+    pub fn tls_ca_path(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca.ca_path())
+    }
+
+    /// The TCP port `node` listens on (127.0.0.1; TLS only in a TLS cluster); the same across
+    /// restarts.
     pub fn port(&self, node: usize) -> u16 {
         self.nodes[node].port
     }
@@ -144,15 +195,15 @@ impl RedisCluster {
     /// Panics when no node answers or none serves the slot.
     pub async fn master_for_key(&self, key: &str) -> usize {
         let mut seen = Vec::new();
-        for (index, node) in self.running() {
-            let slot = match query(node.port, &["CLUSTER", "KEYSLOT", key]).await {
+        for (index, _) in self.running() {
+            let slot = match self.query(index, &["CLUSTER", "KEYSLOT", key]).await {
                 Ok(slot) => slot.parse::<u16>().unwrap_or_else(|err| panic!("CLUSTER KEYSLOT replied {slot:?}: {err}")),
                 Err(err) => {
                     seen.push(format!("node {index}: {err}"));
                     continue;
                 }
             };
-            let table = match query(node.port, &["CLUSTER", "NODES"]).await {
+            let table = match self.query(index, &["CLUSTER", "NODES"]).await {
                 Ok(table) => table,
                 Err(err) => {
                     seen.push(format!("node {index}: {err}"));
@@ -196,7 +247,7 @@ impl RedisCluster {
             let mut roles = Vec::new();
             let mut promoted = None;
             for &replica in replicas {
-                let role = match query(self.nodes[replica].port, &["INFO", "replication"]).await {
+                let role = match self.query(replica, &["INFO", "replication"]).await {
                     Ok(info) => info_field(&info, "role").unwrap_or("(no role)").to_owned(),
                     Err(err) => err,
                 };
@@ -241,7 +292,7 @@ impl RedisCluster {
         }
         let (dir, port, bus_port) = (self.nodes[node].dir.clone(), self.nodes[node].port, self.nodes[node].bus_port);
         for attempt in 1..=RESTART_ATTEMPTS {
-            match launch_node(&dir, port, bus_port).await {
+            match launch_node(&dir, port, bus_port, self.tls.as_ref()).await {
                 Ok(process) => {
                     self.nodes[node].process = Some(process);
                     break;
@@ -270,6 +321,9 @@ impl RedisCluster {
             .stdout(log.try_clone().expect("failed to duplicate the log file handle"))
             .stderr(log)
             .kill_on_drop(true);
+        if let Some(tls) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(tls.ca.ca_path());
+        }
         let mut child = command.spawn().unwrap_or_else(|err| panic!("failed to run redis-cli --cluster create: {err}"));
         let failure = match tokio::time::timeout(CREATE_TIMEOUT, child.wait()).await {
             Ok(Ok(status)) if status.success() => return,
@@ -299,8 +353,8 @@ impl RedisCluster {
     /// which slots; otherwise the first thing that is not so yet.
     async fn check_converged(&self) -> Result<(), String> {
         let mut owners: Option<(usize, Vec<SlotRange>)> = None;
-        for (index, node) in self.running() {
-            let info = query(node.port, &["CLUSTER", "INFO"]).await.map_err(|err| format!("node {index}: {err}"))?;
+        for (index, _) in self.running() {
+            let info = self.query(index, &["CLUSTER", "INFO"]).await.map_err(|err| format!("node {index}: {err}"))?;
             let known = self.nodes.len().to_string();
             for (field, expected) in
                 [("cluster_state", "ok"), ("cluster_slots_assigned", SLOTS), ("cluster_known_nodes", &known)]
@@ -311,14 +365,14 @@ impl RedisCluster {
                 }
             }
             let replication =
-                query(node.port, &["INFO", "replication"]).await.map_err(|err| format!("node {index}: {err}"))?;
+                self.query(index, &["INFO", "replication"]).await.map_err(|err| format!("node {index}: {err}"))?;
             let link = info_field(&replication, "master_link_status");
             if info_field(&replication, "role") == Some("slave") && link != Some("up") {
                 return Err(format!("replica node {index} reports master_link_status:{}", link.unwrap_or("?")));
             }
             // A node can be `ok` while still holding an outdated slot map, e.g. a restarted master
             // that has not heard of its successor yet.
-            let table = query(node.port, &["CLUSTER", "NODES"]).await.map_err(|err| format!("node {index}: {err}"))?;
+            let table = self.query(index, &["CLUSTER", "NODES"]).await.map_err(|err| format!("node {index}: {err}"))?;
             let node_owners = slot_owners(&table);
             match &owners {
                 None => owners = Some((index, node_owners)),
@@ -340,7 +394,7 @@ impl RedisCluster {
             if self.nodes[index].process.is_none() {
                 continue;
             }
-            let Ok(info) = query(self.nodes[index].port, &["INFO", "replication"]).await else { continue };
+            let Ok(info) = self.query(index, &["INFO", "replication"]).await else { continue };
             self.nodes[index].replica_of = match info_field(&info, "role") {
                 Some("slave") => info_field(&info, "master_port")
                     .and_then(|port| port.parse().ok())
@@ -350,12 +404,24 @@ impl RedisCluster {
         }
     }
 
+    /// Sends `command` to `node` (over TLS in a TLS cluster) and returns the text of its reply,
+    /// as [`pipeline`] does.
+    async fn query(&self, node: usize, command: &[&str]) -> Result<String, String> {
+        self.pipeline(node, &[command]).await?.remove(0)
+    }
+
+    /// [`pipeline`] to `node`, over TLS in a TLS cluster.
+    async fn pipeline(&self, node: usize, commands: &[&[&str]]) -> Result<Vec<Result<String, String>>, String> {
+        pipeline(self.nodes[node].port, self.tls.as_ref().map(|tls| &tls.connector), commands).await
+    }
+
     fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
         self.nodes.iter().enumerate().filter(|(_, node)| node.process.is_some())
     }
 
     fn node_url(&self, node: usize) -> String {
-        format!("redis://127.0.0.1:{}", self.nodes[node].port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.nodes[node].port)
     }
 
     fn node_on_port(&self, port: u16) -> usize {
@@ -385,11 +451,29 @@ impl Drop for RedisCluster {
     }
 }
 
-/// Starts one cluster node in `dir` and waits until it answers `PING` (as the process we started).
-async fn launch_node(dir: &Path, port: u16, bus_port: u16) -> Result<ServerProcess, LaunchError> {
+/// Starts one cluster node in `dir` (TLS only with `tls`) and waits until it answers `PING` (as
+/// the process we started).
+async fn launch_node(dir: &Path, port: u16, bus_port: u16, tls: Option<&Tls>) -> Result<ServerProcess, LaunchError> {
     let mut command = Command::new(redis_server_bin());
+    match tls {
+        // `--port 0` turns the plain listener off: the one port speaks TLS only. The bus and the
+        // replication links use the same certificate, as client and as server.
+        Some(Tls { ca, .. }) => {
+            command.args(["--port", "0", "--tls-port", &port.to_string()]);
+            command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            command.arg("--tls-cert-file").arg(ca.cert_path());
+            command.arg("--tls-key-file").arg(ca.key_path());
+            // What nodes verify each other with: the bus demands a peer certificate whatever
+            // `--tls-auth-clients` says. `no`: clients on the node's port need none.
+            command.arg("--tls-ca-cert-file").arg(ca.ca_path());
+            command.args(["--tls-auth-clients", "no"]);
+        }
+        None => {
+            command.args(["--port", &port.to_string()]);
+        }
+    }
     command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
         .args(["--cluster-port", &bus_port.to_string()])
         // A master is marked failed after 1 s without an answer (the default is 15 s).
@@ -403,7 +487,9 @@ async fn launch_node(dir: &Path, port: u16, bus_port: u16) -> Result<ServerProce
         .arg(dir)
         .current_dir(dir)
         .stdin(Stdio::null());
-    launch("redis-server", command, &dir.join("redis.log"), READY_TIMEOUT, |pid| answers(port, pid, None)).await
+    let connector = tls.map(|tls| &tls.connector);
+    launch("redis-server", command, &dir.join("redis.log"), READY_TIMEOUT, |pid| answers(port, pid, None, connector))
+        .await
 }
 
 /// Polls `check` until it returns `Ok`, for at most `timeout`. `Err` says that it timed out
@@ -428,15 +514,15 @@ where
     }
 }
 
-/// Sends `command` to the node on `port` and returns the text of its reply (a simple string, an
-/// integer, a bulk string); `Err` holds an error reply (`MOVED …`), `(nil)`, or why none came.
-async fn query(port: u16, command: &[&str]) -> Result<String, String> {
-    pipeline(port, &[command]).await?.remove(0)
-}
-
-/// Sends `commands` on one connection and returns their replies, as [`query`] does (`WAIT`
-/// counts the replicas that have this connection's writes).
-async fn pipeline(port: u16, commands: &[&[&str]]) -> Result<Vec<Result<String, String>>, String> {
+/// Sends `commands` on one connection to the node on `port`, over TLS when `tls` is given (a
+/// client trusting the nodes' CA), and returns the text of each reply (a simple string, an
+/// integer, a bulk string); an inner `Err` holds an error reply (`MOVED …`) or `(nil)`, the outer
+/// one why no replies came. `WAIT` counts the replicas that have this connection's writes.
+async fn pipeline(
+    port: u16,
+    tls: Option<&TlsConnector>,
+    commands: &[&[&str]],
+) -> Result<Vec<Result<String, String>>, String> {
     let mut request = String::new();
     for command in commands {
         let _ = write!(request, "*{}\r\n", command.len());
@@ -447,11 +533,11 @@ async fn pipeline(port: u16, commands: &[&[&str]]) -> Result<Vec<Result<String, 
     // QUIT makes the server close the connection, so the whole reply can be read to the end.
     request.push_str("QUIT\r\n");
     let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        match tls {
+            Some(tls) => exchange(tls.connect(server_name(), stream).await?, request.as_bytes()).await,
+            None => exchange(stream, request.as_bytes()).await,
+        }
     };
     let reply = match tokio::time::timeout(COMMAND_TIMEOUT, exchange).await {
         Ok(Ok(reply)) => reply,
@@ -468,6 +554,15 @@ async fn pipeline(port: u16, commands: &[&[&str]]) -> Result<Vec<Result<String, 
         rest = after;
     }
     Ok(replies)
+}
+
+/// Writes `request` and reads the reply to the end of the stream.
+async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(request).await?;
+    let mut reply = Vec::new();
+    // Over TLS too: Redis ends the session with a close_notify, so this is a clean end of stream.
+    stream.read_to_end(&mut reply).await?;
+    Ok(reply)
 }
 
 /// Reads one RESP2 reply (no arrays: nothing here asks for one) off the front of `bytes`.
@@ -559,9 +654,52 @@ mod tests {
 
     #[tokio::test]
     async fn a_killed_master_fails_over_to_its_replica() {
+        fails_over_and_rejoins(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_killed_tls_master_fails_over_to_its_replica() {
+        fails_over_and_rejoins(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_tls_cluster_serves_only_over_tls() {
         let started = std::time::Instant::now();
-        let mut cluster = RedisCluster::start(3, 1).await;
+        let cluster = RedisCluster::start_tls(3, 0).await;
         let start_took = started.elapsed();
+        let urls = cluster.node_urls();
+        assert_eq!(urls, (0..3).map(|node| format!("rediss://127.0.0.1:{}", cluster.port(node))).collect::<Vec<_>>());
+        assert_eq!(cluster.urls(), urls.join(","));
+        assert_eq!(cluster.url(), urls[0]);
+        let ca = &cluster.tls.as_ref().unwrap().ca;
+        assert_eq!(fs::read_to_string(cluster.tls_ca_path().unwrap()).unwrap(), ca.ca_pem());
+
+        let key = "testkit:orders:42";
+        let master = cluster.master_for_key(key).await;
+        let port = cluster.port(master);
+        let plain = pipeline(port, None, &[&["PING"]]).await;
+        assert!(!matches!(&plain, Ok(replies) if replies[0].as_deref() == Ok("PONG")), "{plain:?}");
+        let other_ca = TestCa::new();
+        let untrusted = pipeline(port, Some(&other_ca.connector()), &[&["PING"]]).await.unwrap_err();
+        assert!(untrusted.contains("UnknownIssuer"), "{untrusted}");
+
+        let moved = cluster.query((master + 1) % 3, &["SET", key, "x"]).await.unwrap_err();
+        assert!(moved.starts_with("MOVED ") && moved.ends_with(&format!(" 127.0.0.1:{port}")), "{moved}");
+        assert_eq!(cluster.query(master, &["SET", key, "over TLS"]).await, Ok("OK".to_owned()));
+        assert_eq!(cluster.query(master, &["GET", key]).await, Ok("over TLS".to_owned()));
+        eprintln!("TLS cluster (3 masters) started in {start_took:?}");
+    }
+
+    /// Starts a cluster of 3 masters with a replica each (over TLS with `tls`), kills the master
+    /// of a key written before (and replicated), and checks that its replica takes over with the
+    /// key and that the old master rejoins as its replica.
+    async fn fails_over_and_rejoins(tls: bool) {
+        let started = std::time::Instant::now();
+        let mut cluster = if tls { RedisCluster::start_tls(3, 1).await } else { RedisCluster::start(3, 1).await };
+        let start_took = started.elapsed();
+        assert_eq!(cluster.tls_ca_path().is_some(), tls);
+        let scheme = if tls { "rediss://" } else { "redis://" };
+        assert!(cluster.node_urls().iter().all(|url| url.starts_with(scheme)), "{:?}", cluster.node_urls());
         assert_eq!(cluster.node_urls().len(), 6);
         assert_eq!(cluster.urls().split(',').count(), 3);
         assert_eq!(cluster.url(), cluster.node_urls()[0]);
@@ -569,10 +707,10 @@ mod tests {
         let key = "testkit:orders:42";
         let master = cluster.master_for_key(key).await;
         let other = (master + 1) % 6;
-        let moved = query(cluster.port(other), &["SET", key, "x"]).await.unwrap_err();
+        let moved = cluster.query(other, &["SET", key, "x"]).await.unwrap_err();
         assert!(moved.starts_with("MOVED "), "node {other} should redirect, said {moved:?}");
         // On one connection, so WAIT counts the replicas that have this SET: it must survive.
-        let replies = pipeline(cluster.port(master), &[&["SET", key, "before"], &["WAIT", "1", "5000"]]).await.unwrap();
+        let replies = cluster.pipeline(master, &[&["SET", key, "before"], &["WAIT", "1", "5000"]]).await.unwrap();
         assert_eq!(replies, [Ok("OK".to_owned()), Ok("1".to_owned())]);
 
         cluster.kill(master).await;
@@ -582,17 +720,20 @@ mod tests {
 
         assert_ne!(promoted, master);
         assert_eq!(cluster.master_for_key(key).await, promoted);
-        assert_eq!(query(cluster.port(promoted), &["GET", key]).await, Ok("before".to_owned()));
-        let info = query(cluster.port(promoted), &["CLUSTER", "INFO"]).await.unwrap();
+        assert_eq!(cluster.query(promoted, &["GET", key]).await, Ok("before".to_owned()));
+        let info = cluster.query(promoted, &["CLUSTER", "INFO"]).await.unwrap();
         assert_eq!(info_field(&info, "cluster_state"), Some("ok"), "{info}");
 
         let restarted = std::time::Instant::now();
         cluster.restart(master).await;
         let restart_took = restarted.elapsed();
-        let replication = query(cluster.port(master), &["INFO", "replication"]).await.unwrap();
+        let replication = cluster.query(master, &["INFO", "replication"]).await.unwrap();
         assert_eq!(info_field(&replication, "role"), Some("slave"), "{replication}");
         assert_eq!(info_field(&replication, "master_port"), Some(cluster.port(promoted).to_string().as_str()));
         assert_eq!(cluster.master_for_key(key).await, promoted);
-        eprintln!("cluster started in {start_took:?}, failed over in {failover_took:?}, rejoined in {restart_took:?}");
+        let kind = if tls { "TLS" } else { "plain" };
+        eprintln!(
+            "{kind} cluster started in {start_took:?}, failed over in {failover_took:?}, rejoined in {restart_took:?}"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! TLS to PostgreSQL and Redis, as managed services require: a PostgreSQL that refuses plain
 //! TCP (`ssl=on`, hostssl only) and a Redis on `--tls-port` only, both on certificates of a
 //! CA the test makes. The services connect with `sslmode=verify-full&sslrootcert=…` and
-//! `rediss://` with `REDIS_TLS_CA_FILE`; with another CA they stay up, not ready, and say
-//! which setting fixes it.
+//! `rediss://` with `REDIS_TLS_CA_FILE`, to one server and to a Redis Cluster whose nodes and
+//! bus speak only TLS; with another CA they stay up, not ready, and say which setting fixes it.
 
 use e2e::{WAIT, WsClient, publisher_config, spawn_publisher, spawn_ws, ws_config};
 use sqlx::{Connection, PgConnection};
@@ -65,4 +65,30 @@ async fn another_ca_keeps_the_services_up_and_not_ready_naming_the_setting_that_
     assert_eq!(publisher.readyz().await, 503);
     assert_eq!(ws.readyz().await, 503);
     assert_eq!(publisher.readyz().await, 503, "still up, not ready");
+}
+
+#[tokio::test]
+async fn a_redis_cluster_over_tls_carries_events_verified_against_its_ca() {
+    let (pg, cluster) = tokio::join!(PgServer::start(), testkit::RedisCluster::start_tls(3, 0));
+    let ca = pem(cluster.tls_ca_path().expect("tls"));
+    assert!(cluster.url().starts_with("rediss://"));
+    // One node's URL for the publisher (the cluster is detected over TLS), the seed list for
+    // the replica; both with the cluster's CA.
+    let mut publisher_config = publisher_config(&pg.url(), &cluster.url());
+    publisher_config.redis_tls_ca = Some(ca.clone());
+    let publisher = spawn_publisher(publisher_config).await;
+    let mut config = ws_config(&cluster.urls());
+    config.redis_tls_ca = Some(ca);
+    let ws = spawn_ws(config).await;
+    publisher.wait_ready().await;
+    ws.wait_ready().await;
+    assert!(!publisher.logs(&["connected to redis", "cluster=true"]).is_empty());
+
+    let mut client = WsClient::connect(&ws.ws_url()).await;
+    let mut conn = PgConnection::connect(&pg.url()).await.expect("connect");
+    sqlx::query("INSERT INTO orders (customer_name, product_name) VALUES ('Cluster', 'TLS')")
+        .execute(&mut conn)
+        .await
+        .expect("insert");
+    assert_eq!(client.next_json().await["order"]["product_name"], "TLS");
 }
