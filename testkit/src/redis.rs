@@ -167,22 +167,8 @@ impl RedisServer {
 
     async fn launch(&self, port: u16) -> Result<ServerProcess, LaunchError> {
         let mut command = Command::new(redis_server_bin());
-        match &self.tls {
-            // `--port 0` turns the plain listener off: the one port speaks TLS only.
-            Some(tls) => {
-                command.args(["--port", "0", "--tls-port", &port.to_string()]);
-                command.arg("--tls-cert-file").arg(tls.cert_path());
-                command.arg("--tls-key-file").arg(tls.key_path());
-                // What Redis verifies peers' certificates with; `--tls-auth-clients no`: clients need none.
-                command.arg("--tls-ca-cert-file").arg(tls.ca_path());
-                command.args(["--tls-auth-clients", "no"]);
-            }
-            None => {
-                command.args(["--port", &port.to_string()]);
-            }
-        }
+        listen_args(&mut command, port, self.tls.as_ref());
         command
-            .args(["--bind", "127.0.0.1"])
             // No RDB snapshots, no AOF: a restart starts empty and nothing touches the disk.
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
@@ -205,6 +191,26 @@ impl Drop for RedisServer {
         // Explicit, so the server is dead before its directory is deleted.
         drop(self.process.take());
     }
+}
+
+/// The arguments that make `redis-server` listen on `port` of 127.0.0.1: plain, or with `tls`
+/// TLS only (its certificate, and the CA it verifies peers with).
+pub(crate) fn listen_args(command: &mut Command, port: u16, tls: Option<&TestCa>) {
+    match tls {
+        // `--port 0` turns the plain listener off: the one port speaks TLS only.
+        Some(tls) => {
+            command.args(["--port", "0", "--tls-port", &port.to_string()]);
+            command.arg("--tls-cert-file").arg(tls.cert_path());
+            command.arg("--tls-key-file").arg(tls.key_path());
+            // What Redis verifies peers' certificates with; `--tls-auth-clients no`: clients need none.
+            command.arg("--tls-ca-cert-file").arg(tls.ca_path());
+            command.args(["--tls-auth-clients", "no"]);
+        }
+        None => {
+            command.args(["--port", &port.to_string()]);
+        }
+    }
+    command.args(["--bind", "127.0.0.1"]);
 }
 
 /// True when the server on `port` answers `PING` with `+PONG` and is the process `pid`: another

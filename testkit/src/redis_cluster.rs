@@ -37,7 +37,7 @@ use crate::{
     binaries::{redis_cli_bin, redis_server_bin},
     free_port,
     process::{LaunchError, ServerProcess, launch, launch_on_free_port, log_tail},
-    redis::answers,
+    redis::{answers, listen_args},
     tls::server_name,
 };
 
@@ -455,25 +455,13 @@ impl Drop for RedisCluster {
 /// the process we started).
 async fn launch_node(dir: &Path, port: u16, bus_port: u16, tls: Option<&Tls>) -> Result<ServerProcess, LaunchError> {
     let mut command = Command::new(redis_server_bin());
-    match tls {
-        // `--port 0` turns the plain listener off: the one port speaks TLS only. The bus and the
-        // replication links use the same certificate, as client and as server.
-        Some(Tls { ca, .. }) => {
-            command.args(["--port", "0", "--tls-port", &port.to_string()]);
-            command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
-            command.arg("--tls-cert-file").arg(ca.cert_path());
-            command.arg("--tls-key-file").arg(ca.key_path());
-            // What nodes verify each other with: the bus demands a peer certificate whatever
-            // `--tls-auth-clients` says. `no`: clients on the node's port need none.
-            command.arg("--tls-ca-cert-file").arg(ca.ca_path());
-            command.args(["--tls-auth-clients", "no"]);
-        }
-        None => {
-            command.args(["--port", &port.to_string()]);
-        }
+    listen_args(&mut command, port, tls.map(|t| &t.ca));
+    if tls.is_some() {
+        // The bus and the replication links use the node's certificate, as client and as
+        // server: the bus demands a peer certificate whatever `--tls-auth-clients` says.
+        command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
     }
     command
-        .args(["--bind", "127.0.0.1"])
         .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
         .args(["--cluster-port", &bus_port.to_string()])
         // A master is marked failed after 1 s without an answer (the default is 15 s).
