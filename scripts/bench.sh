@@ -27,6 +27,8 @@ Environment (defaults in brackets):
               ephemeral range: thousands of client sockets take ports there)
   WS_PORTS [18180 18181] (ours)  NODE_PORTS [18190 18191]  HEALTH_PORT [19100]
   PG_SYNCHRONOUS_COMMIT  PostgreSQL's synchronous_commit [on]
+  CAPTURE     our publisher's PUBLISHER_CAPTURE: notify or logical (then PostgreSQL runs with
+              wal_level=logical) [notify]
   REDIS_CLUSTER  1: our Redis is a 3-master Redis Cluster on REDIS_PORT and the next two
               ports (the services find it from the first node's URL) [0: one server]
 EOF
@@ -44,6 +46,8 @@ case "$SCENARIO" in
 esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CAPTURE=${CAPTURE:-notify}
+case "$CAPTURE" in notify) WAL_LEVEL=replica ;; logical) WAL_LEVEL=logical ;; *) echo "bench: CAPTURE is notify or logical" >&2 && exit 2 ;; esac
 RUN_DIR=${RUN_DIR:-/tmp/orders-bench-$(id -u)}
 REPEAT=${REPEAT:-3}
 NODE_PEER=${NODE_PEER:-$ROOT/../shared/peers/node-pipeline}
@@ -137,7 +141,7 @@ chmod 700 "$pgdata"
 # out of a throughput run); max_connections for the writers of both systems.
 start postgres "$RUN_DIR/postgres.log" "${as_pg[@]}" "$PG_BIN/postgres" -D "$pgdata" -c port="$PG_PORT" \
     -c listen_addresses=127.0.0.1 -c unix_socket_directories="$socket_dir" -c max_connections=200 \
-    -c synchronous_commit="${PG_SYNCHRONOUS_COMMIT:-on}"
+    -c synchronous_commit="${PG_SYNCHRONOUS_COMMIT:-on}" -c wal_level="$WAL_LEVEL"
 wait_for postgres "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
 OURS_DB=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 NODE_DB=postgres://postgres@127.0.0.1:$PG_PORT/nodepeer
@@ -168,7 +172,7 @@ done
 # WS_MAX_CONNECTIONS above the default 10 000 so the replicas' own cap is not what a fan-out
 # run measures (the process's 20 000-file limit still is).
 export RUST_LOG=${RUST_LOG:-warn}
-start publisher "$RUN_DIR/publisher.log" env DATABASE_URL="$OURS_DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+start publisher "$RUN_DIR/publisher.log" env PUBLISHER_CAPTURE="$CAPTURE" DATABASE_URL="$OURS_DB" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
     HEALTH_PORT="$HEALTH_PORT" "$BIN/publisher"
 wait_for publisher http_ok "$HEALTH_PORT" /readyz
 start_ours_replicas() { # (re)start our two replicas; sets OURS_URLS and OURS_WATCH

@@ -92,6 +92,12 @@ impl Service {
         started.elapsed()
     }
 
+    /// Waits (bounded) for the service to end by itself, as after a fatal error; its result.
+    pub async fn finished(mut self) -> Result<(), String> {
+        let handle = self.handle.take().expect("not stopped yet");
+        tokio::time::timeout(WAIT, handle).await.expect("service ends in time").expect("service did not panic")
+    }
+
     /// Aborts the service task at once, as a crash would (no drain, no close frames).
     pub fn abort(mut self) {
         if let Some(h) = self.handle.take() {

@@ -19,7 +19,10 @@
 //! for `published_at IS NULL`); events a previous holder of the log appended and did not mark
 //! are in the claim's tail (`recent`), and only get their mark.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use protocol::{
     event::{Change, Notification, parse_notification},
@@ -32,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     batch::Batch,
+    capture::Capture,
     config::Config,
     forward::Redis,
     history::{self, Built},
@@ -134,6 +138,13 @@ impl<'a> Active<'a> {
                 stats.skipped.inc();
             }
         }
+    }
+
+    /// Notes the outbox id a logical replication message carries (the trigger's, in logical
+    /// capture): a wake-up like a notification.
+    pub(crate) fn note_id(&mut self, id: i64) {
+        self.stats.notifications.inc();
+        self.notified.push_back(id);
     }
 
     /// Catches up from the outbox: one batch of unpublished rows in id order (after this
@@ -317,7 +328,10 @@ impl<'a> Active<'a> {
         pg: &mut PgListener,
         marks: &Marks,
     ) -> Result<Option<(Batch, Vec<(i64, Option<u64>)>)>, SessionError> {
-        let Some(rows) = read_notified(notified, pg, marks, self.config.batch_max).await? else { return Ok(None) };
+        let wait_visible = self.config.capture == Capture::Logical;
+        let Some(rows) = read_notified(notified, pg, marks, self.config.batch_max, wait_visible).await? else {
+            return Ok(None);
+        };
         Ok(Some(self.batch_of(rows.iter().map(|(id, payload)| (*id, payload.as_str())), marks)))
     }
 
@@ -526,11 +540,18 @@ enum Appended {
 /// Takes up to `limit` ids from the front of `notified` and reads their unpublished rows,
 /// returned in notification order. Ids this session appended and has not marked are skipped
 /// (their rows are unpublished still). `None` when no ids were waiting.
+///
+/// `wait_visible` (logical capture): a slot can deliver a transaction's commit a moment before
+/// the transaction is visible to other sessions (the walsender decodes the commit record, which
+/// is written before the commit is published in the process array). A row not found is read
+/// again a few times over about 30 ms before it is taken for a forged id; skipping a real one
+/// would leave it to the next catch-up, out of commit order.
 async fn read_notified(
     notified: &mut VecDeque<i64>,
     pg: &mut PgListener,
     marks: &Marks,
     limit: usize,
+    wait_visible: bool,
 ) -> Result<Option<Vec<(i64, String)>>, SessionError> {
     let mut ids = Vec::with_capacity(limit.min(notified.len()));
     while ids.len() < limit {
@@ -542,11 +563,24 @@ async fn read_notified(
     if ids.is_empty() {
         return Ok(None);
     }
-    let mut rows: HashMap<i64, String> =
-        bounded(DRAIN_TIMEOUT, outbox::unpublished_of(pg, &ids)).await??.into_iter().collect();
+    let mut rows: HashMap<i64, Option<String>> =
+        bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &ids)).await??.into_iter().collect();
+    let mut delay = Duration::from_millis(1);
+    while wait_visible && delay <= VISIBILITY_WAIT {
+        let missing: Vec<i64> = ids.iter().copied().filter(|id| !rows.contains_key(id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+        rows.extend(bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &missing)).await??);
+    }
     // A notification repeated, or forged with a real id, is read once, at its first place.
-    Ok(Some(ids.into_iter().filter_map(|id| rows.remove(&id).map(|row| (id, row))).collect()))
+    Ok(Some(ids.into_iter().filter_map(|id| rows.remove(&id).flatten().map(|row| (id, row))).collect()))
 }
+
+/// The longest single wait for a notified row to become visible (1 + 2 + … + 16 ms in all).
+const VISIBILITY_WAIT: Duration = Duration::from_millis(16);
 
 /// A fresh epoch name: time and process id, base 36 (unique per claim that starts a history).
 fn new_epoch() -> String {

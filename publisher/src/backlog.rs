@@ -9,6 +9,9 @@
 //! it, the standby too: it is the database's number, so a standby shows a backlog that a dead
 //! or stuck active publisher leaves behind (aggregate with `max`, not `sum`). When PostgreSQL
 //! cannot be read the gauges keep their last values; `publisher_postgres_up` says why.
+//!
+//! The same read gives the WAL retained by the logical capture slot
+//! (`publisher_slot_retained_wal_bytes`), in either mode: a slot left behind keeps WAL too.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKLOG: &str = "SELECT count(*), \
      COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 \
      FROM realtime_events WHERE published_at IS NULL";
+
+/// The slot's retained WAL in bytes (from its restart position to the current WAL end) and
+/// whether it is streamed; 0 and false without the slot.
+const SLOT: &str = "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn), 0)::int8, \
+     coalesce(s.active, false) FROM (SELECT 1) one \
+     LEFT JOIN pg_replication_slots s ON s.slot_name = $1 AND s.database = current_database()";
 
 /// Keeps the backlog gauges of `stats` fresh until shutdown, reconnecting with backoff.
 pub(crate) async fn run(config: &Config, stats: &Stats, shutdown: &CancellationToken) {
@@ -72,22 +81,26 @@ async fn session(config: &Config, stats: &Stats, shutdown: &CancellationToken) -
     loop {
         let read = async {
             every.tick().await;
-            bounded(READ_TIMEOUT, read(&mut conn)).await
+            bounded(READ_TIMEOUT, read(&mut conn, config.slot.as_str())).await
         };
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
             // Dropping a read half way is fine: shutdown drops the connection with it.
             read = read => {
-                let (count, age) = read??;
+                let ((count, age), (retained, active)) = read??;
                 stats.backlog.set(count);
                 stats.backlog_age.set(age);
+                stats.slot_retained.set(retained);
+                stats.slot_active.set(i64::from(active));
             }
         }
     }
 }
 
-/// The backlog's size and the age of its oldest change.
-async fn read(conn: &mut PgConnection) -> Result<(i64, f64), sqlx::Error> {
-    sqlx::query_as(BACKLOG).fetch_one(conn).await
+/// The backlog's size and the age of its oldest change; the slot's retained WAL and activity.
+async fn read(conn: &mut PgConnection, slot: &str) -> Result<((i64, f64), (i64, bool)), sqlx::Error> {
+    let backlog = sqlx::query_as(BACKLOG).fetch_one(&mut *conn).await?;
+    let slot = sqlx::query_as(SLOT).bind(slot).fetch_one(&mut *conn).await?;
+    Ok((backlog, slot))
 }

@@ -2,6 +2,7 @@
 
 use std::{fmt, net::IpAddr, time::Duration};
 
+use crate::capture::Capture;
 use protocol::{
     channel::{ChannelName, DEFAULT_PG_CHANNEL, DEFAULT_REDIS_CHANNEL},
     env::{ConfigErrors, Env, redact_url},
@@ -22,8 +23,15 @@ pub struct Config {
     /// The CA (PEM) a `rediss://` server's certificate must chain to (`REDIS_TLS_CA_FILE`);
     /// without it, the system's trust store.
     pub redis_tls_ca: Option<Vec<u8>>,
-    /// The NOTIFY channel (`PUBLISHER_PG_CHANNEL`, default `orders_channel`).
+    /// The NOTIFY channel (`PUBLISHER_PG_CHANNEL`, default `orders_channel`); in logical mode,
+    /// the prefix of the trigger's logical messages.
     pub pg_channel: ChannelName,
+    /// How the trigger wakes the publisher (`PUBLISHER_CAPTURE`: `notify`, the default, or
+    /// `logical`, through a replication slot; see `capture`).
+    pub capture: Capture,
+    /// The replication slot and the publication of logical capture (`PUBLISHER_SLOT`, default
+    /// `orders_realtime`).
+    pub slot: ChannelName,
     /// The Redis pub/sub channel (`REDIS_CHANNEL`, default `orders_updates`).
     pub redis_channel: ChannelName,
     /// Address the ops endpoints bind (`PUBLISHER_BIND_ADDR`, default 0.0.0.0).
@@ -82,6 +90,8 @@ impl fmt::Debug for Config {
             .field("redis_cluster", &self.redis_cluster)
             .field("redis_tls_ca", &self.redis_tls_ca.as_ref().map(|pem| format!("{} bytes of PEM", pem.len())))
             .field("pg_channel", &self.pg_channel.as_str())
+            .field("capture", &self.capture)
+            .field("slot", &self.slot.as_str())
             .field("redis_channel", &self.redis_channel.as_str())
             .field("bind_addr", &self.bind_addr)
             .field("health_port", &self.health_port)
@@ -120,6 +130,8 @@ impl Config {
             redis_cluster: env.parse("REDIS_CLUSTER", ClusterMode::Auto, "auto, true or false"),
             redis_tls_ca: env.pem_file("REDIS_TLS_CA_FILE"),
             pg_channel: env.channel("PUBLISHER_PG_CHANNEL", DEFAULT_PG_CHANNEL),
+            capture: env.parse("PUBLISHER_CAPTURE", Capture::Notify, "notify or logical"),
+            slot: env.channel("PUBLISHER_SLOT", "orders_realtime"),
             redis_channel: env.channel("REDIS_CHANNEL", DEFAULT_REDIS_CHANNEL),
             bind_addr: env.parse(
                 "PUBLISHER_BIND_ADDR",
@@ -188,6 +200,18 @@ mod tests {
         assert!(c.migrate);
         assert!(!c.legacy_payloads, "legacy payloads only when asked for");
         assert_eq!(c.bridge_events, 10_000);
+        assert_eq!(c.capture, Capture::Notify, "logical capture only when asked for");
+        assert_eq!(c.slot.as_str(), "orders_realtime");
+    }
+
+    #[test]
+    fn capture_modes_are_named() {
+        let c = config(&[("PUBLISHER_CAPTURE", "logical"), ("PUBLISHER_SLOT", "shop_realtime")]).unwrap();
+        assert_eq!((c.capture, c.slot.as_str()), (Capture::Logical, "shop_realtime"));
+        let err = config(&[("PUBLISHER_CAPTURE", "wal2json"), ("PUBLISHER_SLOT", "Bad-Name")]).unwrap_err().to_string();
+        for needle in ["PUBLISHER_CAPTURE=\"wal2json\": expected notify or logical", "PUBLISHER_SLOT"] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
     }
 
     #[test]

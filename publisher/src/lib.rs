@@ -3,7 +3,9 @@
 //!
 //! - [`config`]: [`Config`] from the environment
 //! - `migrate`: the embedded `sql/` migrations, applied at start
-//! - `relay`: the PostgreSQL session: standby/active election, LISTEN, wake-ups, keepalive
+//! - `relay`: the PostgreSQL session: standby/active election, wake-ups, keepalive
+//! - `capture`: what wakes the publisher (`PUBLISHER_CAPTURE`): LISTEN, or a logical
+//!   replication slot streaming the trigger's messages
 //! - `active`: the active publisher's forwarding (notified ids → outbox rows → replay log),
 //!   catch-up (unpublished rows → replay log) and claim
 //! - `history`: a new history when Redis has none: bridge, backlog, seed, in one snapshot
@@ -21,6 +23,7 @@
 mod active;
 mod backlog;
 mod batch;
+mod capture;
 pub mod config;
 mod forward;
 mod history;
@@ -36,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use capture::Capture;
 pub use config::Config;
 use stats::Stats;
 

@@ -19,6 +19,7 @@ const FILES: &[(i64, &str, &str)] = &[
     (3, "notify", include_str!("../../sql/0003_notify.sql")),
     (4, "published marks", include_str!("../../sql/0004_published_marks.sql")),
     (5, "log positions", include_str!("../../sql/0005_log_positions.sql")),
+    (6, "capture", include_str!("../../sql/0006_capture.sql")),
 ];
 
 #[derive(Debug)]

@@ -23,16 +23,18 @@ pub(crate) async fn unpublished(conn: &mut PgListener, limit: usize) -> sqlx::Re
         .collect()
 }
 
-/// The unpublished events among `ids` (notified ones), in no particular order:
-/// `(id, change JSON)`. An id without a row, or whose row is published, is left out.
-pub(crate) async fn unpublished_of(conn: &mut PgListener, ids: &[i64]) -> sqlx::Result<Vec<(i64, String)>> {
-    sqlx::query("SELECT id, payload::text FROM realtime_events WHERE id = ANY($1) AND published_at IS NULL")
-        .bind(ids)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-        .collect()
+/// The events among `ids` (notified ones), in no particular order: `(id, change JSON)`, the
+/// change `None` when the event is published already. An id without a visible row is left out.
+pub(crate) async fn events_of(conn: &mut PgListener, ids: &[i64]) -> sqlx::Result<Vec<(i64, Option<String>)>> {
+    sqlx::query(
+        "SELECT id, CASE WHEN published_at IS NULL THEN payload::text END FROM realtime_events WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+    .collect()
 }
 
 /// Marks events as published (they are in the Redis log), recording the position each was

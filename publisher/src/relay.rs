@@ -4,7 +4,7 @@
 //! - **Standby.** Two publishers may run; the one holding a session-level advisory lock is
 //!   active, the other polls for the lock every `standby_poll`. The lock lives and dies with
 //!   the PostgreSQL session, so a killed active publisher frees it at once.
-//! - **Active.** LISTEN on the channel; the events notified are read from the outbox by id and
+//! - **Active.** LISTEN on the channel (or stream the logical slot: `capture`); the events notified are read from the outbox by id and
 //!   appended to the log in notification order (one atomic Redis step per batch: position,
 //!   stream, state, PUBLISH); then marked published, off the critical path (`marks`). At the
 //!   start, every `keepalive_interval` and after a Redis failure a catch-up reads unpublished
@@ -34,6 +34,7 @@ use tracing::{debug, info};
 
 use crate::{
     active::{Active, Drained},
+    capture::{self, Capture, Slot},
     config::Config,
     forward::{FatalError, Redis},
     marks::Marks,
@@ -70,6 +71,12 @@ pub enum SessionError {
     /// Redis refused us for good (bad credentials).
     #[error(transparent)]
     Redis(#[from] FatalError),
+    /// Logical capture cannot work as configured (the message says what to change).
+    #[error("{0}")]
+    Capture(String),
+    /// The replication connection of logical capture failed.
+    #[error("replication connection failed")]
+    Replication(#[source] pgwire_replication::PgWireError),
 }
 
 impl Retry for SessionError {
@@ -82,7 +89,7 @@ impl Retry for SessionError {
             Self::Sql(sqlx::Error::Database(e)) => matches!(e.code().as_deref(), Some("3D000")),
             // An applied migration was edited, or the database is ahead of this binary.
             Self::Migrate(M::VersionMismatch(_) | M::VersionMissing(_) | M::Dirty(_)) => true,
-            Self::Redis(_) => true,
+            Self::Redis(_) | Self::Capture(_) => true,
             _ => false,
         }
     }
@@ -145,9 +152,23 @@ async fn session(
             }
         }
     }
-    bounded(QUERY_TIMEOUT, pg.listen(config.pg_channel.as_str())).await??;
+    // The wake-ups first, then the trigger's mode: whatever commits in between is in the
+    // outbox, which the first drain reads.
+    let mut slot = match config.capture {
+        Capture::Notify => {
+            bounded(QUERY_TIMEOUT, pg.listen(config.pg_channel.as_str())).await??;
+            capture::set_mode(&mut pg, Capture::Notify).await?;
+            capture::drop_unused_slot(&mut pg, config.slot.as_str()).await?;
+            None
+        }
+        Capture::Logical => {
+            let slot = Slot::open(config, &mut pg).await?;
+            capture::set_mode(&mut pg, Capture::Logical).await?;
+            Some(slot)
+        }
+    };
     stats.leader.set(1);
-    info!(channel = %config.pg_channel, "active publisher; listening on postgres");
+    info!(channel = %config.pg_channel, capture = %config.capture, "active publisher");
 
     let mut marks = Marks::start(&config.database_url, config.mark_window.max(config.batch_max) / 4).await?;
     let mut active = Active::new(config, stats, log);
@@ -164,7 +185,13 @@ async fn session(
             }
         }
         if active.has_notified() {
-            match active.forward(redis, &mut pg, &mut marks, shutdown, take_buffered).await? {
+            let forwarded = match slot.as_mut() {
+                None => active.forward(redis, &mut pg, &mut marks, shutdown, take_buffered).await?,
+                Some(slot) => {
+                    active.forward(redis, &mut pg, &mut marks, shutdown, |a, _| slot.take_buffered(a)).await?
+                }
+            };
+            match forwarded {
                 Drained::Stopped => return stopped(marks).await,
                 // No claim on this Redis connection yet, or an append failed.
                 Drained::More => wake = true,
@@ -174,15 +201,27 @@ async fn session(
         }
         // The appends paused: the marks held back go out now.
         marks.dispatch().await?;
+        // Everything received is in the log now (forwarded, or drained from the outbox).
+        if let Some(slot) = slot.as_mut() {
+            slot.ack();
+        }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return stopped(marks).await,
             // Cancel-safe: sqlx buffers partial reads in the connection.
-            received = pg.try_recv() => {
+            received = pg.try_recv(), if slot.is_none() => {
                 active.note(&received?.ok_or(SessionError::Lost)?);
                 // Take every notification already here: one forward serves them all.
                 take_buffered(&mut active, &mut pg)?;
                 wake = active.needs_catch_up();
+            }
+            // Cancel-safe: a channel receive.
+            received = next_message(&mut slot, stats) => {
+                let slot = slot.as_mut().expect("only with a slot");
+                if let Some(id) = received? {
+                    active.note_id(id);
+                }
+                slot.take_buffered(&mut active)?;
             }
             _ = keepalive.tick() => {
                 // Doubles as the check that the session is alive, and as a catch-up should a
@@ -193,6 +232,9 @@ async fn session(
                 wake = true;
             }
             _ = prune.tick() => {
+                if slot.is_none() {
+                    capture::drop_unused_slot(&mut pg, config.slot.as_str()).await?;
+                }
                 let deleted = bounded(QUERY_TIMEOUT, outbox::prune(&mut pg, config.outbox_retention, config.outbox_max_rows)).await??;
                 if deleted > 0 {
                     stats.pruned.add(deleted);
@@ -200,6 +242,14 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// The next event of the slot's stream (never, without a slot).
+async fn next_message(slot: &mut Option<Slot>, stats: &Stats) -> Result<Option<i64>, SessionError> {
+    match slot {
+        Some(slot) => slot.recv(stats).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -27,6 +27,10 @@ pub(crate) struct Stats {
     pub(crate) backlog: Gauge,
     /// Age of the oldest of them in seconds (0 without any), as of the last refresh.
     pub(crate) backlog_age: FloatGauge,
+    /// WAL the server keeps for the logical capture slot (`PUBLISHER_SLOT`), 0 without one.
+    pub(crate) slot_retained: Gauge,
+    /// 1 while a replication connection streams the slot.
+    pub(crate) slot_active: Gauge,
 }
 
 impl std::fmt::Debug for Stats {
@@ -54,6 +58,8 @@ impl Stats {
             append_latency: Histogram::latency(),
             backlog: Gauge::default(),
             backlog_age: FloatGauge::default(),
+            slot_retained: Gauge::default(),
+            slot_active: Gauge::default(),
         }
     }
 }
@@ -104,6 +110,13 @@ impl Health for Stats {
             "Age of the oldest unpublished change, 0 when there is none.",
             &self.backlog_age,
         );
+        out.gauge(
+            "publisher_slot_retained_wal_bytes",
+            "WAL PostgreSQL keeps for the logical capture slot (PUBLISHER_SLOT): grows while the slot is not \
+             streamed or acknowledged; 0 without a slot.",
+            &self.slot_retained,
+        );
+        out.gauge("publisher_slot_active", "1 while a publisher streams the logical capture slot.", &self.slot_active);
         for name in [POSTGRES, REDIS] {
             out.gauge(
                 &format!("publisher_{name}_up"),

@@ -43,6 +43,8 @@ pub struct PgServer {
     owner: Option<SystemUser>,
     /// The certificate and key of a [`PgServer::start_tls`] server, kept across restarts.
     tls: Option<TestCa>,
+    /// `wal_level=logical` ([`PgServer::start_logical`]), for replication slots.
+    logical: bool,
     dir: TempDir,
 }
 
@@ -52,17 +54,29 @@ impl PgServer {
     ///
     /// Panics, with the server log, when the binaries are missing or the server does not start.
     pub async fn start() -> PgServer {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
+    }
+
+    /// [`PgServer::start`] with `wal_level=logical`: logical replication slots work (the
+    /// publisher's `PUBLISHER_CAPTURE=logical`). Replication connections are trusted like the rest.
+    pub async fn start_logical() -> PgServer {
+        Self::start_with(false, true).await
     }
 
     /// [`PgServer::start`] with TLS (`ssl = on`) and a certificate for `localhost` and
     /// `127.0.0.1` from a private CA ([`PgServer::tls_ca_path`]). TCP connections without TLS are
     /// rejected (`hostnossl … reject` in `pg_hba.conf`); the Unix socket stays as it was.
     pub async fn start_tls() -> PgServer {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
-    async fn start_with(tls: bool) -> PgServer {
+    /// [`PgServer::start_tls`] with `wal_level=logical` (replication connections over TCP need TLS
+    /// too).
+    pub async fn start_tls_logical() -> PgServer {
+        Self::start_with(true, true).await
+    }
+
+    async fn start_with(tls: bool, logical: bool) -> PgServer {
         let owner = SystemUser::for_postgres();
         let dir = tempfile::Builder::new()
             .prefix("testkit-pg-")
@@ -73,7 +87,7 @@ impl PgServer {
             std::os::unix::fs::chown(dir.path(), Some(owner.uid), Some(owner.gid))
                 .unwrap_or_else(|err| panic!("failed to chown {} to postgres: {err}", dir.path().display()));
         }
-        let mut server = PgServer { process: None, port: 0, owner, tls: None, dir };
+        let mut server = PgServer { process: None, port: 0, owner, tls: None, logical, dir };
         server.initdb().await;
         if tls {
             server.enable_tls();
@@ -277,6 +291,9 @@ impl PgServer {
             // Services under test keep pools; several of them share one server.
             "max_connections=200".to_owned(),
         ];
+        if self.logical {
+            settings.push("wal_level=logical".to_owned());
+        }
         if let Some(tls) = &self.tls {
             settings.extend([
                 "ssl=on".to_owned(),

@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+mod capture;
 mod chaos;
 mod close_codes;
 mod cluster;
