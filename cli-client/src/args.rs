@@ -272,6 +272,9 @@ pub struct CheckArgs {
     /// Fail the backlog check when the oldest unpublished change is older than this many seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub max_backlog_age: u64,
+    /// Fail the replication slot check (PUBLISHER_CAPTURE=logical) when the slot keeps more WAL than this many MiB
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub max_retained_wal_mb: u64,
     /// Print one JSON object for scripts: {"ok": bool, "checks": [{"name", "status": "ok"|"fail"|"skipped", …}]}
     #[arg(long)]
     pub json: bool,
@@ -310,6 +313,7 @@ impl CheckArgs {
             ws_urls: self.url.clone(),
             publisher_url: self.publisher_url.clone(),
             max_backlog_age: Duration::from_secs(self.max_backlog_age),
+            max_retained_wal: self.max_retained_wal_mb.saturating_mul(1024 * 1024),
             params: Params { token: self.token.clone().filter(|t| !t.trim().is_empty()), ..Params::default() },
             tls,
             timeout: Duration::from_secs(5),

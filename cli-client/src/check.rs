@@ -10,7 +10,9 @@
 //!    named as one, and fails when `CLUSTER INFO` is not ok or some of its 16384 slots are unserved
 //! 5. the publisher's `/readyz`, and 6. its outbox backlog from `/metrics`
 //!    (`publisher_outbox_backlog`, `publisher_outbox_backlog_age_seconds`): committed changes
-//!    not yet published, failed when the oldest is older than `--max-backlog-age`
+//!    not yet published, failed when the oldest is older than `--max-backlog-age`; and the WAL
+//!    the logical capture slot keeps (`publisher_slot_retained_wal_bytes`), failed above
+//!    `--max-retained-wal-mb`
 //! 7. every ws-server (`--url`, each): its `/readyz`, then a WebSocket handshake (and its hello)
 //!
 //! Each check has its own timeout, so a server that accepts connections and then hangs fails
@@ -53,6 +55,8 @@ pub struct CheckConfig {
     pub publisher_url: String,
     /// The oldest unpublished change may be this old before the backlog check fails.
     pub max_backlog_age: Duration,
+    /// Bytes of WAL the logical capture slot may keep before the slot check fails.
+    pub max_retained_wal: u64,
     /// The token and TLS settings for the WebSocket handshakes.
     pub params: Params,
     /// TLS for `wss://` URLs.
@@ -179,6 +183,7 @@ pub async fn run(config: &CheckConfig, mut report: impl FnMut(&CheckResult)) -> 
     record("publisher", publisher::check_publisher(config).await);
     // Also when /readyz says not ready: that is when the backlog grows.
     record("outbox backlog", publisher::check_backlog(config).await);
+    record("replication slot", publisher::check_slot(config).await);
     let several = config.ws_urls.len() > 1;
     for url in &config.ws_urls {
         let name = if several { format!("ws-server {}", redact_url(url)) } else { "ws-server".to_owned() };

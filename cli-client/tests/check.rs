@@ -43,9 +43,21 @@ async fn a_healthy_system_passes_every_check_including_the_publisher_and_each_re
     assert_eq!(code, Some(0), "{doc}");
     assert_eq!(doc["ok"], true);
     let names: Vec<&str> = doc["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 8, "{names:?}");
-    assert!(names[..6] == ["PostgreSQL", "orders table", "notify trigger", "Redis", "publisher", "outbox backlog"]);
-    assert!(names[6].starts_with("ws-server ws://") && names[7].starts_with("ws-server ws://"), "{names:?}");
+    assert_eq!(names.len(), 9, "{names:?}");
+    assert!(
+        names[..7]
+            == [
+                "PostgreSQL",
+                "orders table",
+                "notify trigger",
+                "Redis",
+                "publisher",
+                "outbox backlog",
+                "replication slot"
+            ]
+    );
+    assert!(names[7].starts_with("ws-server ws://") && names[8].starts_with("ws-server ws://"), "{names:?}");
+    assert_eq!(named(&doc, "replication slot")["detail"], "no logical capture slot (PUBLISHER_CAPTURE=notify)");
     assert!(doc["checks"].as_array().unwrap().iter().all(|c| c["status"] == "ok"), "{doc}");
 }
 
@@ -106,6 +118,53 @@ async fn a_backlog_the_publisher_cannot_publish_is_reported_as_growing() {
     };
     assert_failed(&doc, "outbox backlog", "backlog growing: 1 committed change not yet published", "check Redis");
     assert_eq!(named(&doc, "Redis")["status"], "fail");
+}
+
+#[tokio::test]
+async fn a_replication_slot_keeping_more_wal_than_the_limit_fails_the_check() {
+    let (pg, redis) = tokio::join!(testkit::PgServer::start_logical(), testkit::RedisServer::start());
+    let mut config = e2e::publisher_config(&pg.url(), &redis.url());
+    config.capture = publisher::Capture::Logical;
+    let publisher = e2e::spawn_publisher(config).await;
+    publisher.wait_ready().await;
+    let url = format!("http://{}", publisher.addr);
+    let args = ["--url", "ws://127.0.0.1:1/ws", "--publisher-url", &url];
+    // The gauges are refreshed every second.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, doc) = check(&args, &pg.url(), &redis.url()).await;
+        let slot = named(&doc, "replication slot");
+        if slot["status"] == "ok" && slot["detail"].as_str().unwrap().starts_with("streamed, retaining") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot not reported as streamed within {WAIT:?}: {doc}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Redis stops answering: nothing is appended, so nothing acknowledged, while writes go on.
+    redis.freeze();
+    pg.psql(
+        "postgres",
+        "INSERT INTO orders (customer_name, product_name) SELECT 'c' || g, 'p' FROM generate_series(1, 3000) g",
+    )
+    .await;
+    let args = ["--url", "ws://127.0.0.1:1/ws", "--publisher-url", &url, "--max-retained-wal-mb", "1"];
+    let doc = loop {
+        let (code, doc) = check(&args, &pg.url(), &redis.url()).await;
+        if named(&doc, "replication slot")["status"] == "fail" {
+            assert_eq!(code, Some(1));
+            break doc;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no retained WAL reported within {WAIT:?}: {doc}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_failed(
+        &doc,
+        "replication slot",
+        "MiB of WAL (limit 1 MiB), streamed but not acknowledged",
+        "max_slot_wal_keep_size",
+    );
+    redis.thaw();
 }
 
 #[tokio::test]

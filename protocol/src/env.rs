@@ -274,7 +274,7 @@ pub fn read_pem_certificates(path: &std::path::Path) -> Result<Vec<u8>, String> 
 }
 
 /// `%XX` escapes of a URL query value decoded (a path with spaces or `/` written as `%2F`).
-fn percent_decode(text: &str) -> String {
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

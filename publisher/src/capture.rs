@@ -21,12 +21,16 @@
 //! (dropped, or invalidated by `max_slot_wal_keep_size`) is recreated, and the catch-up covers
 //! what it missed.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use sqlx::postgres::PgListener;
 use tracing::{info, warn};
+
+mod tunnel;
+
+use tunnel::{SslMode, Tunnel};
 
 use crate::{
     active::Active,
@@ -137,6 +141,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// commit order.
 pub(crate) struct Slot {
     client: ReplicationClient,
+    /// The TLS connection the client goes through, if `sslmode` asks for one.
+    _tunnel: Option<Tunnel>,
     channel: String,
     /// The end of the newest commit or keepalive received: everything before it was received.
     received: Lsn,
@@ -160,7 +166,7 @@ impl Slot {
         ensure_publication(pg, name).await?;
         ensure_slot(pg, name).await?;
 
-        let replication = replication_config(config)?;
+        let (replication, tunnel) = replication_config(config).await?;
         let mut client = ReplicationClient::connect(replication).await.map_err(SessionError::Replication)?;
         match tokio::time::timeout(START_TIMEOUT, client.wait_started()).await {
             Ok(Ok(())) => {}
@@ -168,7 +174,13 @@ impl Slot {
             Err(_) => return Err(SessionError::Timeout(START_TIMEOUT)),
         }
         info!(slot = name, "streaming the replication slot (PUBLISHER_CAPTURE=logical)");
-        Ok(Self { client, channel: config.pg_channel.as_str().to_owned(), received: Lsn::ZERO, acked: Lsn::ZERO })
+        Ok(Self {
+            client,
+            _tunnel: tunnel,
+            channel: config.pg_channel.as_str().to_owned(),
+            received: Lsn::ZERO,
+            acked: Lsn::ZERO,
+        })
     }
 
     /// The next event of the stream; the id when it is one of the trigger's messages.
@@ -318,32 +330,36 @@ async fn ensure_slot(pg: &mut PgListener, name: &str) -> Result<(), SessionError
     }
 }
 
-/// The replication connection's settings, from `DATABASE_URL`.
-fn replication_config(config: &Config) -> Result<ReplicationConfig, SessionError> {
+/// The replication connection's settings, from `DATABASE_URL`, and the TLS tunnel it goes
+/// through when `sslmode` is `prefer`, `require`, `verify-ca` or `verify-full`.
+async fn replication_config(config: &Config) -> Result<(ReplicationConfig, Option<Tunnel>), SessionError> {
     let target = Target::parse(&config.database_url).map_err(SessionError::Capture)?;
-    if target.tls {
-        return Err(SessionError::Capture(
-            "PUBLISHER_CAPTURE=logical does not support TLS to PostgreSQL yet (DATABASE_URL asks for it with sslmode): \
-             use PUBLISHER_CAPTURE=notify, or a connection without TLS on a trusted network"
-                .into(),
-        ));
-    }
+    let tunnel = match target.ssl {
+        Some(mode) if !target.host.starts_with('/') => {
+            Some(Tunnel::open(&target.host, target.port, mode, target.root_cert.as_deref()).await?)
+        }
+        _ => None,
+    };
+    let (host, port) = match &tunnel {
+        Some(tunnel) => (tunnel.socket_dir().display().to_string(), 5432),
+        None => (target.host, target.port),
+    };
     let mut replication = ReplicationConfig::new(
-        target.host,
+        host,
         target.user,
         target.password,
         target.database,
         config.slot.as_str(),
         config.slot.as_str(),
     );
-    replication.port = target.port;
+    replication.port = port;
     replication.start_lsn = Lsn::ZERO; // the slot's confirmed position
     // Acknowledgements reach the server within a second (the WAL it may drop, and the lag
     // pg_replication_slots shows).
     replication.status_interval = Duration::from_secs(1);
     replication.idle_wakeup_interval = Duration::from_secs(1);
     replication.application_name = Some("publisher-capture".into());
-    Ok(replication)
+    Ok((replication, tunnel))
 }
 
 /// Where the replication connection goes: `DATABASE_URL` taken apart as libpq reads it.
@@ -354,14 +370,16 @@ struct Target {
     user: String,
     password: String,
     database: String,
-    tls: bool,
+    /// `None`: no TLS (`sslmode` absent, `disable` or `allow`; a Unix socket never has it).
+    ssl: Option<SslMode>,
+    root_cert: Option<PathBuf>,
 }
 
 impl Target {
     fn parse(database_url: &str) -> Result<Self, String> {
         let url = url::Url::parse(database_url).map_err(|e| format!("DATABASE_URL is not a URL: {e}"))?;
         let query = |key: &str| url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned());
-        let decode = |s: &str| percent_decode(s);
+        let decode = protocol::env::percent_decode;
         let host = query("host").or_else(|| url.host_str().filter(|h| !h.is_empty()).map(str::to_owned));
         let host = host.unwrap_or_else(|| "localhost".into());
         let port = match query("port") {
@@ -379,30 +397,19 @@ impl Target {
         let database = query("dbname")
             .or_else(|| Some(decode(url.path().trim_start_matches('/'))).filter(|d| !d.is_empty()))
             .unwrap_or_else(|| user.clone());
-        let tls = matches!(query("sslmode").as_deref(), Some("require" | "verify-ca" | "verify-full"));
+        let ssl = match query("sslmode").as_deref() {
+            None | Some("disable" | "allow") => None,
+            Some("prefer") => Some(SslMode::Prefer),
+            Some("require") => Some(SslMode::Require),
+            Some("verify-ca") => Some(SslMode::VerifyCa),
+            Some("verify-full") => Some(SslMode::VerifyFull),
+            Some(other) => return Err(format!("DATABASE_URL: unknown sslmode={other}")),
+        };
+        let root_cert = query("sslrootcert").map(PathBuf::from);
         // A bracketed IPv6 host is given to the socket without its brackets.
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        Ok(Self { host, port, user, password, database, tls })
+        Ok(Self { host, port, user, password, database, ssl, root_cert })
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A replication error as a session error: what a person must fix is fatal, the rest retried.
@@ -448,7 +455,8 @@ mod tests {
                 user: "app".into(),
                 password: "s@cret".into(),
                 database: "shop".into(),
-                tls: false
+                ssl: None,
+                root_cert: None
             }
         );
         let t = Target::parse("postgresql:///shop?host=/var/run/postgresql&user=app").unwrap();
@@ -456,8 +464,10 @@ mod tests {
             (t.host.as_str(), t.port, t.user.as_str(), t.database.as_str()),
             ("/var/run/postgresql", 5432, "app", "shop")
         );
-        assert!(Target::parse("postgres://u@h/d?sslmode=verify-full").unwrap().tls);
-        assert!(!Target::parse("postgres://u@h/d?sslmode=prefer").unwrap().tls);
+        let t = Target::parse("postgres://u@h/d?sslmode=verify-full&sslrootcert=/etc/ca.pem").unwrap();
+        assert_eq!((t.ssl, t.root_cert), (Some(SslMode::VerifyFull), Some(PathBuf::from("/etc/ca.pem"))));
+        assert_eq!(Target::parse("postgres://u@h/d?sslmode=prefer").unwrap().ssl, Some(SslMode::Prefer));
+        assert_eq!(Target::parse("postgres://u@h/d?sslmode=disable").unwrap().ssl, None);
         let t = Target::parse("postgres://u@[::1]:5433/d").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 5433));
         assert_eq!(Target::parse("postgres://u@h").unwrap().database, "u", "the database defaults to the user");

@@ -3,6 +3,7 @@
 //! CA the test makes. The services connect with `sslmode=verify-full&sslrootcert=…` and
 //! `rediss://` with `REDIS_TLS_CA_FILE`, to one server and to a Redis Cluster whose nodes and
 //! bus speak only TLS; with another CA they stay up, not ready, and say which setting fixes it.
+//! Logical capture's replication connection goes over TLS too (the publisher's own tunnel).
 
 use e2e::{WAIT, WsClient, publisher_config, spawn_publisher, spawn_ws, ws_config};
 use sqlx::{Connection, PgConnection};
@@ -44,6 +45,33 @@ async fn events_flow_over_tls_to_postgres_and_redis_verified_against_their_ca() 
     // The servers take nothing else: plain TCP is refused (so the flow above was TLS).
     let plain = format!("{}?sslmode=disable", pg.url());
     assert!(PgConnection::connect(&plain).await.is_err(), "PostgreSQL refuses plain TCP");
+}
+
+#[tokio::test]
+async fn logical_capture_streams_its_slot_over_tls_verified_against_the_ca() {
+    let (pg, redis) = tokio::join!(PgServer::start_tls_logical(), RedisServer::start());
+    let database_url = verified(&pg.url(), pg.tls_ca_path().expect("tls"));
+    let mut config = publisher_config(&database_url, &redis.url());
+    config.capture = publisher::Capture::Logical;
+    let publisher = spawn_publisher(config).await;
+    publisher.wait_ready().await;
+    // The server refuses replication connections without TLS; this one has it.
+    let ssl = "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)";
+    assert_eq!(pg.psql("postgres", ssl).await, "t", "the slot is streamed over TLS");
+
+    let mut conn = PgConnection::connect(&database_url).await.expect("connect over TLS");
+    sqlx::query("INSERT INTO orders (customer_name, product_name) VALUES ('Logical', 'TLS')")
+        .execute(&mut conn)
+        .await
+        .expect("insert");
+    let frames = testkit::wait_for(WAIT, "the change in the log", || async {
+        let frames = e2e::history::log_frames(&redis.url()).await;
+        (!frames.is_empty()).then_some(frames)
+    })
+    .await;
+    assert_eq!(frames[0]["order"]["customer_name"], "Logical");
+    assert_eq!(pg.psql("postgres", "SELECT mode FROM realtime_capture").await, "logical");
+    drop(publisher);
 }
 
 #[tokio::test]
