@@ -12,7 +12,11 @@
 # the p50 and p99 bucket bounds of the time from the trigger's clock_timestamp() to the Redis
 # append, under that load. Prints a table (median [min-max] of the repetitions), stops
 # everything, removes its data.
+# In logical runs it also reads the CPU time of the walsender that decodes the slot (the cost
+# logical decoding adds to PostgreSQL) and reports it per 1,000 commits.
 # Environment (defaults in brackets): DURATION seconds per run [15], REPS [3], CLIENTS [16],
+# RATE (pgbench -R: commits/s to aim at, the same for every variant, for latency at equal load)
+# [unthrottled],
 # PORT [25642], REDIS_PORT [26489], HEALTH_PORT [19110], BASE [/tmp/capture-bench],
 # TARGET_DIR (where the release publisher is) [target]. Run as root (the server runs as the
 # postgres user) or as a user that may run initdb; pgbench, psql and redis-server on PATH.
@@ -105,7 +109,10 @@ latency() {
                printf "%.2f %s %s\n", d["sum"] / c * 1000, p50, p99 }' "$1" "$2"
 }
 TSV=$BASE/results/results.tsv
-printf 'rep\tvariant\ttps\tlat_ms\tappend_mean_ms\tappend_p50_le_ms\tappend_p99_le_ms\tpublished\tload1\n' >"$TSV"
+printf 'rep\tvariant\ttps\tlat_ms\tappend_mean_ms\tappend_p50_le_ms\tappend_p99_le_ms\tpublished\tload1\twalsender_cpu_s\n' >"$TSV"
+cpu_seconds() { # PID: utime + stime of a process, in seconds
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
 for rep in $(seq "$REPS"); do
     for variant in none notify logical; do
         load=$(cut -d' ' -f1 /proc/loadavg)
@@ -119,10 +126,15 @@ for rep in $(seq "$REPS"); do
         esac
         out=$BASE/results/$variant-r$rep.out
         before=$(q -c 'SELECT count(*) FROM realtime_events')
-        pgbench -n -M prepared -T "$DURATION" -c "$CLIENTS" -j 2 -f "$BASE/update.sql" >"$out" 2>&1
+        walsender="" cpu0=0
+        if [[ $variant == logical ]]; then
+            walsender=$(q -c "SELECT pid FROM pg_stat_replication WHERE application_name = 'publisher-capture'")
+            cpu0=$(cpu_seconds "$walsender")
+        fi
+        pgbench -n -M prepared -T "$DURATION" -c "$CLIENTS" -j 2 ${RATE:+-R "$RATE"} -f "$BASE/update.sql" >"$out" 2>&1
         tps=$(awk '/^tps =/ { print $3 }' "$out")
         lat=$(awk '/^latency average/ { print $4 }' "$out")
-        stats="- - -" published=0
+        stats="- - -" published=0 walcpu=-
         if [[ $variant != none ]]; then
             # Wait (bounded) for the publisher to drain what the run wrote.
             for _ in $(seq 600); do
@@ -130,19 +142,21 @@ for rep in $(seq "$REPS"); do
                 sleep 0.1
             done
             histogram >"$BASE/h1"
+            walcpu=-
+            [[ -n $walsender ]] && walcpu=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$walsender")" 'BEGIN { printf "%.2f", b - a }')
             stats=$(latency "$BASE/h0" "$BASE/h1")
             published=$(($(q -c 'SELECT count(*) FROM realtime_events') - before))
             stop_publisher
         fi
         read -r mean p50 p99 <<<"$stats"
-        printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$variant" "$tps" "$lat" "$mean" "$p50" "$p99" \
-            "$published" "$load" | tee -a "$TSV"
+        printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$variant" "$tps" "$lat" "$mean" "$p50" "$p99" \
+            "$published" "$load" "$walcpu" | tee -a "$TSV"
     done
 done
 
 {
     echo "PostgreSQL $(q -c 'SHOW server_version'), wal_level=logical, $(nproc) CPUs, $(date -u '+%Y-%m-%d %H:%M') UTC;" \
-        "$CLIENTS clients, single-row UPDATEs, ${DURATION}s per run, $REPS repetitions; median [min-max]"
+        "$CLIENTS clients, single-row UPDATEs, ${RATE:+at $RATE commits/s (pgbench -R), }${DURATION}s per run, $REPS repetitions; median [min-max]"
     printf '%-8s %-22s %-22s %-20s %s\n' variant "commits/s" "mean commit ms" "append mean ms" "append p50/p99 per run (bucket bounds, ms)"
     for variant in none notify logical; do
         line=$variant
@@ -156,5 +170,7 @@ done
         IFS=$'\t' read -r v tps lat mean <<<"$line"
         printf '%-8s %-22s %-22s %-20s %s\n' "$v" "$tps" "$lat" "$mean" "${bounds:--}"
     done
+    awk -F'\t' 'NR > 1 && $2 == "logical" && $10 != "-" { printf "%swalsender %.2f s CPU for %d commits (%.3f s per 1,000)", sep, $10, $8, $10 / $8 * 1000; sep = "; " }
+                 END { print "" }' "$TSV"
 } | tee "$BASE/results/table.txt"
 cp -r "$BASE/results" "${RESULTS:-/tmp/capture-bench-results}"

@@ -122,7 +122,7 @@ async fn check_reports_each_dependency_with_a_fix() {
         .unwrap();
     let out = String::from_utf8_lossy(&ok.stdout);
     assert_eq!(ok.status.code(), Some(0), "{out}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("ok")).count(), 7, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok")).count(), 8, "{out}");
 
     let dead = testkit::free_port();
     let bad = Command::new(env!("CARGO_BIN_EXE_cli-client"))

@@ -70,6 +70,11 @@ pub(crate) struct Active<'a> {
     legacy: Vec<Change>,
     /// Outbox ids of notified events not forwarded yet, in notification (commit) order.
     notified: VecDeque<i64>,
+    /// How many wake-ups were noted, and how many of those are settled: appended (or found
+    /// published) or left to a catch-up that has since completed. Logical capture
+    /// acknowledges its slot up to the newest commit whose wake-ups are all settled.
+    noted: u64,
+    pub(crate) settled: u64,
     /// The newest position this publisher knows to be in the log of the claimed history.
     appended: u64,
     /// A batch whose append failed without an answer: Redis may have written and published it
@@ -99,6 +104,8 @@ impl<'a> Active<'a> {
             recent: HashMap::new(),
             legacy: Vec::new(),
             notified: VecDeque::new(),
+            noted: 0,
+            settled: 0,
             appended: 0,
             in_doubt: None,
         }
@@ -144,6 +151,7 @@ impl<'a> Active<'a> {
     /// capture): a wake-up like a notification.
     pub(crate) fn note_id(&mut self, id: i64) {
         self.stats.notifications.inc();
+        self.noted += 1;
         self.notified.push_back(id);
     }
 
@@ -157,8 +165,10 @@ impl<'a> Active<'a> {
         shutdown: &CancellationToken,
     ) -> Result<Drained, SessionError> {
         let (config, log) = (self.config, self.log);
-        // Everything notified so far is committed, so visible to the reads below.
+        // Everything notified so far is committed, so visible to the reads below (or, in the
+        // moment a slot's commit takes to become visible, to the next catch-up's).
         self.notified.clear();
+        let noted = self.noted;
         loop {
             marks.flush().await?;
             if !self.ensure_claim(redis, pg, shutdown).await? {
@@ -181,6 +191,7 @@ impl<'a> Active<'a> {
                 batch.push_verified(change.clone(), current);
             }
             if batch.is_empty() && done.is_empty() {
+                self.settled = self.settled.max(noted);
                 return Ok(Drained::All);
             }
 
@@ -204,6 +215,9 @@ impl<'a> Active<'a> {
             }
             let epoch = self.claim.as_ref().expect("claimed above").epoch.clone();
             marks.send(&epoch, done).await?;
+            if !full {
+                self.settled = self.settled.max(noted);
+            }
             return Ok(if full { Drained::More } else { Drained::All });
         }
     }
@@ -267,13 +281,14 @@ impl<'a> Active<'a> {
         let mut next = self.next_notified(&mut notified, pg, marks).await;
         self.notified = notified;
         loop {
-            let Some((batch, mut done)) = next? else { return Ok(Drained::All) };
+            let Some((batch, mut done, popped)) = next? else { return Ok(Drained::All) };
             if shutdown.is_cancelled() {
                 return Ok(Drained::Stopped);
             }
             let epoch = self.claim.as_ref().expect("checked").epoch.clone();
             if batch.is_empty() {
                 marks.send(&epoch, done).await?;
+                self.settled += popped;
                 more(self, pg)?;
                 let mut notified = std::mem::take(&mut self.notified);
                 next = self.next_notified(&mut notified, pg, marks).await;
@@ -301,6 +316,7 @@ impl<'a> Active<'a> {
                 Appended::Ok(positions) => {
                     done.extend(positions);
                     marks.send(&epoch, done).await?;
+                    self.settled += popped;
                 }
                 Appended::Again => return Ok(Drained::More),
                 Appended::Stopped => return Ok(Drained::Stopped),
@@ -321,18 +337,21 @@ impl<'a> Active<'a> {
         }
     }
 
-    /// The next batch of notified events, read and prepared; `None` when none are waiting.
+    /// The next batch of notified events, read and prepared, and how many notified ids it
+    /// took; `None` when none are waiting.
     async fn next_notified(
         &self,
         notified: &mut VecDeque<i64>,
         pg: &mut PgListener,
         marks: &Marks,
-    ) -> Result<Option<(Batch, Vec<(i64, Option<u64>)>)>, SessionError> {
+    ) -> Result<Option<(Batch, Vec<(i64, Option<u64>)>, u64)>, SessionError> {
         let wait_visible = self.config.capture == Capture::Logical;
-        let Some(rows) = read_notified(notified, pg, marks, self.config.batch_max, wait_visible).await? else {
+        let Some((rows, popped)) = read_notified(notified, pg, marks, self.config.batch_max, wait_visible).await?
+        else {
             return Ok(None);
         };
-        Ok(Some(self.batch_of(rows.iter().map(|(id, payload)| (*id, payload.as_str())), marks)))
+        let (batch, done) = self.batch_of(rows.iter().map(|(id, payload)| (*id, payload.as_str())), marks);
+        Ok(Some((batch, done, popped)))
     }
 
     /// The batch to append for outbox rows, and the marks of rows that need no append (in the
@@ -552,10 +571,12 @@ async fn read_notified(
     marks: &Marks,
     limit: usize,
     wait_visible: bool,
-) -> Result<Option<Vec<(i64, String)>>, SessionError> {
+) -> Result<Option<(Vec<(i64, String)>, u64)>, SessionError> {
     let mut ids = Vec::with_capacity(limit.min(notified.len()));
+    let mut popped = 0;
     while ids.len() < limit {
         let Some(id) = notified.pop_front() else { break };
+        popped += 1;
         if !marks.contains(id) {
             ids.push(id);
         }
@@ -576,7 +597,8 @@ async fn read_notified(
         rows.extend(bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &missing)).await??);
     }
     // A notification repeated, or forged with a real id, is read once, at its first place.
-    Ok(Some(ids.into_iter().filter_map(|id| rows.remove(&id).flatten().map(|row| (id, row))).collect()))
+    let rows = ids.into_iter().filter_map(|id| rows.remove(&id).flatten().map(|row| (id, row))).collect();
+    Ok(Some((rows, popped)))
 }
 
 /// The longest single wait for a notified row to become visible (1 + 2 + … + 16 ms in all).

@@ -14,14 +14,14 @@
 //!   streamed over a replication connection ([`Slot`]). No global lock: the message is one more
 //!   WAL record of the writing transaction.
 //!
-//! The slot's position is acknowledged only once everything received before it is in the Redis
-//! log ([`Slot::ack`]), so a crash between the append and the acknowledgement replays those
+//! The slot's position is acknowledged only once every id received before it is in the Redis
+//! log ([`Slot::ack`], after each append and when idle), so a crash between the append and the acknowledgement replays those
 //! messages; their rows are published by then and read as such (the same dedupe as a repeated
 //! notification). The outbox stays the record of what is published: a slot that is lost
 //! (dropped, or invalidated by `max_slot_wal_keep_size`) is recreated, and the catch-up covers
 //! what it missed.
 
-use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::VecDeque, fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use futures_util::FutureExt;
 use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -144,8 +144,11 @@ pub(crate) struct Slot {
     /// The TLS connection the client goes through, if `sslmode` asks for one.
     _tunnel: Option<Tunnel>,
     channel: String,
-    /// The end of the newest commit or keepalive received: everything before it was received.
-    received: Lsn,
+    /// How many of the trigger's ids the stream has delivered.
+    delivered: u64,
+    /// Commit and keepalive positions, each with how many ids were delivered before it, oldest
+    /// first: a position may be acknowledged once that many ids are settled.
+    positions: VecDeque<(u64, Lsn)>,
     acked: Lsn,
 }
 
@@ -178,7 +181,8 @@ impl Slot {
             client,
             _tunnel: tunnel,
             channel: config.pg_channel.as_str().to_owned(),
-            received: Lsn::ZERO,
+            delivered: 0,
+            positions: VecDeque::new(),
             acked: Lsn::ZERO,
         })
     }
@@ -206,7 +210,10 @@ impl Slot {
         match event {
             ReplicationEvent::Message { prefix, content, .. } if prefix == self.channel => {
                 match std::str::from_utf8(&content).ok().and_then(|s| s.parse::<i64>().ok()) {
-                    Some(id) => return Some(id),
+                    Some(id) => {
+                        self.delivered += 1;
+                        return Some(id);
+                    }
                     None => {
                         let preview = String::from_utf8_lossy(&content[..content.len().min(200)]).into_owned();
                         warn!(payload = %preview, "skipping a logical message on the channel that is not an outbox id");
@@ -214,22 +221,39 @@ impl Slot {
                     }
                 }
             }
-            ReplicationEvent::Commit { end_lsn, .. } => self.received = self.received.max(end_lsn),
+            ReplicationEvent::Commit { end_lsn, .. } => self.reached(end_lsn),
             // Everything before a keepalive's position was decoded and sent: acknowledging it
             // lets the slot move past WAL that holds none of our messages (other tables,
             // other databases), which would otherwise be retained.
-            ReplicationEvent::KeepAlive { wal_end, .. } => self.received = self.received.max(wal_end),
+            ReplicationEvent::KeepAlive { wal_end, .. } => self.reached(wal_end),
             _ => {}
         }
         None
     }
 
-    /// Acknowledges everything received so far. Call only when every id received has been
-    /// appended to the log (or found published): the server may then discard that WAL.
-    pub(crate) fn ack(&mut self) {
-        if self.received > self.acked {
-            self.client.update_applied_lsn(self.received);
-            self.acked = self.received;
+    fn reached(&mut self, lsn: Lsn) {
+        match self.positions.back_mut() {
+            // Nothing delivered since: the newer position replaces the older.
+            Some((delivered, last)) if *delivered == self.delivered => *last = (*last).max(lsn),
+            _ => self.positions.push_back((self.delivered, lsn)),
+        }
+    }
+
+    /// Acknowledges the newest position before which at most `settled` ids were delivered:
+    /// every one of them is in the log (or found published), so the server may discard that
+    /// WAL. Called after each append and whenever the relay is idle.
+    pub(crate) fn ack(&mut self, settled: u64) {
+        let mut lsn = None;
+        while let Some(&(delivered, at)) = self.positions.front() {
+            if delivered > settled {
+                break;
+            }
+            lsn = Some(at);
+            self.positions.pop_front();
+        }
+        if let Some(lsn) = lsn.filter(|lsn| *lsn > self.acked) {
+            self.client.update_applied_lsn(lsn);
+            self.acked = lsn;
         }
     }
 }

@@ -168,7 +168,11 @@ async fn session(
         }
     };
     stats.leader.set(1);
-    info!(channel = %config.pg_channel, capture = %config.capture, "active publisher");
+    if slot.is_some() {
+        info!(channel = %config.pg_channel, slot = %config.slot, "active publisher; streaming the replication slot");
+    } else {
+        info!(channel = %config.pg_channel, "active publisher; listening on postgres");
+    }
 
     let mut marks = Marks::start(&config.database_url, config.mark_window.max(config.batch_max) / 4).await?;
     let mut active = Active::new(config, stats, log);
@@ -188,7 +192,11 @@ async fn session(
             let forwarded = match slot.as_mut() {
                 None => active.forward(redis, &mut pg, &mut marks, shutdown, take_buffered).await?,
                 Some(slot) => {
-                    active.forward(redis, &mut pg, &mut marks, shutdown, |a, _| slot.take_buffered(a)).await?
+                    let more = |a: &mut Active<'_>, _: &mut PgListener| {
+                        slot.ack(a.settled);
+                        slot.take_buffered(a)
+                    };
+                    active.forward(redis, &mut pg, &mut marks, shutdown, more).await?
                 }
             };
             match forwarded {
@@ -203,7 +211,7 @@ async fn session(
         marks.dispatch().await?;
         // Everything received is in the log now (forwarded, or drained from the outbox).
         if let Some(slot) = slot.as_mut() {
-            slot.ack();
+            slot.ack(active.settled);
         }
         tokio::select! {
             biased;
