@@ -171,7 +171,8 @@ if [[ -z "${DATABASE_URL:-}" ]]; then
             >"$RUN_DIR/initdb.log" 2>&1 || die "initdb failed: see $RUN_DIR/initdb.log"
     fi
     start postgres INT "$RUN_DIR/postgres.log" "${as_pg[@]}" "$PG_BIN/postgres" -D "$pgdata" \
-        -c port="$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$socket_dir"
+        -c port="$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$socket_dir" \
+        -c wal_level=logical # PUBLISHER_CAPTURE=logical works on it too
     wait_for postgres pg_ok
     DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 fi
