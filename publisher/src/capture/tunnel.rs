@@ -224,3 +224,42 @@ impl ServerCertVerifier for Verifier {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use testkit::{PgServer, TestCa};
+
+    use super::*;
+
+    fn tls_error(result: Result<Tunnel, SessionError>) -> String {
+        match result {
+            Err(SessionError::Replication(PgWireError::Tls(text))) => text,
+            Err(other) => panic!("not a TLS error: {other:?}"),
+            Ok(_) => panic!("the handshake succeeded"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handshake_checks_what_sslmode_asks_and_names_what_failed() {
+        let (pg, plain) = tokio::join!(PgServer::start_tls(), PgServer::start());
+        let ca = pg.tls_ca_path().expect("tls");
+        let other = TestCa::new();
+
+        let tunnel = Tunnel::open("127.0.0.1", pg.port(), SslMode::VerifyFull, Some(ca)).await.expect("verified");
+        assert!(tunnel.socket_dir().join(".s.PGSQL.5432").exists(), "the client's socket");
+        let dir = tunnel.socket_dir().to_owned();
+        drop(tunnel);
+        assert!(!dir.exists(), "the private directory goes with the tunnel");
+
+        let unknown = tls_error(Tunnel::open("127.0.0.1", pg.port(), SslMode::VerifyCa, Some(other.ca_path())).await);
+        assert!(unknown.contains("UnknownIssuer"), "{unknown}");
+        assert!(protocol::retry::tls_fix("postgres", &unknown).unwrap().contains("sslrootcert="));
+        // require encrypts without checking the certificate, as libpq's does.
+        Tunnel::open("127.0.0.1", pg.port(), SslMode::Require, Some(other.ca_path())).await.expect("not checked");
+
+        let refused = tls_error(Tunnel::open("127.0.0.1", plain.port(), SslMode::Require, None).await);
+        assert!(protocol::retry::tls_fix("postgres", &refused).unwrap().contains("enable ssl"), "{refused}");
+        // prefer takes the plain connection a server without TLS offers.
+        Tunnel::open("127.0.0.1", plain.port(), SslMode::Prefer, None).await.expect("plain");
+    }
+}
