@@ -240,7 +240,7 @@ async fn check_trigger(conn: &mut PgConnection, limit: Duration) -> Outcome {
          from pg_trigger t join pg_proc p on p.oid = t.tgfoid \
          where t.tgrelid = 'public.orders'::regclass and not t.tgisinternal order by 1",
     )
-    .fetch_all(conn);
+    .fetch_all(&mut *conn);
     let triggers = match timeout(limit, query).await {
         Ok(Ok(triggers)) => triggers,
         Ok(Err(err)) => {
@@ -260,7 +260,15 @@ async fn check_trigger(conn: &mut PgConnection, limit: Duration) -> Outcome {
     let names =
         |triggers: Vec<(String, bool)>| triggers.into_iter().map(|(name, _)| name).collect::<Vec<_>>().join(", ");
     if !notifying.is_empty() {
-        return Outcome::Passed { detail: format!("{} on orders calls pg_notify", names(notifying)) };
+        // The trigger's mode (sql/0006): which wake-up the publisher set it to send.
+        let mode = sqlx::query_scalar::<_, String>("select mode from realtime_capture").fetch_optional(&mut *conn);
+        let how = match timeout(limit, mode).await {
+            Ok(Ok(Some(mode))) if mode == "logical" => {
+                "; in logical capture mode: it emits logical decoding messages instead (PUBLISHER_CAPTURE=logical)"
+            }
+            _ => "",
+        };
+        return Outcome::Passed { detail: format!("{} on orders calls pg_notify{how}", names(notifying)) };
     }
     let problem = if others.is_empty() {
         "no trigger on orders, so changes never reach the publisher".to_owned()

@@ -129,6 +129,9 @@ async fn a_replication_slot_keeping_more_wal_than_the_limit_fails_the_check() {
     publisher.wait_ready().await;
     let url = format!("http://{}", publisher.addr);
     let args = ["--url", "ws://127.0.0.1:1/ws", "--publisher-url", &url];
+    let (_, doc) = check(&args, &pg.url(), &redis.url()).await;
+    let trigger = named(&doc, "notify trigger")["detail"].as_str().unwrap().to_owned();
+    assert!(trigger.contains("in logical capture mode"), "{trigger}");
     // The gauges are refreshed every second.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
