@@ -12,6 +12,9 @@
 # the p50 and p99 bucket bounds of the time from the trigger's clock_timestamp() to the Redis
 # append, under that load. Prints a table (median [min-max] of the repetitions), stops
 # everything, removes its data.
+# CLIENTS_E2E=N (notify and logical runs): also a ws-server and `orders-bench latency` with N
+# WebSocket clients at 100 ev/s of its own writes during the pgbench run: COMMIT returning → a
+# client, under that load (its p50/p99 per run in the TSV and the table).
 # In logical runs it also reads the CPU time of the walsender that decodes the slot (the cost
 # logical decoding adds to PostgreSQL) and reports it per 1,000 commits.
 # Environment (defaults in brackets): DURATION seconds per run [15], REPS [3], CLIENTS [16],
@@ -35,14 +38,21 @@ REPS=${REPS:-3}
 CLIENTS=${CLIENTS:-16}
 TARGET_DIR=${TARGET_DIR:-$ROOT/target}
 PUBLISHER=$TARGET_DIR/release/publisher
+WS_SERVER=$TARGET_DIR/release/ws-server
+BENCH_BIN=$TARGET_DIR/release/orders-bench
+WS_PORT=${WS_PORT:-18280}
+CLIENTS_E2E=${CLIENTS_E2E:-0}
 SEED_ROWS=10000
 DATA=$BASE/data
 export PGHOST=$BASE PGPORT=$PORT PGUSER=postgres PGDATABASE=postgres
 [[ -x $PUBLISHER ]] || { echo "no $PUBLISHER: cargo build --release -p publisher" >&2 && exit 1; }
+if ((CLIENTS_E2E > 0)); then
+    [[ -x $WS_SERVER && -x $BENCH_BIN ]] || { echo "CLIENTS_E2E: cargo build --release -p ws-server -p orders-bench" >&2 && exit 1; }
+fi
 
 as_pg() { if [[ $EUID -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 q() { PGOPTIONS="-c client_min_messages=warning" psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"; }
-PUB_PID="" REDIS_PID=""
+PUB_PID="" REDIS_PID="" WS_PID=""
 stop_publisher() {
     if [[ -n $PUB_PID ]]; then kill "$PUB_PID" 2>/dev/null || true; wait "$PUB_PID" 2>/dev/null || true; fi
     PUB_PID=""
@@ -51,6 +61,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_publisher
+    if [[ -n $WS_PID ]]; then kill "$WS_PID" 2>/dev/null || true; fi
     if [[ -n $REDIS_PID ]]; then kill "$REDIS_PID" 2>/dev/null || true; fi
     if [[ -f $DATA/postmaster.pid ]]; then as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null || true; fi
     rm -rf "$BASE"
@@ -71,6 +82,11 @@ for f in "$ROOT"/sql/*.sql; do PGOPTIONS="-c client_min_messages=warning" q -f "
 q -c "INSERT INTO orders (customer_name, product_name, amount)
       SELECT 'customer-' || g, 'product-' || g, g % 1000 FROM generate_series(1, $SEED_ROWS) g"
 q -c 'VACUUM ANALYZE'
+if ((CLIENTS_E2E > 0)); then
+    env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" PORT="$WS_PORT" WS_BIND_ADDR=127.0.0.1 LOG_FORMAT=text \
+        "$WS_SERVER" >"$BASE/ws-server.log" 2>&1 &
+    WS_PID=$!
+fi
 TRIGGER="CREATE TRIGGER orders_realtime_notify AFTER INSERT OR UPDATE OR DELETE ON orders
          FOR EACH ROW EXECUTE FUNCTION realtime_notify('orders_channel')"
 cat >"$BASE/update.sql" <<EOF
@@ -109,7 +125,7 @@ latency() {
                printf "%.2f %s %s\n", d["sum"] / c * 1000, p50, p99 }' "$1" "$2"
 }
 TSV=$BASE/results/results.tsv
-printf 'rep\tvariant\ttps\tlat_ms\tappend_mean_ms\tappend_p50_le_ms\tappend_p99_le_ms\tpublished\tload1\twalsender_cpu_s\n' >"$TSV"
+printf 'rep\tvariant\ttps\tlat_ms\tappend_mean_ms\tappend_p50_le_ms\tappend_p99_le_ms\tpublished\tload1\twalsender_cpu_s\tclient_p50_ms\tclient_p99_ms\tclient_lost_dup\n' >"$TSV"
 cpu_seconds() { # PID: utime + stime of a process, in seconds
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
@@ -131,7 +147,22 @@ for rep in $(seq "$REPS"); do
             walsender=$(q -c "SELECT pid FROM pg_stat_replication WHERE application_name = 'publisher-capture'")
             cpu0=$(cpu_seconds "$walsender")
         fi
+        e2e_pid=""
+        if ((CLIENTS_E2E > 0)) && [[ $variant != none ]]; then
+            "$BENCH_BIN" latency --database-url "postgres://postgres@127.0.0.1:$PORT/postgres" \
+                --url "ws://127.0.0.1:$WS_PORT/ws" --clients "$CLIENTS_E2E" --rate 100 --writers 2 \
+                --duration "$((DURATION - 2))s" --drain 20s --label "$variant" >"$out.e2e" 2>&1 &
+            e2e_pid=$!
+            sleep 1
+        fi
         pgbench -n -M prepared -T "$DURATION" -c "$CLIENTS" -j 2 ${RATE:+-R "$RATE"} -f "$BASE/update.sql" >"$out" 2>&1
+        client="- - -"
+        if [[ -n $e2e_pid ]]; then
+            wait "$e2e_pid" || true
+            client=$(awk '/ms p50/ { for (i = 1; i <= NF; i++) { if ($i == "p50") p50 = $(i + 1); if ($i == "p99") p99 = $(i + 1)
+                                       if ($i == "lost") lost = $(i + 1); if ($i == "dup") dup = $(i + 1) } }
+                          END { if (p50 == "") print "- - -"; else print p50, p99, lost + dup }' "$out.e2e")
+        fi
         tps=$(awk '/^tps =/ { print $3 }' "$out")
         lat=$(awk '/^latency average/ { print $4 }' "$out")
         stats="- - -" published=0 walcpu=-
@@ -149,8 +180,9 @@ for rep in $(seq "$REPS"); do
             stop_publisher
         fi
         read -r mean p50 p99 <<<"$stats"
-        printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$variant" "$tps" "$lat" "$mean" "$p50" "$p99" \
-            "$published" "$load" "$walcpu" | tee -a "$TSV"
+        read -r c50 c99 clost <<<"$client"
+        printf '%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$variant" "$tps" "$lat" "$mean" "$p50" "$p99" \
+            "$published" "$load" "$walcpu" "$c50" "$c99" "$clost" | tee -a "$TSV"
     done
 done
 
@@ -170,6 +202,10 @@ done
         IFS=$'\t' read -r v tps lat mean <<<"$line"
         printf '%-8s %-22s %-22s %-20s %s\n' "$v" "$tps" "$lat" "$mean" "${bounds:--}"
     done
+    if ((CLIENTS_E2E > 0)); then
+        awk -F'\t' 'NR > 1 && $11 != "-" { c[$2] = c[$2] sprintf(" %s/%s", $11, $12); l[$2] += $13 }
+                     END { for (v in c) printf "COMMIT -> client (%s, p50/p99 ms per run):%s; lost+dup %d\n", v, c[v], l[v] }' "$TSV"
+    fi
     awk -F'\t' 'NR > 1 && $2 == "logical" && $10 != "-" { printf "%swalsender %.2f s CPU for %d commits (%.3f s per 1,000)", sep, $10, $8, $10 / $8 * 1000; sep = "; " }
                  END { print "" }' "$TSV"
 } | tee "$BASE/results/table.txt"
