@@ -563,8 +563,8 @@ enum Appended {
 /// `wait_visible` (logical capture): a slot can deliver a transaction's commit a moment before
 /// the transaction is visible to other sessions (the walsender decodes the commit record, which
 /// is written before the commit is published in the process array). A row not found is read
-/// again a few times over about 30 ms before it is taken for a forged id; skipping a real one
-/// would leave it to the next catch-up, out of commit order.
+/// again, three times at once and then over about 30 ms, before it is taken for a forged id;
+/// skipping a real one would leave it to the next catch-up, out of commit order.
 async fn read_notified(
     notified: &mut VecDeque<i64>,
     pg: &mut PgListener,
@@ -586,20 +586,33 @@ async fn read_notified(
     }
     let mut rows: HashMap<i64, Option<String>> =
         bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &ids)).await??.into_iter().collect();
-    let mut delay = Duration::from_millis(1);
-    while wait_visible && delay <= VISIBILITY_WAIT {
-        let missing: Vec<i64> = ids.iter().copied().filter(|id| !rows.contains_key(id)).collect();
+    // The gap is microseconds: the first reads again go at once (a query's round trip is the
+    // wait), then 1, 2, 4, 8, 16 ms.
+    let mut delay = Duration::ZERO;
+    let mut immediate = VISIBILITY_READS_AT_ONCE;
+    loop {
+        let missing: Vec<i64> = ids.iter().copied().filter(|id| wait_visible && !rows.contains_key(id)).collect();
         if missing.is_empty() {
             break;
         }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+        if immediate > 0 {
+            immediate -= 1;
+        } else {
+            delay = (delay * 2).max(Duration::from_millis(1));
+            if delay > VISIBILITY_WAIT {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+        }
         rows.extend(bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &missing)).await??);
     }
     // A notification repeated, or forged with a real id, is read once, at its first place.
     let rows = ids.into_iter().filter_map(|id| rows.remove(&id).flatten().map(|row| (id, row))).collect();
     Ok(Some((rows, popped)))
 }
+
+/// Reads again without a pause before waiting for a notified row to become visible.
+const VISIBILITY_READS_AT_ONCE: u32 = 3;
 
 /// The longest single wait for a notified row to become visible (1 + 2 + … + 16 ms in all).
 const VISIBILITY_WAIT: Duration = Duration::from_millis(16);

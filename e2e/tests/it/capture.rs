@@ -18,7 +18,7 @@ use e2e::{
 use publisher::Capture;
 use serde_json::Value;
 use sqlx::postgres::PgListener;
-use testkit::{PgServer, RedisServer, free_port, wait_for, wait_until};
+use testkit::{PgServer, RedisServer, free_port, wait_until};
 use tokio::sync::watch;
 
 const SLOT: &str = "orders_realtime";
@@ -63,11 +63,29 @@ async fn assert_log_complete(pg: &PgServer, redis: &RedisServer) -> Vec<Value> {
         .lines()
         .map(|l| l.parse().expect("an id"))
         .collect();
-    let frames = wait_for(WAIT, &format!("{} events in the log", ids.len()), || async {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let frames = loop {
         let frames = log_frames(&redis.url()).await;
-        (frames.len() >= ids.len()).then_some(frames)
-    })
-    .await;
+        if frames.len() >= ids.len() {
+            break frames;
+        }
+        if tokio::time::Instant::now() > deadline {
+            // Say which changes are missing, and what the outbox says of them.
+            let logged: HashSet<i64> = frames.iter().filter_map(|f| f["id"].as_i64()).collect();
+            let missing: Vec<String> = ids.iter().filter(|id| !logged.contains(id)).map(ToString::to_string).collect();
+            let rows = pg
+                .psql(
+                    "postgres",
+                    &format!(
+                        "SELECT id, published_at IS NOT NULL, log_epoch, log_pos FROM realtime_events WHERE id IN ({})",
+                        missing.iter().take(20).cloned().collect::<Vec<_>>().join(",")
+                    ),
+                )
+                .await;
+            panic!("{} of {} events not in the log after {WAIT:?}; the first: {rows}", missing.len(), ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let logged: Vec<i64> = frames.iter().map(|f| f["id"].as_i64().expect("event id")).collect();
     assert_eq!(logged.iter().collect::<HashSet<_>>().len(), logged.len(), "no event twice");
     let mut sorted = logged.clone();
