@@ -18,7 +18,7 @@ use e2e::{
 use publisher::Capture;
 use serde_json::Value;
 use sqlx::postgres::PgListener;
-use testkit::{PgServer, RedisServer, free_port, wait_until};
+use testkit::{PgServer, RedisServer, wait_until};
 use tokio::sync::watch;
 
 const SLOT: &str = "orders_realtime";
@@ -157,17 +157,7 @@ async fn logical_capture_moves_every_change_in_commit_order_without_a_notify() {
 }
 
 fn start_publisher_process(pg: &PgServer, redis: &RedisServer, dir: &std::path::Path) -> Process {
-    let port = free_port();
-    let env = [
-        ("DATABASE_URL", pg.url()),
-        ("REDIS_URL", redis.url()),
-        ("HEALTH_PORT", port.to_string()),
-        ("PUBLISHER_BIND_ADDR", "127.0.0.1".to_owned()),
-        ("PUBLISHER_CAPTURE", "logical".to_owned()),
-        ("RETRY_MIN_DELAY", "50ms".to_owned()),
-        ("RETRY_MAX_DELAY", "500ms".to_owned()),
-    ];
-    Process::start(env!("CARGO_BIN_EXE_e2e-publisher"), "publisher", port, &env, dir)
+    crate::support::start_publisher("publisher", pg, redis, dir, &[("PUBLISHER_CAPTURE", "logical")])
 }
 
 #[tokio::test]

@@ -19,16 +19,7 @@ const WRITE_FOR: Duration = Duration::from_secs(24);
 
 /// Starts a publisher process on a fresh health port.
 fn start_publisher(name: &str, pg: &PgServer, redis: &RedisServer, dir: &Path) -> Process {
-    let port = free_port();
-    let env = [
-        ("DATABASE_URL", pg.url()),
-        ("REDIS_URL", redis.url()),
-        ("HEALTH_PORT", port.to_string()),
-        ("PUBLISHER_STANDBY_POLL", "200ms".to_owned()),
-        ("RETRY_MIN_DELAY", "50ms".to_owned()),
-        ("RETRY_MAX_DELAY", "500ms".to_owned()),
-    ];
-    Process::start(env!("CARGO_BIN_EXE_e2e-publisher"), name, port, &env, dir)
+    crate::support::start_publisher(name, pg, redis, dir, &[("PUBLISHER_STANDBY_POLL", "200ms")])
 }
 
 /// Starts a ws-server process on `port`.

@@ -1,5 +1,5 @@
 //! Shared by the auth, consumers and limits tests: ws-server configurations from env-like
-//! variables, test tokens, a fake publisher writing the replay log, raw HTTP requests (to read
+//! variables, publisher processes (chaos, capture), test tokens, a fake publisher writing the replay log, raw HTTP requests (to read
 //! refusals before the upgrade) and a minimal Server-Sent Events reader.
 //!
 //! The SSE reader is deliberately small and private to these tests (a harness one is planned
@@ -21,6 +21,28 @@ use tokio::{
     net::TcpStream,
     time::{Instant, timeout},
 };
+
+/// Starts a publisher process (the shipped `main`, so a test can SIGKILL it) on a fresh health
+/// port, with the harness's fast retries and `extra` variables.
+pub(crate) fn start_publisher(
+    name: &str,
+    pg: &testkit::PgServer,
+    redis: &testkit::RedisServer,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> e2e::Process {
+    let port = testkit::free_port();
+    let mut env = vec![
+        ("DATABASE_URL", pg.url()),
+        ("REDIS_URL", redis.url()),
+        ("HEALTH_PORT", port.to_string()),
+        ("PUBLISHER_BIND_ADDR", "127.0.0.1".to_owned()),
+        ("RETRY_MIN_DELAY", "50ms".to_owned()),
+        ("RETRY_MAX_DELAY", "500ms".to_owned()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    e2e::Process::start(env!("CARGO_BIN_EXE_e2e-publisher"), name, port, &env, dir)
+}
 
 /// The HS256 secret of the test servers (at least 32 bytes, as the server requires).
 pub(crate) const SECRET: &str = "e2e-test-only-hs256-secret-0123456789abcdef";
