@@ -588,23 +588,25 @@ async fn read_notified(
         bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &ids)).await??.into_iter().collect();
     // The gap is microseconds: the first reads again go at once (a query's round trip is the
     // wait), then 1, 2, 4, 8, 16 ms.
-    let mut delay = Duration::ZERO;
-    let mut immediate = VISIBILITY_READS_AT_ONCE;
-    loop {
-        let missing: Vec<i64> = ids.iter().copied().filter(|id| wait_visible && !rows.contains_key(id)).collect();
-        if missing.is_empty() {
-            break;
-        }
-        if immediate > 0 {
-            immediate -= 1;
-        } else {
-            delay = (delay * 2).max(Duration::from_millis(1));
-            if delay > VISIBILITY_WAIT {
+    if wait_visible {
+        let mut delay = Duration::ZERO;
+        let mut immediate = VISIBILITY_READS_AT_ONCE;
+        loop {
+            let missing: Vec<i64> = ids.iter().copied().filter(|id| !rows.contains_key(id)).collect();
+            if missing.is_empty() {
                 break;
             }
-            tokio::time::sleep(delay).await;
+            if immediate > 0 {
+                immediate -= 1;
+            } else {
+                delay = (delay * 2).max(Duration::from_millis(1));
+                if delay > VISIBILITY_WAIT {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+            }
+            rows.extend(bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &missing)).await??);
         }
-        rows.extend(bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &missing)).await??);
     }
     // A notification repeated, or forged with a real id, is read once, at its first place.
     let rows = ids.into_iter().filter_map(|id| rows.remove(&id).flatten().map(|row| (id, row))).collect();

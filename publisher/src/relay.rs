@@ -4,11 +4,11 @@
 //! - **Standby.** Two publishers may run; the one holding a session-level advisory lock is
 //!   active, the other polls for the lock every `standby_poll`. The lock lives and dies with
 //!   the PostgreSQL session, so a killed active publisher frees it at once.
-//! - **Active.** LISTEN on the channel (or stream the logical slot: `capture`); the events notified are read from the outbox by id and
-//!   appended to the log in notification order (one atomic Redis step per batch: position,
-//!   stream, state, PUBLISH); then marked published, off the critical path (`marks`). At the
-//!   start, every `keepalive_interval` and after a Redis failure a catch-up reads unpublished
-//!   events in id order instead (`active`). A crash between append and mark leaves at most the
+//! - **Active.** LISTEN on the channel (or stream the logical slot: `capture`); the events
+//!   notified are read from the outbox by id and appended to the log in notification order
+//!   (one atomic Redis step per batch: position, stream, state, PUBLISH); then marked
+//!   published, off the critical path (`marks`). At the start, every `keepalive_interval` and
+//!   after a Redis failure a catch-up reads unpublished events in id order instead (`active`). A crash between append and mark leaves at most the
 //!   mark window unmarked; the claim made before appending returns that many of the log's
 //!   newest event ids, so no repeat reaches the log.
 //! - **Claim.** Before its first append on each Redis connection, the active publisher claims
