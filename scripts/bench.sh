@@ -29,6 +29,8 @@ Environment (defaults in brackets):
   PG_SYNCHRONOUS_COMMIT  PostgreSQL's synchronous_commit [on]
   CAPTURE     our publisher's PUBLISHER_CAPTURE: notify or logical (then PostgreSQL runs with
               wal_level=logical) [notify]
+  WS_THREADS  our replicas' WS_THREADS [1: two replicas on two cores, one thread each,
+              as Node runs; 0 for one per core]
   REDIS_CLUSTER  1: our Redis is a 3-master Redis Cluster on REDIS_PORT and the next two
               ports (the services find it from the first node's URL) [0: one server]
 EOF
@@ -181,7 +183,7 @@ start_ours_replicas() { # (re)start our two replicas; sets OURS_URLS and OURS_WA
     for port in "${WS_PORTS[@]}"; do
         if [[ -n "${PID_OF[ws-$port]:-}" ]]; then stop_one "ws-$port"; fi
         start "ws-$port" "$RUN_DIR/ws-$port.log" env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" PORT="$port" \
-            WS_MAX_CONNECTIONS=19000 "$BIN/ws-server"
+            WS_MAX_CONNECTIONS=19000 WS_THREADS="${WS_THREADS:-1}" "$BIN/ws-server"
         wait_for "ws-$port" http_ok "$port" /readyz
         OURS_URLS+=(--url "ws://127.0.0.1:$port/ws") OURS_WATCH+=(--watch-pid "ws-$port=${PID_OF[ws-$port]}")
     done

@@ -23,12 +23,61 @@ pub trait Daemon {
     fn log_format(config: &Self::Config) -> telemetry::LogFormat;
     /// Where to listen, and the variables that set it (for the error message).
     fn listen_addr(config: &Self::Config) -> (SocketAddr, &'static str);
+    /// The runtime's threads: [`Threads::Single`] runs every task on the main thread (no
+    /// wake-up crosses threads, which is what a pipeline of one task after another wants).
+    fn threads(_config: &Self::Config) -> Threads {
+        Threads::PerCore
+    }
     /// Runs until `shutdown` is cancelled.
     fn run(
         config: Self::Config,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> impl Future<Output = Result<(), Self::Error>>;
+}
+
+/// How many threads a daemon's runtime has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One: tokio's current-thread runtime.
+    Single,
+    /// Tokio's multi-threaded runtime with this many workers.
+    Workers(usize),
+    /// Tokio's multi-threaded runtime, one worker per core (its default).
+    PerCore,
+}
+
+impl Threads {
+    /// `0`: one per core, `1`: single-threaded, `n`: `n` workers.
+    pub fn from_count(n: usize) -> Self {
+        match n {
+            0 => Self::PerCore,
+            1 => Self::Single,
+            n => Self::Workers(n),
+        }
+    }
+
+    /// How many threads run tasks.
+    pub fn count(self) -> usize {
+        match self {
+            Self::Single => 1,
+            Self::Workers(n) => n,
+            Self::PerCore => std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+
+    fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self {
+            Self::Single => tokio::runtime::Builder::new_current_thread(),
+            Self::Workers(n) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n);
+                b
+            }
+            Self::PerCore => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
+    }
 }
 
 /// Binds with SO_REUSEADDR, so a restarted server gets its port back at once even while the
@@ -57,7 +106,7 @@ pub fn main<D: Daemon>() -> ExitCode {
         }
     };
     telemetry::init(D::log_format(&config), D::DEFAULT_LOG_FILTER);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match D::threads(&config).runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

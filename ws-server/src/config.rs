@@ -60,6 +60,9 @@ pub struct Config {
     /// every event (`WS_EXPRESS`, default true; `hub::express`). Off, every connection's task
     /// writes its own: slower, for comparison.
     pub express: bool,
+    /// The runtime's threads (`WS_THREADS`, default 0: one per core; 1: a single-threaded
+    /// runtime, the cheapest per delivery when the machine runs one replica per core).
+    pub threads: protocol::service::Threads,
     /// Time allowed for connections to close at shutdown (`WS_SHUTDOWN_GRACE`, default 5s).
     pub shutdown_grace: Duration,
     /// How often an idle Redis subscription is checked with PING.
@@ -103,6 +106,7 @@ impl fmt::Debug for Config {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("send_timeout", &self.send_timeout)
             .field("express", &self.express)
+            .field("threads", &self.threads)
             // JwtKey's Debug names the algorithm and where the key came from, never the key.
             .field("jwt", &self.jwt_key)
             .field("jwt_leeway", &self.jwt_leeway)
@@ -153,6 +157,11 @@ impl Config {
             heartbeat_interval: env.duration("WS_HEARTBEAT_INTERVAL", Duration::from_secs(20)),
             send_timeout: env.duration("WS_SEND_TIMEOUT", Duration::from_secs(10)),
             express: env.flag("WS_EXPRESS", true),
+            threads: protocol::service::Threads::from_count(env.parse(
+                "WS_THREADS",
+                0,
+                "a number of threads (0: one per core)",
+            )),
             shutdown_grace: env.duration("WS_SHUTDOWN_GRACE", Duration::from_secs(5)),
             keepalive_interval: Duration::from_secs(5),
             retry: env.retry_policy(),
@@ -232,11 +241,12 @@ mod tests {
             ("WS_QUEUE_BYTES", "4MB"),
             ("WS_HEARTBEAT_INTERVAL", "20"),
             ("REDIS_URL", "localhost:6379"),
+            ("WS_THREADS", "all"),
         ]
         .into_iter()
         .collect();
         let err = Config::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap_err().to_string();
-        for var in ["PORT", "WS_QUEUE_CAPACITY", "WS_QUEUE_BYTES", "WS_HEARTBEAT_INTERVAL", "REDIS_URL"] {
+        for var in ["PORT", "WS_QUEUE_CAPACITY", "WS_QUEUE_BYTES", "WS_HEARTBEAT_INTERVAL", "REDIS_URL", "WS_THREADS"] {
             assert!(err.contains(var), "{var} not in {err}");
         }
     }
@@ -245,5 +255,8 @@ mod tests {
     fn defaults() {
         let c = Config::with_redis("redis://127.0.0.1:1");
         assert_eq!((c.port, c.queue_capacity, c.queue_bytes, c.max_frame_bytes), (8080, 1024, 16 << 20, 65536));
+        assert_eq!(c.threads, protocol::service::Threads::PerCore);
+        let one = Config::from_lookup(|k| (k == "WS_THREADS").then(|| "1".to_owned())).unwrap();
+        assert_eq!(one.threads, protocol::service::Threads::Single);
     }
 }

@@ -74,6 +74,9 @@ impl protocol::service::Daemon for WsServer {
     fn log_format(config: &Config) -> protocol::telemetry::LogFormat {
         config.log_format
     }
+    fn threads(config: &Config) -> protocol::service::Threads {
+        config.threads
+    }
     fn listen_addr(config: &Config) -> (std::net::SocketAddr, &'static str) {
         ((config.bind_addr, config.port).into(), "WS_BIND_ADDR, PORT")
     }

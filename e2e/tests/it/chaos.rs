@@ -22,12 +22,14 @@ fn start_publisher(name: &str, pg: &PgServer, redis: &RedisServer, dir: &Path) -
     crate::support::start_publisher(name, pg, redis, dir, &[("PUBLISHER_STANDBY_POLL", "200ms")])
 }
 
-/// Starts a ws-server process on `port`.
+/// Starts a ws-server process on `port`, on one thread (`WS_THREADS=1`, as the benchmark runs
+/// them): the faults here then also cover the single-threaded runtime.
 fn start_replica(name: &str, port: u16, redis: &RedisServer, dir: &Path) -> Process {
     let env = [
         ("REDIS_URL", redis.url()),
         ("PORT", port.to_string()),
         ("WS_BIND_ADDR", "127.0.0.1".to_owned()),
+        ("WS_THREADS", "1".to_owned()),
         ("RETRY_MIN_DELAY", "50ms".to_owned()),
         ("RETRY_MAX_DELAY", "500ms".to_owned()),
     ];
