@@ -49,22 +49,36 @@ pub struct MachineLoad {
     pub cpus: usize,
 }
 
-fn cpu_times() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = stat.lines().next().context("empty /proc/stat")?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    // idle + iowait count as idle.
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Ok((idle, v.iter().sum()))
+/// The machine's CPU time so far (`/proc/stat`), to tell how busy it was over an interval.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineTimes {
+    idle: u64,
+    total: u64,
+}
+
+impl MachineTimes {
+    pub fn now() -> Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = stat.lines().next().context("empty /proc/stat")?;
+        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        // idle + iowait count as idle.
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        Ok(Self { idle, total: v.iter().sum() })
+    }
+
+    /// Share of all CPUs' time not idle since `self`, in percent.
+    pub fn busy_pct_since(self) -> Result<f64> {
+        let now = Self::now()?;
+        let total = now.total.saturating_sub(self.total).max(1) as f64;
+        Ok(100.0 * (1.0 - now.idle.saturating_sub(self.idle) as f64 / total))
+    }
 }
 
 /// Samples `/proc/stat` one second apart, and reads `/proc/loadavg`.
 pub async fn machine_load() -> Result<MachineLoad> {
-    let (idle0, total0) = cpu_times()?;
+    let start = MachineTimes::now()?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle1, total1) = cpu_times()?;
-    let total = (total1 - total0).max(1) as f64;
-    let busy_pct = 100.0 * (1.0 - (idle1 - idle0) as f64 / total);
+    let busy_pct = start.busy_pct_since()?;
     let loadavg = std::fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
     let loadavg = loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

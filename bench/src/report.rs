@@ -88,6 +88,11 @@ pub struct Round {
     pub watched: Vec<Watched>,
     /// CPU seconds orders-bench itself (coordinator and workers) used during the round.
     pub load_generator_cpu_s: f64,
+    /// Seconds from the round's first write to the last worker's count (what `cpu_s` covers).
+    pub wall_s: f64,
+    /// Share of all the machine's CPUs busy over `wall_s`, percent: near 100, the machine
+    /// itself was the limit.
+    pub machine_busy_pct: f64,
     /// The merged latency histogram (ns), HdrHistogram V2, hex.
     pub histogram: String,
 }
@@ -199,7 +204,7 @@ pub fn line(r: &Round, busy_pct: f64) -> String {
         })
         .collect();
     format!(
-        "{:<10} {:>6} clients {:>7.0} ev/s: written {:.0}/s, {} deliveries ({:.0}/s); ms p50 {} p90 {} p99 {} p99.9 {} max {}; lost {} dup {} misdelivered {} early {} closed {}; cpu{} bench={:.1}s; machine busy {:.0}% before",
+        "{:<10} {:>6} clients {:>7.0} ev/s: written {:.0}/s, {} deliveries ({:.0}/s); ms p50 {} p90 {} p99 {} p99.9 {} max {}; lost {} dup {} misdelivered {} early {} closed {}; cpu{} bench={:.1}s; machine busy {:.0}% before, {:.0}% during",
         r.scenario,
         r.clients,
         r.rate,
@@ -218,7 +223,8 @@ pub fn line(r: &Round, busy_pct: f64) -> String {
         r.closed_clients,
         if cpu.is_empty() { " -".to_string() } else { cpu.concat() },
         r.load_generator_cpu_s,
-        busy_pct
+        busy_pct,
+        r.machine_busy_pct
     )
 }
 

@@ -273,6 +273,7 @@ async fn drive(
     for round in 0.. {
         let start = samples(&args.watch)?;
         let own_start = own_cpu();
+        let machine_start = procfs::MachineTimes::now()?;
         let t0 = now_ns();
         let (writes, stats) = writers.round(round, step_rate, args.duration, ops, customers).await?;
         let committed = writes.iter().filter(|w| w.2 != 0).count() as u64;
@@ -289,6 +290,8 @@ async fn drive(
         }
         let end = samples(&args.watch)?;
         let load_generator_cpu_s = own_cpu() - own_start;
+        let machine_busy_pct = machine_start.busy_pct_since()?;
+        let wall_s = now_ns().saturating_sub(t0) as f64 / 1e9;
         let (hist, sum) = report::merge(&counts)?;
         let window_s = (sum.last_receipt_ns.saturating_sub(t0)) as f64 / 1e9;
         let deliveries_per_s = if window_s > 0.0 { sum.delivered as f64 / window_s } else { 0.0 };
@@ -328,6 +331,8 @@ async fn drive(
             closed_clients: sum.closed,
             watched,
             load_generator_cpu_s,
+            wall_s,
+            machine_busy_pct,
             histogram: crate::tag::hex(&bytes),
         };
         report::print(&report::line(&r, busy_pct))?;
@@ -362,17 +367,33 @@ fn step_verdict(r: &Round, lag_limit_ms: f64) -> Option<String> {
     }
     if r.writes.per_s < 0.95 * r.rate || r.writes.max_behind_ms > 250.0 {
         return Some(format!(
-            "writes: PostgreSQL committed {:.0}/s of {:.0}/s asked (writers up to {:.0} ms behind schedule)",
-            r.writes.per_s, r.rate, r.writes.max_behind_ms
+            "writes: PostgreSQL committed {:.0}/s of {:.0}/s asked (writers up to {:.0} ms behind schedule); {}",
+            r.writes.per_s,
+            r.rate,
+            r.writes.max_behind_ms,
+            busiest(r)
         ));
     }
     match r.latency_ms.p99 {
         Some(p99) if p99 <= lag_limit_ms => None,
         p99 => Some(format!(
-            "delivery lag: p99 {} ms over the {lag_limit_ms} ms limit",
-            p99.map_or("inf".into(), |v| format!("{v:.1}"))
+            "delivery lag: p99 {} ms over the {lag_limit_ms} ms limit; {}",
+            p99.map_or("inf".into(), |v| format!("{v:.1}")),
+            busiest(r)
         )),
     }
+}
+
+/// Where the CPU went during a step, busiest first, so a step that lagged says whether the
+/// servers, the load generator or the machine as a whole ran out: "machine 97% busy; bench 1.31
+/// cores, ws-1 0.22 cores".
+fn busiest(r: &Round) -> String {
+    let wall_s = r.wall_s.max(1e-9);
+    let mut cores: Vec<(&str, f64)> = r.watched.iter().map(|w| (w.name.as_str(), w.cpu_s / wall_s)).collect();
+    cores.push(("bench", r.load_generator_cpu_s / wall_s));
+    cores.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let list: Vec<String> = cores.iter().map(|(name, c)| format!("{name} {c:.2} cores")).collect();
+    format!("machine {:.0}% busy; {}", r.machine_busy_pct, list.join(", "))
 }
 
 fn spawn_workers(args: &RunArgs, clients: u32, tag: Tag, filtered: bool) -> Result<Vec<Worker>> {

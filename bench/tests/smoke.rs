@@ -53,4 +53,6 @@ async fn latency_smoke_run_delivers_every_write_once_and_reports_it() {
     let cpu = &round["watched"][0]["cpu_s_per_1000_deliveries"];
     assert!(cpu.as_f64().is_some_and(|v| v > 0.0), "the watched process's CPU is read: {round:#}");
     assert!(report["machine_before"]["busy_pct"].as_f64().is_some(), "{report:#}");
+    let during = round["machine_busy_pct"].as_f64().expect("how busy the machine was during the round");
+    assert!((0.0..=100.0).contains(&during) && round["wall_s"].as_f64() > Some(0.0), "{round:#}");
 }
