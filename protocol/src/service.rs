@@ -57,15 +57,6 @@ impl Threads {
         }
     }
 
-    /// How many threads run tasks.
-    pub fn count(self) -> usize {
-        match self {
-            Self::Single => 1,
-            Self::Workers(n) => n,
-            Self::PerCore => std::thread::available_parallelism().map_or(1, usize::from),
-        }
-    }
-
     fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
         let mut builder = match self {
             Self::Single => tokio::runtime::Builder::new_current_thread(),
