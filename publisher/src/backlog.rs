@@ -100,7 +100,8 @@ async fn session(config: &Config, stats: &Stats, shutdown: &CancellationToken) -
 
 /// The backlog's size and the age of its oldest change; the slot's retained WAL and activity.
 async fn read(conn: &mut PgConnection, slot: &str) -> Result<((i64, f64), (i64, bool)), sqlx::Error> {
-    let backlog = sqlx::query_as(BACKLOG).fetch_one(&mut *conn).await?;
+    // Unnamed: planned with the outbox as it is now (see `outbox::unpublished`).
+    let backlog = sqlx::query_as(BACKLOG).persistent(false).fetch_one(&mut *conn).await?;
     let slot = sqlx::query_as(SLOT).bind(slot).fetch_one(&mut *conn).await?;
     Ok((backlog, slot))
 }

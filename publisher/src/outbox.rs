@@ -13,8 +13,13 @@ use sqlx::{PgExecutor, Row, postgres::PgListener};
 ///
 /// Rows of transactions not yet committed are invisible here and picked up by a later call, so
 /// a transaction that took its id early and committed late is never skipped.
+///
+/// This and the other statements that run once per second or less are unnamed, planned with the
+/// outbox as it is at each call: a cached generic plan from when the table was small scans all
+/// of it if the table grows without an analyze (see [`mark_published`]).
 pub(crate) async fn unpublished(conn: &mut PgListener, limit: usize) -> sqlx::Result<Vec<(i64, String)>> {
     sqlx::query("SELECT id, payload::text FROM realtime_events WHERE published_at IS NULL ORDER BY id LIMIT $1")
+        .persistent(false)
         .bind(limit as i64)
         .fetch_all(&mut *conn)
         .await?
@@ -99,6 +104,7 @@ where
 /// means Redis came back with less than was appended (restored from an older save).
 pub(crate) async fn recorded_head(conn: &mut PgListener, epoch: &str) -> sqlx::Result<Option<u64>> {
     let pos: Option<i64> = sqlx::query_scalar("SELECT max(log_pos) FROM realtime_events WHERE log_epoch = $1")
+        .persistent(false)
         .bind(epoch)
         .fetch_one(&mut *conn)
         .await?;
@@ -120,6 +126,7 @@ pub(crate) async fn prune(conn: &mut PgListener, retention: Duration, max_rows: 
                                   ORDER BY id DESC OFFSET $2 LIMIT 1))
                  ORDER BY id LIMIT 1000)",
         )
+        .persistent(false)
         .bind(retention.as_secs_f64())
         .bind(max_rows as i64)
         .execute(&mut *conn)
