@@ -99,8 +99,8 @@ impl Drop for UpGuard<'_> {
     }
 }
 
-/// A monotonically increasing count.
-#[derive(Debug, Default)]
+/// A monotonically increasing count. A clone counts into the same metric.
+#[derive(Debug, Default, Clone)]
 pub struct Counter(counter::Counter);
 
 impl Counter {

@@ -18,11 +18,14 @@
 //!
 //! Marks are committed in the order they were queued, several queued batches in one statement
 //! when they pile up (which is what keeps up with a burst: one commit, one fsync, for many
-//! batches). A failed mark ends the session like any other PostgreSQL error: the marks not
+//! batches). Between bursts they wait [`LINGER`] for the events that follow: one commit for
+//! every event would be one more fsync for every commit the writers make, on the disk their
+//! commits wait for. A failed mark ends the session like any other PostgreSQL error: the marks not
 //! committed are recovered by the next claim, as above.
 
 use std::collections::{HashSet, VecDeque};
 
+use protocol::ops::Counter;
 use sqlx::{Connection, PgConnection};
 use tokio::{
     sync::{mpsc, watch},
@@ -36,6 +39,12 @@ use crate::{
 
 /// Most marks committed in one statement (`outbox::mark_published` chunks larger ones anyway).
 const COALESCE: usize = 10_000;
+
+/// How long the first held mark waits, once the appends pause, for the marks of the events
+/// that follow it. Unmarked events in the log are this session's ([`Marks::contains`]) or, after
+/// a crash, in the next claim's tail, so the wait changes what is committed when, never what
+/// is appended.
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 type Queued = (String, Vec<(i64, Option<u64>)>);
 
@@ -55,6 +64,8 @@ pub(crate) struct Marks {
     /// Marks held back while a burst is appended (see [`Marks::send`]), and their history.
     held: Vec<(i64, Option<u64>)>,
     held_epoch: String,
+    /// When the first of `held` was queued.
+    held_since: Option<tokio::time::Instant>,
     /// How many marks are held back at most.
     hold: usize,
 }
@@ -68,11 +79,11 @@ impl std::fmt::Debug for Marks {
 impl Marks {
     /// Starts the writer on a connection of its own. Up to `hold` marks are held back while
     /// appends go on ([`Marks::send`]).
-    pub(crate) async fn start(database_url: &str, hold: usize) -> Result<Self, SessionError> {
+    pub(crate) async fn start(database_url: &str, hold: usize, commits: Counter) -> Result<Self, SessionError> {
         let conn = bounded(QUERY_TIMEOUT, PgConnection::connect(database_url)).await??;
         let (tx, rx) = mpsc::unbounded_channel();
         let (settled_tx, settled) = watch::channel(0);
-        let task = tokio::spawn(write(conn, rx, settled_tx));
+        let task = tokio::spawn(write(conn, rx, settled_tx, commits));
         Ok(Self {
             tx: Some(tx),
             settled,
@@ -83,6 +94,7 @@ impl Marks {
             reserved: Vec::new(),
             held: Vec::new(),
             held_epoch: String::new(),
+            held_since: None,
             hold,
         })
     }
@@ -123,6 +135,7 @@ impl Marks {
         }
         if self.held.is_empty() {
             epoch.clone_into(&mut self.held_epoch);
+            self.held_since = Some(tokio::time::Instant::now());
         }
         self.pending.extend(marks.iter().map(|(id, _)| *id));
         self.held.extend(marks);
@@ -132,8 +145,15 @@ impl Marks {
         Ok(())
     }
 
+    /// When the held marks go to the writer if no more come meanwhile ([`LINGER`] after the
+    /// first); `None` when none are held.
+    pub(crate) fn due(&self) -> Option<tokio::time::Instant> {
+        self.held_since.map(|since| since + LINGER)
+    }
+
     /// Hands the held marks to the writer.
     pub(crate) async fn dispatch(&mut self) -> Result<(), SessionError> {
+        self.held_since = None;
         if self.held.is_empty() {
             return Ok(());
         }
@@ -211,6 +231,7 @@ async fn write(
     mut conn: PgConnection,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     settled: watch::Sender<u64>,
+    commits: Counter,
 ) -> Result<(), SessionError> {
     let mut done = 0_u64;
     while let Some((epoch, mut marks)) = rx.recv().await {
@@ -227,9 +248,11 @@ async fn write(
             }
         }
         done += mark(&mut conn, &epoch, &marks).await?;
+        commits.inc();
         settled.send_replace(done);
         if let Some((epoch, marks)) = next {
             done += mark(&mut conn, &epoch, &marks).await?;
+            commits.inc();
             settled.send_replace(done);
         }
     }

@@ -174,7 +174,9 @@ async fn session(
         info!(channel = %config.pg_channel, "active publisher; listening on postgres");
     }
 
-    let mut marks = Marks::start(&config.database_url, config.mark_window.max(config.batch_max) / 4).await?;
+    let mut marks =
+        Marks::start(&config.database_url, config.mark_window.max(config.batch_max) / 4, stats.mark_commits.clone())
+            .await?;
     let mut active = Active::new(config, stats, log);
     let mut keepalive = tokio::time::interval(config.keepalive_interval);
     keepalive.reset();
@@ -207,8 +209,9 @@ async fn session(
             }
             continue;
         }
-        // The appends paused: the marks held back go out now.
-        marks.dispatch().await?;
+        // The appends paused: the marks held back go out when the next events have had
+        // `marks::LINGER` to join them.
+        let marks_due = marks.due();
         // Everything received is in the log now (forwarded, or drained from the outbox).
         if let Some(slot) = slot.as_mut() {
             slot.ack(active.settled);
@@ -230,6 +233,9 @@ async fn session(
                     active.note_id(id);
                 }
                 slot.take_buffered(&mut active)?;
+            }
+            () = tokio::time::sleep_until(marks_due.unwrap_or_else(tokio::time::Instant::now)), if marks_due.is_some() => {
+                marks.dispatch().await?;
             }
             _ = keepalive.tick() => {
                 // Doubles as the check that the session is alive, and as a catch-up should a

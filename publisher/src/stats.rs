@@ -14,6 +14,7 @@ pub(crate) struct Stats {
     pub(crate) reoffered: Counter,
     pub(crate) published: Counter,
     pub(crate) batches: Counter,
+    pub(crate) mark_commits: Counter,
     pub(crate) claims: Counter,
     pub(crate) seeded_rows: Counter,
     pub(crate) pruned: Counter,
@@ -49,6 +50,7 @@ impl Stats {
             reoffered: Counter::default(),
             published: Counter::default(),
             batches: Counter::default(),
+            mark_commits: Counter::default(),
             claims: Counter::default(),
             seeded_rows: Counter::default(),
             pruned: Counter::default(),
@@ -85,6 +87,11 @@ impl Health for Stats {
         );
         out.counter("publisher_events_published_total", "Events appended to the log and published.", &self.published);
         out.counter("publisher_batches_total", "Atomic appends to Redis (one per batch).", &self.batches);
+        out.counter(
+            "publisher_mark_commits_total",
+            "Commits of published marks in the outbox (one for the events that arrive within 10 ms).",
+            &self.mark_commits,
+        );
         out.counter("publisher_claims_total", "Claims of the replay log (takeovers, reconnects).", &self.claims);
         out.counter("publisher_seeded_rows_total", "Rows loaded into the snapshot state.", &self.seeded_rows);
         out.counter("publisher_pruned_total", "Published outbox rows deleted by retention.", &self.pruned);

@@ -365,3 +365,37 @@ async fn events_are_marked_by_primary_key_after_the_outbox_grew_unanalyzed() {
     let scans = outbox_seq_scans(&pg).await;
     assert!(scans < i64::from(events) / 2, "{scans} sequential scans of the outbox for {events} events");
 }
+
+/// Marks of events that follow each other closely share a commit (and its fsync, on the disk
+/// the writers' commits wait for), and none is lost or marked twice for it.
+#[tokio::test]
+async fn marks_of_events_close_together_share_a_commit() {
+    let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
+    let port = free_port();
+    let mut child =
+        publisher(&[("DATABASE_URL", pg.url()), ("REDIS_URL", redis.url()), ("HEALTH_PORT", port.to_string())])
+            .spawn()
+            .expect("starts");
+    wait_until(WAIT, "publisher active", || async { metric(port, "publisher_active").await == Some(1) }).await;
+    let before = metric(port, "publisher_mark_commits_total").await.expect("the counter");
+    // Single-row commits about a millisecond apart: each is its own notification and append.
+    let events = 200;
+    pg.psql(
+        "postgres",
+        &format!(
+            "DO $$ BEGIN FOR i IN 1..{events} LOOP \
+               INSERT INTO orders (customer_name, product_name) VALUES ('c', 'p' || i); COMMIT; \
+               PERFORM pg_sleep(0.001); \
+             END LOOP; END $$"
+        ),
+    )
+    .await;
+    wait_until(WAIT, "all published", || async { unpublished(&pg).await == 0 }).await;
+    let entries = logged(&redis.url()).await;
+    assert_exactly_once(&entries, events);
+    let commits = metric(port, "publisher_mark_commits_total").await.expect("the counter") - before;
+    let appends = metric(port, "publisher_batches_total").await.expect("the counter");
+    assert!(commits < events / 2, "{commits} mark commits for {events} events ({appends} appends)");
+    terminate(child.id().unwrap());
+    exit_within(&mut child, Duration::from_secs(5)).await;
+}
