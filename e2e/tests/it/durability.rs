@@ -61,7 +61,10 @@ async fn catch_up_after_the_publisher_was_down_while_1000_rows_changed() {
     sorted.dedup();
     assert_eq!(sorted, (1..=1001).collect::<Vec<_>>(), "every event id exactly once");
     assert_eq!(state(&redis.url()).await, table(&pg).await, "the state in Redis equals the table");
-    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM realtime_events WHERE published_at IS NULL").await, "0");
+    wait_until(WAIT, "every event marked", || async {
+        pg.psql("postgres", "SELECT count(*) FROM realtime_events WHERE published_at IS NULL").await == "0"
+    })
+    .await;
     drop(publisher);
 }
 
@@ -149,8 +152,12 @@ async fn redis_losing_its_data_starts_a_new_history_that_carries_the_old_one_and
     )
     .await;
     let before = wait_for_log(&redis, 5).await;
-    let recorded = pg.psql("postgres", "SELECT string_agg(log_pos::text, ',' ORDER BY id) FROM realtime_events").await;
-    assert_eq!(recorded, "1,2,3,4,5", "the outbox records where each event went");
+    // The marks follow the append (within 10 ms, sharing a commit).
+    wait_until(WAIT, "the outbox records where each event went", || async {
+        pg.psql("postgres", "SELECT string_agg(log_pos::text, ',' ORDER BY id) FROM realtime_events").await
+            == "1,2,3,4,5"
+    })
+    .await;
 
     // Committed while Redis is gone: in the outbox only.
     redis.stop().await;

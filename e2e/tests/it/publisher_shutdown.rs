@@ -20,6 +20,12 @@ async fn publisher_shutdown_finishes_within_its_grace_while_postgres_holds_the_d
     // on it is the drain's.
     pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('before', 'grace')").await;
     wait_until(WAIT, "the first change in the log", || async { log_frames(&redis.url()).await.len() == 1 }).await;
+    // And marked (a mark waits 10 ms for others to share its commit): else the statement that
+    // waits on the lock below is the mark, not the drain.
+    wait_until(WAIT, "the first change marked", || async {
+        pg.psql("postgres", "SELECT count(*) FROM realtime_events WHERE published_at IS NULL").await == "0"
+    })
+    .await;
 
     // Hold the outbox: the next drain's query waits for this lock (up to its 30 s query
     // timeout), which the publisher cannot cut short from inside.
