@@ -35,7 +35,8 @@ pub(crate) async fn unpublished(conn: &mut PgListener, limit: usize) -> sqlx::Re
 /// plan is the primary key's index scan, which PostgreSQL caches after five runs. `id = ANY($1)`
 /// costs less as a custom plan than as its generic one, so it is planned again at every bind:
 /// about 0.13 ms of PostgreSQL's CPU before each event's read on this machine, on the path from
-/// COMMIT to the client (docs/benchmarks.md, "Plans"). Batches keep `ANY`: one plan per batch.
+/// COMMIT to the client (docs/benchmarks.md, "Query plans on the event path"). Batches keep
+/// `ANY`: one plan per batch.
 pub(crate) async fn events_of(conn: &mut PgListener, ids: &[i64]) -> sqlx::Result<Vec<(i64, Option<String>)>> {
     let query = match ids {
         [id] => sqlx::query(

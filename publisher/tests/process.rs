@@ -302,6 +302,26 @@ async fn events_without_a_usable_notification_are_caught_up_from_the_outbox_once
     exit_within(&mut child, Duration::from_secs(5)).await;
 }
 
+/// A publisher on `pg` and `redis`, once active, and its health port.
+async fn active_publisher(pg: &PgServer, redis: &RedisServer) -> (Child, u16) {
+    let port = free_port();
+    let child = publisher(&[("DATABASE_URL", pg.url()), ("REDIS_URL", redis.url()), ("HEALTH_PORT", port.to_string())])
+        .spawn()
+        .expect("starts");
+    wait_until(WAIT, "publisher active", || async { metric(port, "publisher_active").await == Some(1) }).await;
+    (child, port)
+}
+
+/// `n` single-row commits (each its own notification), `gap_s` seconds apart, as one DO block.
+fn paced(n: i64, gap_s: f64) -> String {
+    format!(
+        "DO $$ BEGIN FOR i IN 1..{n} LOOP \
+           INSERT INTO orders (customer_name, product_name) VALUES ('c', 'p' || i); COMMIT; \
+           PERFORM pg_sleep({gap_s}); \
+         END LOOP; END $$"
+    )
+}
+
 /// How many sequential scans of the outbox PostgreSQL has counted.
 async fn outbox_seq_scans(pg: &PgServer) -> i64 {
     pg.psql("postgres", "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'realtime_events'")
@@ -317,24 +337,11 @@ async fn outbox_seq_scans(pg: &PgServer) -> i64 {
 #[tokio::test]
 async fn events_are_marked_by_primary_key_after_the_outbox_grew_unanalyzed() {
     let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
-    let port = free_port();
-    let mut child =
-        publisher(&[("DATABASE_URL", pg.url()), ("REDIS_URL", redis.url()), ("HEALTH_PORT", port.to_string())])
-            .spawn()
-            .expect("starts");
-    wait_until(WAIT, "publisher active", || async { metric(port, "publisher_active").await == Some(1) }).await;
+    let (mut child, _) = active_publisher(&pg, &redis).await;
     // No analyze behind the test's back (it would re-plan the cached statements).
     pg.psql("postgres", "ALTER TABLE realtime_events SET (autovacuum_enabled = false)").await;
     // Events one at a time into a small outbox: each its own read and mark, plans cached.
-    let paced = |n: u32| {
-        format!(
-            "DO $$ BEGIN FOR i IN 1..{n} LOOP \
-               INSERT INTO orders (customer_name, product_name) VALUES ('c', 'p' || i); COMMIT; \
-               PERFORM pg_sleep(0.02); \
-             END LOOP; END $$"
-        )
-    };
-    pg.psql("postgres", &paced(10)).await;
+    pg.psql("postgres", &paced(10, 0.02)).await;
     wait_until(WAIT, "the first ten published", || async { unpublished(&pg).await == 0 }).await;
     // The outbox grows (published rows, as after a day of events); it is not analyzed.
     pg.psql(
@@ -345,7 +352,7 @@ async fn events_are_marked_by_primary_key_after_the_outbox_grew_unanalyzed() {
     )
     .await;
     let events = 60;
-    pg.psql("postgres", &paced(events)).await;
+    pg.psql("postgres", &paced(events, 0.02)).await;
     wait_until(WAIT, "the rest published", || async { unpublished(&pg).await == 0 }).await;
     assert_eq!(logged(&redis.url()).await.len(), 10 + events as usize);
 
@@ -363,7 +370,7 @@ async fn events_are_marked_by_primary_key_after_the_outbox_grew_unanalyzed() {
     .await;
     // The few scans left are the per-second ones (catch-up, backlog) and the migrations'.
     let scans = outbox_seq_scans(&pg).await;
-    assert!(scans < i64::from(events) / 2, "{scans} sequential scans of the outbox for {events} events");
+    assert!(scans < events / 2, "{scans} sequential scans of the outbox for {events} events");
 }
 
 /// Marks of events that follow each other closely share a commit (and its fsync, on the disk
@@ -371,25 +378,11 @@ async fn events_are_marked_by_primary_key_after_the_outbox_grew_unanalyzed() {
 #[tokio::test]
 async fn marks_of_events_close_together_share_a_commit() {
     let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
-    let port = free_port();
-    let mut child =
-        publisher(&[("DATABASE_URL", pg.url()), ("REDIS_URL", redis.url()), ("HEALTH_PORT", port.to_string())])
-            .spawn()
-            .expect("starts");
-    wait_until(WAIT, "publisher active", || async { metric(port, "publisher_active").await == Some(1) }).await;
+    let (mut child, port) = active_publisher(&pg, &redis).await;
     let before = metric(port, "publisher_mark_commits_total").await.expect("the counter");
     // Single-row commits about a millisecond apart: each is its own notification and append.
     let events = 200;
-    pg.psql(
-        "postgres",
-        &format!(
-            "DO $$ BEGIN FOR i IN 1..{events} LOOP \
-               INSERT INTO orders (customer_name, product_name) VALUES ('c', 'p' || i); COMMIT; \
-               PERFORM pg_sleep(0.001); \
-             END LOOP; END $$"
-        ),
-    )
-    .await;
+    pg.psql("postgres", &paced(events, 0.001)).await;
     wait_until(WAIT, "all published", || async { unpublished(&pg).await == 0 }).await;
     let entries = logged(&redis.url()).await;
     assert_exactly_once(&entries, events);
