@@ -4,11 +4,12 @@
 //!
 //! Two ways into the log, one dedupe:
 //!
-//! - **Notified** ([`Active::forward`]): a notification names its event's outbox id; the rows of
-//!   the notified ids are read by id (the outbox row is the change, whatever the payload says)
-//!   and appended in notification order, which is commit order. The read of the next batch runs
-//!   while Redis appends the current one, and the marks are written by `marks` meanwhile, so a
-//!   burst costs one Redis step per batch on the critical path.
+//! - **Notified** ([`Active::forward`]): a notification names its event's outbox id. A change
+//!   the trigger signed (`signed`) is appended straight from the notification; the rows of
+//!   other notified ids are read by id (the outbox row is the change, whatever an unsigned
+//!   payload says). Either way events go out in notification order, which is commit order. The
+//!   read of the next batch runs while Redis appends the current one, and the marks are written
+//!   by `marks` meanwhile, so a burst costs one Redis step per batch on the critical path.
 //! - **Catch-up** ([`Active::drain`]): unpublished rows in id order, for whatever no
 //!   notification brought (the session's start, a keepalive, legacy payloads, after a Redis
 //!   failure). It first waits for this session's marks to be committed, so `published_at IS
@@ -17,10 +18,14 @@
 //! An event is appended by neither path twice: the notified path skips ids this session
 //! appended and has not marked yet (`Marks::contains`) and rows already marked (the read asks
 //! for `published_at IS NULL`); events a previous holder of the log appended and did not mark
-//! are in the claim's tail (`recent`), and only get their mark.
+//! are in the claim's tail (`recent`), and only get their mark. A signed change is not read, so
+//! the read's check is replaced by an exact record ([`Unread`]): every id above a floor that
+//! this session appended. Anyone may repeat a signed notification they saw (LISTEN is open to
+//! all), and a notification can arrive after a catch-up appended its event; both are in the
+//! record, or below the floor, where the change is read as before.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     time::Duration,
 };
 
@@ -42,6 +47,7 @@ use crate::{
     marks::Marks,
     outbox,
     relay::{DRAIN_TIMEOUT, QUERY_TIMEOUT, SessionError, bounded},
+    signed::{NotifyKey, Opened},
     stats::Stats,
 };
 
@@ -68,8 +74,12 @@ pub(crate) struct Active<'a> {
     /// Changes from a hand-made legacy trigger (legacy mode only): they exist only in the
     /// notification.
     legacy: Vec<Change>,
-    /// Outbox ids of notified events not forwarded yet, in notification (commit) order.
-    notified: VecDeque<i64>,
+    /// Notified events not forwarded yet, in notification (commit) order.
+    notified: VecDeque<Noted>,
+    /// The trigger's signing key, if this session may read it.
+    key: Option<NotifyKey>,
+    /// Which signed changes may be appended without a read.
+    unread: Unread,
     /// How many wake-ups were noted, and how many of those are settled: appended (or found
     /// published) or left to a catch-up that has since completed. Logical capture
     /// acknowledges its slot up to the newest commit whose wake-ups are all settled.
@@ -94,7 +104,7 @@ pub(crate) struct InDoubt {
 }
 
 impl<'a> Active<'a> {
-    pub(crate) fn new(config: &'a Config, stats: &'a Stats, log: &'a Log) -> Self {
+    pub(crate) fn new(config: &'a Config, stats: &'a Stats, log: &'a Log, key: Option<NotifyKey>) -> Self {
         Self {
             config,
             stats,
@@ -104,6 +114,8 @@ impl<'a> Active<'a> {
             recent: HashMap::new(),
             legacy: Vec::new(),
             notified: VecDeque::new(),
+            key,
+            unread: Unread::default(),
             noted: 0,
             settled: 0,
             appended: 0,
@@ -118,9 +130,20 @@ impl<'a> Active<'a> {
     pub(crate) fn note(&mut self, n: &PgNotification) {
         let stats = self.stats;
         stats.notifications.inc();
-        // The trigger's payloads begin with the id: nothing else of them is used.
+        // The trigger's payloads begin with the id: nothing else of them is used, unless they
+        // are signed.
         if let Some(id) = trigger_id(n.payload()) {
-            self.notified.push_back(id);
+            let change = match self.key.as_ref().map(|key| key.open(n.payload())) {
+                Some(Opened::Signed(change)) => Some(change),
+                Some(Opened::Forged) => {
+                    // Read as an unsigned one: the outbox decides.
+                    debug!(event_id = id, "a notification's signature is not the trigger's; reading its row");
+                    stats.forged.inc();
+                    None
+                }
+                Some(Opened::Unsigned) | None => None,
+            };
+            self.notified.push_back(Noted { id, change });
             return;
         }
         match parse_notification(n.payload()) {
@@ -137,8 +160,8 @@ impl<'a> Active<'a> {
                     stats.rejected.inc();
                 }
             }
-            Ok(Notification::Change(change)) => self.notified.extend(change.id),
-            Ok(Notification::Reference { id }) => self.notified.push_back(id),
+            Ok(Notification::Change(change)) => self.notified.extend(change.id.map(Noted::id)),
+            Ok(Notification::Reference { id }) => self.notified.push_back(Noted::id(id)),
             Err(err) => {
                 let preview: String = n.payload().chars().take(200).collect();
                 warn!(error = %err, payload = %preview, "skipping malformed notification");
@@ -152,7 +175,7 @@ impl<'a> Active<'a> {
     pub(crate) fn note_id(&mut self, id: i64) {
         self.stats.notifications.inc();
         self.noted += 1;
-        self.notified.push_back(id);
+        self.notified.push_back(Noted::id(id));
     }
 
     /// Catches up from the outbox: one batch of unpublished rows in id order (after this
@@ -250,6 +273,12 @@ impl<'a> Active<'a> {
         Ok(())
     }
 
+    /// Once a second: ids appended before the last call go below the floor, so the record of
+    /// appended ids keeps about a second of them.
+    pub(crate) fn raise_floor(&mut self) {
+        self.unread.raise();
+    }
+
     /// Whether events were notified and not forwarded yet.
     pub(crate) fn has_notified(&self) -> bool {
         !self.notified.is_empty()
@@ -341,13 +370,13 @@ impl<'a> Active<'a> {
     /// took; `None` when none are waiting.
     async fn next_notified(
         &self,
-        notified: &mut VecDeque<i64>,
+        notified: &mut VecDeque<Noted>,
         pg: &mut PgListener,
         marks: &Marks,
     ) -> Result<Option<(Batch, Vec<(i64, Option<u64>)>, u64)>, SessionError> {
         let wait_visible = self.config.capture == Capture::Logical;
-        let Some((rows, popped)) = read_notified(notified, pg, marks, self.config.batch_max, wait_visible).await?
-        else {
+        let taken = take_notified(notified, marks, &self.unread, self.config.batch_max);
+        let Some((rows, popped)) = read_notified(taken, pg, wait_visible, self.stats).await? else {
             return Ok(None);
         };
         let (batch, done) = self.batch_of(rows.iter().map(|(id, payload)| (*id, payload.as_str())), marks);
@@ -397,6 +426,9 @@ impl<'a> Active<'a> {
                 return Ok(false);
             };
             self.claimed_generation = redis.generation();
+            // Whatever was appended so far (by anyone) is committed, so at or below the floor.
+            let newest = bounded(QUERY_TIMEOUT, outbox::newest_id(pg)).await??;
+            self.unread = Unread { floor: newest, ..Unread::default() };
             self.recent = claim.recent.iter().copied().collect();
             self.appended = claim.seq;
             // The claim settled it: the history it names is complete, and its tail shows
@@ -426,6 +458,7 @@ impl<'a> Active<'a> {
                     stats.append_latency.observe_since(at);
                 }
                 self.appended = last;
+                self.unread.appended(batch.ids());
                 Ok(Appended::Ok(batch.marks(last).collect()))
             }
             Err(e) if is_fenced(&e) => {
@@ -556,9 +589,85 @@ enum Appended {
     Stopped,
 }
 
-/// Takes up to `limit` ids from the front of `notified` and reads their unpublished rows,
-/// returned in notification order. Ids this session appended and has not marked are skipped
-/// (their rows are unpublished still). `None` when no ids were waiting.
+/// A notified event waiting to be forwarded: its outbox id, and its change if the
+/// notification carried it signed.
+#[derive(Debug)]
+pub(crate) struct Noted {
+    id: i64,
+    change: Option<String>,
+}
+
+impl Noted {
+    fn id(id: i64) -> Self {
+        Self { id, change: None }
+    }
+}
+
+/// Which signed changes are appended without reading their rows: those above `floor` that this
+/// session has not appended. Every id above the floor that this session appended is in
+/// `appended`, and nobody else appends above it (the floor is the newest committed id when the
+/// log was claimed; a previous holder's unmarked appends are the claim's `recent`), so a
+/// signed change above the floor and not in `appended` is not in the log. Below the floor the
+/// read's `published_at IS NULL` decides, as for any unsigned wake-up.
+#[derive(Debug, Default)]
+struct Unread {
+    floor: i64,
+    appended: BTreeSet<i64>,
+    /// The newest id appended at the last [`Unread::raise`].
+    newest_at_raise: i64,
+}
+
+impl Unread {
+    fn readless(&self, id: i64) -> bool {
+        id > self.floor && !self.appended.contains(&id)
+    }
+
+    fn appended(&mut self, ids: impl Iterator<Item = i64>) {
+        let floor = self.floor;
+        self.appended.extend(ids.filter(|&id| id > floor));
+    }
+
+    fn raise(&mut self) {
+        self.floor = self.floor.max(self.newest_at_raise);
+        self.appended = self.appended.split_off(&(self.floor + 1));
+        self.newest_at_raise = self.appended.last().copied().unwrap_or(self.floor);
+    }
+}
+
+/// Takes up to `limit` events from the front of `notified`, in notification order: ids this
+/// session appended and has not marked are skipped; a signed change is kept if it needs no read
+/// (see [`Unread`]). An id notified twice is taken once, at its first place, or at its first
+/// signed place (a signed notification is the commit's own; an unsigned one may be a forgery
+/// sent earlier). Also how many notifications it took.
+fn take_notified(
+    notified: &mut VecDeque<Noted>,
+    marks: &Marks,
+    unread: &Unread,
+    limit: usize,
+) -> (Vec<(i64, Option<String>)>, u64) {
+    let mut taken: Vec<Option<(i64, Option<String>)>> = Vec::with_capacity(limit.min(notified.len()));
+    let mut place: HashMap<i64, usize> = HashMap::new();
+    let (mut popped, mut events) = (0, 0);
+    while events < limit {
+        let Some(Noted { id, change }) = notified.pop_front() else { break };
+        popped += 1;
+        if marks.contains(id) {
+            continue;
+        }
+        let change = change.filter(|_| unread.readless(id));
+        match place.get(&id) {
+            Some(&at) if change.is_some() && taken[at].as_ref().is_some_and(|(_, c)| c.is_none()) => taken[at] = None,
+            Some(_) => continue,
+            None => events += 1,
+        }
+        place.insert(id, taken.len());
+        taken.push(Some((id, change)));
+    }
+    (taken.into_iter().flatten().collect(), popped)
+}
+
+/// The changes of `taken` (see [`take_notified`]), in its order: signed ones as they came, the
+/// others' unpublished rows read by id. `None` when nothing was taken.
 ///
 /// `wait_visible` (logical capture): a slot can deliver a transaction's commit a moment before
 /// the transaction is visible to other sessions (the walsender decodes the commit record, which
@@ -566,26 +675,20 @@ enum Appended {
 /// again, three times at once and then over about 30 ms, before it is taken for a forged id;
 /// skipping a real one would leave it to the next catch-up, out of commit order.
 async fn read_notified(
-    notified: &mut VecDeque<i64>,
+    (taken, popped): (Vec<(i64, Option<String>)>, u64),
     pg: &mut PgListener,
-    marks: &Marks,
-    limit: usize,
     wait_visible: bool,
+    stats: &Stats,
 ) -> Result<Option<(Vec<(i64, String)>, u64)>, SessionError> {
-    let mut ids = Vec::with_capacity(limit.min(notified.len()));
-    let mut popped = 0;
-    while ids.len() < limit {
-        let Some(id) = notified.pop_front() else { break };
-        popped += 1;
-        if !marks.contains(id) {
-            ids.push(id);
-        }
-    }
-    if ids.is_empty() {
+    if taken.is_empty() {
         return Ok(None);
     }
-    let mut rows: HashMap<i64, Option<String>> =
-        bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &ids)).await??.into_iter().collect();
+    let ids: Vec<i64> = taken.iter().filter(|(_, change)| change.is_none()).map(|(id, _)| *id).collect();
+    stats.unread.add((taken.len() - ids.len()) as u64);
+    let mut rows: HashMap<i64, Option<String>> = HashMap::new();
+    if !ids.is_empty() {
+        rows.extend(bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &ids)).await??);
+    }
     // The gap is microseconds: the first reads again go at once (a query's round trip is the
     // wait), then 1, 2, 4, 8, 16 ms.
     if wait_visible {
@@ -608,8 +711,10 @@ async fn read_notified(
             rows.extend(bounded(DRAIN_TIMEOUT, outbox::events_of(pg, &missing)).await??);
         }
     }
-    // A notification repeated, or forged with a real id, is read once, at its first place.
-    let rows = ids.into_iter().filter_map(|id| rows.remove(&id).flatten().map(|row| (id, row))).collect();
+    let rows = taken
+        .into_iter()
+        .filter_map(|(id, change)| change.or_else(|| rows.remove(&id).flatten()).map(|row| (id, row)))
+        .collect();
     Ok(Some((rows, popped)))
 }
 

@@ -31,6 +31,7 @@ mod marks;
 mod migrate;
 mod outbox;
 mod relay;
+mod signed;
 mod stats;
 
 use std::sync::Arc;

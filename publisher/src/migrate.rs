@@ -20,6 +20,7 @@ const FILES: &[(i64, &str, &str)] = &[
     (4, "published marks", include_str!("../../sql/0004_published_marks.sql")),
     (5, "log positions", include_str!("../../sql/0005_log_positions.sql")),
     (6, "capture", include_str!("../../sql/0006_capture.sql")),
+    (7, "signed wake-ups", include_str!("../../sql/0007_signed_wakeups.sql")),
 ];
 
 #[derive(Debug)]

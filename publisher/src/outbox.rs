@@ -28,6 +28,12 @@ pub(crate) async fn unpublished(conn: &mut PgListener, limit: usize) -> sqlx::Re
         .collect()
 }
 
+/// The newest outbox id committed (0 for none): the floor of what a session may append
+/// without a read (see `active`'s `Unread`).
+pub(crate) async fn newest_id(conn: &mut PgListener) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM realtime_events").persistent(false).fetch_one(conn).await
+}
+
 /// The events among `ids` (notified ones), in no particular order: `(id, change JSON)`, the
 /// change `None` when the event is published already. An id without a visible row is left out.
 ///

@@ -39,6 +39,7 @@ use crate::{
     forward::{FatalError, Redis},
     marks::Marks,
     migrate, outbox,
+    signed::NotifyKey,
     stats::{POSTGRES, Stats},
 };
 
@@ -177,7 +178,15 @@ async fn session(
     let mut marks =
         Marks::start(&config.database_url, config.mark_window.max(config.batch_max) / 4, stats.mark_commits.clone())
             .await?;
-    let mut active = Active::new(config, stats, log);
+    // Without the key (an older schema, or a role that may not read it) every wake-up is read.
+    let key = match slot {
+        None => bounded(QUERY_TIMEOUT, NotifyKey::load(&mut pg)).await??,
+        Some(_) => None,
+    };
+    if slot.is_none() && key.is_none() {
+        info!("no signing key readable (realtime_notify_key): every notified event is read from the outbox");
+    }
+    let mut active = Active::new(config, stats, log, key);
     let mut keepalive = tokio::time::interval(config.keepalive_interval);
     keepalive.reset();
     let mut prune = tokio::time::interval(config.prune_interval);
@@ -243,6 +252,7 @@ async fn session(
                 bounded(KEEPALIVE_TIMEOUT, sqlx::query("SELECT 1").execute(&mut pg)).await??;
                 redis.ping(shutdown).await?;
                 active.verify_head(redis, shutdown).await?;
+                active.raise_floor();
                 wake = true;
             }
             _ = prune.tick() => {

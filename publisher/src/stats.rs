@@ -11,6 +11,8 @@ pub(crate) struct Stats {
     pub(crate) notifications: Counter,
     pub(crate) skipped: Counter,
     pub(crate) rejected: Counter,
+    pub(crate) forged: Counter,
+    pub(crate) unread: Counter,
     pub(crate) reoffered: Counter,
     pub(crate) published: Counter,
     pub(crate) batches: Counter,
@@ -47,6 +49,8 @@ impl Stats {
             notifications: Counter::default(),
             skipped: Counter::default(),
             rejected: Counter::default(),
+            forged: Counter::default(),
+            unread: Counter::default(),
             reoffered: Counter::default(),
             published: Counter::default(),
             batches: Counter::default(),
@@ -79,6 +83,16 @@ impl Health for Stats {
             "publisher_notifications_rejected_total",
             "Notifications without an outbox row (not from the realtime_notify trigger), dropped.",
             &self.rejected,
+        );
+        out.counter(
+            "publisher_signatures_rejected_total",
+            "Notifications whose signature is not the trigger's key (forged, or the key was replaced): read from the outbox instead.",
+            &self.forged,
+        );
+        out.counter(
+            "publisher_events_unread_total",
+            "Events appended straight from their signed notification, without reading the outbox.",
+            &self.unread,
         );
         out.counter(
             "publisher_events_reoffered_total",

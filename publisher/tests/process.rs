@@ -392,3 +392,101 @@ async fn marks_of_events_close_together_share_a_commit() {
     terminate(child.id().unwrap());
     exit_within(&mut child, Duration::from_secs(5)).await;
 }
+
+/// The trigger's signed notification of event `id`, computed as the trigger does
+/// (`sql/0007_signed_wakeups.sql`): what anyone who LISTENs saw and can send again. `sent` is
+/// the change sent (an SQL expression of the outbox row), signed as its row's payload is.
+fn signed_notification_sql(id: i64, sent: &str) -> String {
+    format!(
+        "SELECT pg_notify('orders_channel', left(sent, -1) || ', \"sig\" : \"' \
+           || encode(sha256(k.outer_key || sha256(k.inner_key || convert_to(payload, 'UTF8'))), 'hex') || '\"}}') \
+         FROM (SELECT {sent} AS sent, payload::text AS payload FROM realtime_events WHERE id = {id}) e, \
+              realtime_notify_key k"
+    )
+}
+
+/// Signed changes go into the log straight from their notification, without reading the outbox.
+/// Anyone may LISTEN and send a signed notification again: a repeat adds nothing, while its
+/// event's id is in the session's record and after it went below the floor (read again).
+#[tokio::test]
+async fn signed_changes_are_appended_without_a_read_and_a_repeat_adds_nothing() {
+    let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
+    let (mut child, port) = active_publisher(&pg, &redis).await;
+    let events = 40;
+    pg.psql("postgres", &paced(events, 0.005)).await;
+    wait_until(WAIT, "all published", || async { unpublished(&pg).await == 0 }).await;
+    assert_exactly_once(&logged(&redis.url()).await, events);
+    // A keepalive's catch-up can take a notified event first; nearly all go unread.
+    let unread = metric(port, "publisher_events_unread_total").await.expect("the counter");
+    assert!(unread >= events - 5, "{unread} of {events} events appended without a read");
+
+    // Repeated at once (in the record), then after two keepalives (below the floor).
+    for (round, pause) in [(1, Duration::ZERO), (2, Duration::from_millis(2500))] {
+        tokio::time::sleep(pause).await;
+        for id in [1, events / 2, events] {
+            pg.psql("postgres", &signed_notification_sql(id, "payload::text")).await;
+        }
+        pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('c', 'after')").await;
+        let total = events + round;
+        wait_until(WAIT, "the event after the repeats", || async { logged(&redis.url()).await.len() as i64 >= total })
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await; // a late duplicate would show by now
+        assert_exactly_once(&logged(&redis.url()).await, total);
+    }
+    assert_eq!(metric(port, "publisher_signatures_rejected_total").await, Some(0));
+    terminate(child.id().unwrap());
+    exit_within(&mut child, Duration::from_secs(5)).await;
+}
+
+/// What is not signed with the session's key is read from the outbox, as before signing: an
+/// altered change with a real signature, a made-up event, a writer whose role may not read the
+/// key, and every change after the key was replaced under a running publisher.
+#[tokio::test]
+async fn without_a_valid_signature_the_outbox_decides() {
+    let (pg, redis) = tokio::join!(PgServer::start(), RedisServer::start());
+    let (mut child, port) = active_publisher(&pg, &redis).await;
+    pg.psql("postgres", "INSERT INTO orders (customer_name, product_name) VALUES ('a', 'first')").await;
+    wait_until(WAIT, "the first event", || async { unpublished(&pg).await == 0 }).await;
+
+    // Event 1 altered, signed as it was; an event that does not exist, with some signature.
+    pg.psql("postgres", &signed_notification_sql(1, "replace(payload::text, '\"first\"', '\"forged\"')")).await;
+    pg.psql(
+        "postgres",
+        &format!(
+            r#"SELECT pg_notify('orders_channel', '{{"id" : 999, "table" : "orders", "operation" : "INSERT", "order" : {{"id":999}}, "sig" : "{}"}}')"#,
+            "ab".repeat(32)
+        ),
+    )
+    .await;
+    wait_until(WAIT, "both rejected signatures", || async {
+        metric(port, "publisher_signatures_rejected_total").await == Some(2)
+    })
+    .await;
+
+    // A writer that may write the outbox but not read the key: its changes go unsigned.
+    pg.psql(
+        "postgres",
+        "CREATE ROLE writer; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO writer; GRANT INSERT ON realtime_events TO writer; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO writer; GRANT SELECT ON realtime_capture TO writer",
+    )
+    .await;
+    let unread = metric(port, "publisher_events_unread_total").await.expect("the counter");
+    pg.psql("postgres", "SET ROLE writer; INSERT INTO orders (customer_name, product_name) VALUES ('w', 'keyless')")
+        .await;
+    wait_until(WAIT, "the writer's event", || async { logged(&redis.url()).await.len() == 2 }).await;
+    assert_eq!(metric(port, "publisher_events_unread_total").await, Some(unread), "read, not taken unread");
+
+    // A new key: the running session's no longer matches, and every change is read.
+    pg.psql("postgres", "UPDATE realtime_notify_key SET outer_key = decode(repeat(md5(random()::text), 4), 'hex')")
+        .await;
+    pg.psql("postgres", &paced(5, 0.005)).await;
+    wait_until(WAIT, "the events after the new key", || async { logged(&redis.url()).await.len() == 7 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let entries = logged(&redis.url()).await;
+    assert_exactly_once(&entries, 7);
+    assert_eq!(metric(port, "publisher_signatures_rejected_total").await, Some(7));
+    assert_eq!(metric(port, "publisher_events_unread_total").await, Some(unread));
+    terminate(child.id().unwrap());
+    exit_within(&mut child, Duration::from_secs(5)).await;
+}

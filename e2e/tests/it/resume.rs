@@ -142,6 +142,9 @@ async fn replica_fills_the_gap_after_a_redis_reconnect() {
 
     wait_until(WAIT, "replica resubscribed", || async { ws.metric("ws_redis_reconnects_total").await >= 1 }).await;
     ws.wait_ready().await;
+    // Appends made while the fill is still reading would be filled too (correctly, and
+    // deduplicated against pub/sub): wait for the fill so the count below is exact.
+    wait_until(WAIT, "gap filled", || async { ws.metric("ws_gap_filled_events_total").await >= 20 }).await;
     writer.inserts(2).await;
     for client in [&mut plain, &mut typed] {
         assert_eq!(positions(&client.events(22).await), (4..=25).collect::<Vec<_>>(), "no gap, no duplicate");

@@ -18,13 +18,14 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// The project's schema, as the publisher's migrations apply it (the API never migrates).
-const SCHEMA: [&str; 6] = [
+const SCHEMA: [&str; 7] = [
     include_str!("../../../sql/0001_orders.sql"),
     include_str!("../../../sql/0002_realtime_events.sql"),
     include_str!("../../../sql/0003_notify.sql"),
     include_str!("../../../sql/0004_published_marks.sql"),
     include_str!("../../../sql/0005_log_positions.sql"),
     include_str!("../../../sql/0006_capture.sql"),
+    include_str!("../../../sql/0007_signed_wakeups.sql"),
 ];
 
 /// Applies the schema to the `postgres` database of `pg`.
