@@ -204,19 +204,22 @@ async fn a_publisher_killed_between_the_append_and_the_acknowledgement_repeats_a
 #[tokio::test]
 async fn switching_capture_modes_by_restarting_the_publisher_loses_nothing() {
     let (pg, redis) = tokio::join!(PgServer::start_logical(), RedisServer::start());
-    let writers = Writers::start(&pg, 2);
+    let mut writers = None;
     for capture in [Capture::Notify, Capture::Logical, Capture::Notify, Capture::Logical, Capture::Notify] {
         let mut config = logical_config(&pg, &redis);
         config.capture = capture;
         let publisher = spawn_publisher(config).await;
         publisher.wait_ready().await;
+        // Once the schema is complete: a row committed between two of the first run's
+        // migrations is the original design's (sql/0004 takes it as relayed already).
+        writers.get_or_insert_with(|| Writers::start(&pg, 2));
         assert_eq!(pg.psql("postgres", "SELECT mode FROM realtime_capture").await, capture.to_string());
         tokio::time::sleep(Duration::from_millis(700)).await;
         publisher.stop().await;
         // Changes committed while no publisher runs wait in the outbox.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let committed = writers.stop().await;
+    let committed = writers.expect("started").stop().await;
     assert!(committed > 50, "the writers committed {committed} transactions");
     let publisher = spawn_publisher(publisher_config(&pg.url(), &redis.url())).await;
     assert_log_complete(&pg, &redis).await;
