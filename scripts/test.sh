@@ -3,7 +3,7 @@
 #
 # Ensures PostgreSQL and Redis binaries are installed (the tests start their own private servers
 # on free ports through the testkit crate; nothing needs to be running), then runs
-# `cargo test --workspace --locked "$@"` and prints a one-line summary.
+# `cargo test --workspace --locked --no-fail-fast "$@"` and prints a one-line summary.
 # Also chromium and chromedriver, for the dashboard's tests in a real headless browser
 # (TEST_BROWSER=0 skips installing them; those tests then skip, or fail under CI=true).
 set -euo pipefail
@@ -27,7 +27,8 @@ started=$SECONDS
 status=0
 # Keep cargo's colours when a person is watching, although its output goes through tee.
 [[ -t 1 ]] && export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-always}
-cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 
 # Sum libtest's "test result: ok. 12 passed; 0 failed; 1 ignored; ..." lines over all binaries.
 read -r passed failed ignored < <(sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '

@@ -33,11 +33,10 @@ ON CONFLICT DO NOTHING;
 CREATE OR REPLACE FUNCTION realtime_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    channel   text := coalesce(TG_ARGV[0], 'orders_channel');
-    event_id  bigint := nextval('realtime_events_id_seq');
-    change    text;
-    inner_key bytea;
-    outer_key bytea;
+    channel  text := coalesce(TG_ARGV[0], 'orders_channel');
+    event_id bigint := nextval('realtime_events_id_seq');
+    change   text;
+    signed   boolean := false;
 BEGIN
     change := json_build_object(
         'id',        event_id,
@@ -58,17 +57,19 @@ BEGIN
     -- NOTIFY payloads must stay under 8000 bytes (the signature adds 77); the reference is
     -- always small.
     ELSIF octet_length(change) < 7900 THEN
+        -- The change with a last field, "sig": the publisher takes it off again and checks it
+        -- against the change as it was. One statement reads the key and sends (about 10 µs a
+        -- row here, a fifth of the trigger's cost); a role that may not read the key sends the
+        -- change unsigned.
         IF has_table_privilege('realtime_notify_key', 'SELECT') THEN
-            SELECT k.inner_key, k.outer_key INTO inner_key, outer_key FROM realtime_notify_key k;
-        END IF;
-        IF outer_key IS NULL THEN
-            PERFORM pg_notify(channel, change);
-        ELSE
-            -- The change with a last field, "sig": the publisher takes it off again and checks
-            -- it against the change as it was.
             PERFORM pg_notify(channel, left(change, -1) || ', "sig" : "'
-                || encode(sha256(outer_key || sha256(inner_key || convert_to(change, 'UTF8'))), 'hex')
-                || '"}');
+                || encode(sha256(k.outer_key || sha256(k.inner_key || convert_to(change, 'UTF8'))), 'hex')
+                || '"}')
+            FROM realtime_notify_key k;
+            signed := FOUND;
+        END IF;
+        IF NOT signed THEN
+            PERFORM pg_notify(channel, change);
         END IF;
     ELSE
         PERFORM pg_notify(channel, json_build_object(

@@ -35,6 +35,7 @@ use protocol::{
     retry::Flow,
 };
 use sqlx::postgres::{PgListener, PgNotification};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -115,7 +116,7 @@ impl<'a> Active<'a> {
             legacy: Vec::new(),
             notified: VecDeque::new(),
             key,
-            unread: Unread::default(),
+            unread: Unread::new(0),
             noted: 0,
             settled: 0,
             appended: 0,
@@ -273,8 +274,8 @@ impl<'a> Active<'a> {
         Ok(())
     }
 
-    /// Once a second: ids appended before the last call go below the floor, so the record of
-    /// appended ids keeps about a second of them.
+    /// Once a second (the keepalive; appends do it too, at most as often): ids appended before
+    /// the last raise go below the floor, so the record keeps about a second of them.
     pub(crate) fn raise_floor(&mut self) {
         self.unread.raise();
     }
@@ -428,7 +429,7 @@ impl<'a> Active<'a> {
             self.claimed_generation = redis.generation();
             // Whatever was appended so far (by anyone) is committed, so at or below the floor.
             let newest = bounded(QUERY_TIMEOUT, outbox::newest_id(pg)).await??;
-            self.unread = Unread { floor: newest, ..Unread::default() };
+            self.unread = Unread::new(newest);
             self.recent = claim.recent.iter().copied().collect();
             self.appended = claim.seq;
             // The claim settled it: the history it names is complete, and its tail shows
@@ -609,15 +610,23 @@ impl Noted {
 /// log was claimed; a previous holder's unmarked appends are the claim's `recent`), so a
 /// signed change above the floor and not in `appended` is not in the log. Below the floor the
 /// read's `published_at IS NULL` decides, as for any unsigned wake-up.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Unread {
     floor: i64,
     appended: BTreeSet<i64>,
-    /// The newest id appended at the last [`Unread::raise`].
+    /// The newest id appended at the last [`Unread::raise`], and when that was.
     newest_at_raise: i64,
+    raised_at: Instant,
 }
 
+/// How often the floor rises: the record holds about this long of appended ids.
+const RAISE_EVERY: Duration = Duration::from_secs(1);
+
 impl Unread {
+    fn new(floor: i64) -> Self {
+        Self { floor, appended: BTreeSet::new(), newest_at_raise: floor, raised_at: Instant::now() }
+    }
+
     fn readless(&self, id: i64) -> bool {
         id > self.floor && !self.appended.contains(&id)
     }
@@ -625,12 +634,17 @@ impl Unread {
     fn appended(&mut self, ids: impl Iterator<Item = i64>) {
         let floor = self.floor;
         self.appended.extend(ids.filter(|&id| id > floor));
+        // A stream that never pauses never reaches the keepalive: bound the record here too.
+        if self.raised_at.elapsed() >= RAISE_EVERY {
+            self.raise();
+        }
     }
 
     fn raise(&mut self) {
         self.floor = self.floor.max(self.newest_at_raise);
         self.appended = self.appended.split_off(&(self.floor + 1));
         self.newest_at_raise = self.appended.last().copied().unwrap_or(self.floor);
+        self.raised_at = Instant::now();
     }
 }
 
@@ -761,6 +775,30 @@ mod tests {
         ] {
             assert_eq!(trigger_id(other), None, "{other}");
         }
+    }
+
+    /// The record of appended ids stays about a second long, also while appends never pause
+    /// (no keepalive runs then): what falls below the floor is read, not taken unread.
+    #[tokio::test(start_paused = true)]
+    async fn the_record_of_appended_ids_keeps_about_a_second_of_a_stream_that_never_pauses() {
+        let mut unread = Unread::new(10);
+        assert!(!unread.readless(10), "at the floor: read");
+        assert!(unread.readless(11));
+        for second in 0..5_i64 {
+            let first = 11 + second * 100;
+            unread.appended(first..first + 100);
+            tokio::time::advance(RAISE_EVERY).await;
+        }
+        unread.appended(511..611);
+        // Each append a second after the last raise raised the floor to the newest id of that
+        // raise: 10, 210, 310, 410, 510. The record holds the ids after it.
+        assert_eq!(unread.floor, 510);
+        assert_eq!(unread.appended.len(), 100);
+        for (id, readless) in [(300, false), (511, false), (610, false), (611, true)] {
+            assert_eq!(unread.readless(id), readless, "{id}");
+        }
+        unread.appended([5, 9].into_iter());
+        assert_eq!(unread.appended.len(), 100, "ids below the floor are not recorded");
     }
 
     #[test]

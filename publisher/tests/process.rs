@@ -64,7 +64,7 @@ async fn waits_for_dependencies_that_are_down_at_start_then_stops_on_sigterm() {
     assert_eq!(readyz(port).await, 503, "not ready while postgres is down");
     pg.restart().await;
     wait_until(WAIT, "ready once postgres is back", || async { readyz(port).await == 200 }).await;
-    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM _sqlx_migrations").await, "6", "migrations applied");
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM _sqlx_migrations").await, "7", "migrations applied");
 
     let started = Instant::now();
     terminate(child.id().expect("running"));
