@@ -23,6 +23,7 @@ pub mod ops;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
+pub mod signed;
 pub mod store;
 pub mod telemetry;
 pub mod timestamp;

@@ -5,7 +5,7 @@
 //! Two ways into the log, one dedupe:
 //!
 //! - **Notified** ([`Active::forward`]): a notification names its event's outbox id. A change
-//!   the trigger signed (`signed`) is appended straight from the notification; the rows of
+//!   the trigger signed (`protocol::signed`) is appended straight from the notification; the rows of
 //!   other notified ids are read by id (the outbox row is the change, whatever an unsigned
 //!   payload says). Either way events go out in notification order, which is commit order. The
 //!   read of the next batch runs while Redis appends the current one, and the marks are written
@@ -33,6 +33,7 @@ use protocol::{
     event::{Change, Notification, parse_notification},
     log::{Claim, Log, is_fenced},
     retry::Flow,
+    signed::{NotifyKey, Opened},
 };
 use sqlx::postgres::{PgListener, PgNotification};
 use tokio::time::Instant;
@@ -48,7 +49,6 @@ use crate::{
     marks::Marks,
     outbox,
     relay::{DRAIN_TIMEOUT, QUERY_TIMEOUT, SessionError, bounded},
-    signed::{NotifyKey, Opened},
     stats::Stats,
 };
 

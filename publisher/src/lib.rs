@@ -31,7 +31,6 @@ mod marks;
 mod migrate;
 mod outbox;
 mod relay;
-mod signed;
 mod stats;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use protocol::signed::NotifyKey;
 use sqlx::{PgExecutor, Row, postgres::PgListener};
 
 /// Unpublished events, oldest id first: `(id, change JSON)`.
@@ -26,6 +27,26 @@ pub(crate) async fn unpublished(conn: &mut PgListener, limit: usize) -> sqlx::Re
         .into_iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect()
+}
+
+/// The trigger's signing key (`protocol::signed`), if the migration made one and this
+/// session's role may read it.
+pub(crate) async fn notify_key(pg: &mut PgListener) -> sqlx::Result<Option<NotifyKey>> {
+    let readable: Option<bool> = sqlx::query_scalar(
+        "SELECT to_regclass('realtime_notify_key') IS NOT NULL
+                AND has_table_privilege('realtime_notify_key', 'SELECT')",
+    )
+    .persistent(false)
+    .fetch_one(&mut *pg)
+    .await?;
+    if readable != Some(true) {
+        return Ok(None);
+    }
+    let key: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as("SELECT inner_key, outer_key FROM realtime_notify_key")
+        .persistent(false)
+        .fetch_optional(&mut *pg)
+        .await?;
+    Ok(key.map(|(inner, outer)| NotifyKey::new(&inner, &outer)))
 }
 
 /// The newest outbox id committed (0 for none): the floor of what a session may append

@@ -39,7 +39,6 @@ use crate::{
     forward::{FatalError, Redis},
     marks::Marks,
     migrate, outbox,
-    signed::NotifyKey,
     stats::{POSTGRES, Stats},
 };
 
@@ -180,7 +179,7 @@ async fn session(
             .await?;
     // Without the key (an older schema, or a role that may not read it) every wake-up is read.
     let key = match slot {
-        None => bounded(QUERY_TIMEOUT, NotifyKey::load(&mut pg)).await??,
+        None => bounded(QUERY_TIMEOUT, outbox::notify_key(&mut pg)).await??,
         Some(_) => None,
     };
     if slot.is_none() && key.is_none() {

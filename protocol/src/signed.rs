@@ -3,10 +3,9 @@
 //! signature checks out is a committed change (NOTIFY delivers only at commit, and only the
 //! trigger, run by a role that may write the outbox, knows the key), so the publisher can append
 //! it without reading its outbox row. What does not check out takes the read, as every
-//! wake-up did before. See `active` for the dedupe that keeps this exact.
+//! wake-up did before (the publisher's `active` module keeps the dedupe exact).
 
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgListener;
 
 /// What the trigger inserts before the change's closing brace: `, "sig" : "<64 hex>"`.
 const SIG_OPEN: &str = r#", "sig" : ""#;
@@ -14,7 +13,7 @@ const SIG_LEN: usize = SIG_OPEN.len() + 64 + r#""}"#.len();
 
 /// The key of the trigger's signatures: `sha256(outer || sha256(inner || change))`.
 #[derive(Clone)]
-pub(crate) struct NotifyKey {
+pub struct NotifyKey {
     /// SHA-256 states with each key already absorbed (both are one 64-byte block).
     inner: Sha256,
     outer: Sha256,
@@ -28,7 +27,7 @@ impl std::fmt::Debug for NotifyKey {
 
 /// See [`NotifyKey::open`].
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Opened {
+pub enum Opened {
     /// No signature: a writer that may not read the key, or not the trigger.
     Unsigned,
     /// Signed with this key: the change exactly as the trigger wrote it to the outbox.
@@ -39,31 +38,14 @@ pub(crate) enum Opened {
 }
 
 impl NotifyKey {
-    pub(crate) fn new(inner: &[u8], outer: &[u8]) -> Self {
+    #[must_use]
+    pub fn new(inner: &[u8], outer: &[u8]) -> Self {
         Self { inner: Sha256::new_with_prefix(inner), outer: Sha256::new_with_prefix(outer) }
     }
 
-    /// The key, if the migration made one and this session's role may read it.
-    pub(crate) async fn load(pg: &mut PgListener) -> sqlx::Result<Option<Self>> {
-        let readable: Option<bool> = sqlx::query_scalar(
-            "SELECT to_regclass('realtime_notify_key') IS NOT NULL
-                    AND has_table_privilege('realtime_notify_key', 'SELECT')",
-        )
-        .persistent(false)
-        .fetch_one(&mut *pg)
-        .await?;
-        if readable != Some(true) {
-            return Ok(None);
-        }
-        let key: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as("SELECT inner_key, outer_key FROM realtime_notify_key")
-            .persistent(false)
-            .fetch_optional(&mut *pg)
-            .await?;
-        Ok(key.map(|(inner, outer)| Self::new(&inner, &outer)))
-    }
-
     /// What a payload's signature says.
-    pub(crate) fn open(&self, payload: &str) -> Opened {
+    #[must_use]
+    pub fn open(&self, payload: &str) -> Opened {
         let Some((body, sig)) = payload.len().checked_sub(SIG_LEN).and_then(|at| payload.split_at_checked(at)) else {
             return Opened::Unsigned;
         };
@@ -78,6 +60,21 @@ impl NotifyKey {
         // Constant time: a forger learns nothing from how long the comparison took.
         let differ = actual.iter().zip(claimed.iter()).fold(0_u8, |acc, (a, b)| acc | (a ^ b));
         if differ == 0 { Opened::Signed(change) } else { Opened::Forged }
+    }
+
+    /// The payload the trigger sends for `change` (a JSON object's text).
+    #[must_use]
+    pub fn signed(&self, change: &str) -> String {
+        let body = change.strip_suffix('}').unwrap_or(change);
+        let mut out = String::with_capacity(body.len() + SIG_LEN);
+        out.push_str(body);
+        out.push_str(SIG_OPEN);
+        for byte in self.sign(change.as_bytes()) {
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+            out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+        }
+        out.push_str(r#""}"#);
+        out
     }
 
     fn sign(&self, change: &[u8]) -> [u8; 32] {
@@ -129,6 +126,7 @@ mod tests {
     #[test]
     fn a_payload_the_trigger_signed_opens_to_the_change_it_wrote() {
         assert_eq!(key().open(&signed(CHANGE, SIG)), Opened::Signed(CHANGE.to_owned()));
+        assert_eq!(key().signed(CHANGE), signed(CHANGE, SIG), "signs as the trigger does");
     }
 
     #[test]
