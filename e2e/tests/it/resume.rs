@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use e2e::{WAIT, WsClient, spawn_ws, ws_config};
 use protocol::{
     channel::ChannelName,
-    log::{Append, Claim, Log, StateChange},
+    log::{Append, Bridge, Claim, Log, StateChange},
 };
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
@@ -470,6 +470,46 @@ async fn replica_that_sees_redis_lose_history_tells_protocol_clients() {
     assert_eq!(positions(&events), [1, 2, 3, 4], "plain clients keep getting events");
     assert!(events.iter().all(|e| e["epoch"] == "after"));
     assert_eq!(ws.metric("ws_history_breaks_total").await, 1);
+}
+
+/// A Redis failover can lose the log's newest writes after a client saw them: its position is
+/// then ahead of the newest of its history until the publisher's new history re-offers them.
+/// A resume in that window waits for it (CI once saw this client reset and snapshot, then get
+/// the 381 re-offered events twice), and goes on with a `rebased`, no gap and no repeat.
+#[tokio::test]
+async fn a_resume_ahead_of_a_log_that_went_back_waits_for_the_history_that_re_offers_it() {
+    let redis = RedisServer::start().await;
+    // What the promoted replica kept of history "lossy": 8 events; the client saw 12.
+    let mut lossy = Writer::claim(&redis, "lossy").await;
+    lossy.inserts(8).await;
+    let ws = spawn_ws(ws_config(&redis.url())).await;
+    ws.wait_ready().await;
+    let (mut c, _) = WsClient::connect_protocol(&ws.ws_url()).await;
+    c.send_json(&json!({"type": "subscribe", "since": {"epoch": "lossy", "pos": 12}})).await;
+    assert!(c.next_json_within(Duration::from_secs(1)).await.is_none(), "no reset while the new history is on its way");
+
+    // The publisher's new history: lossy 1..=12 again at 1..=12, its state, then two new events.
+    let bridge = Bridge { epoch: "lossy".into(), from: 1, to: 12 };
+    let claim = lossy.log.claim(&mut lossy.conn, "renewed", 10, true, Some(&bridge)).await.unwrap();
+    let log = Log::new(&ChannelName::parse("orders_updates").unwrap());
+    let mut renewed =
+        Writer { conn: lossy.conn.clone(), log, epoch: claim.epoch.clone(), claim, next_id: 1, maxlen: 100_000 };
+    renewed.inserts(12).await;
+    renewed.log.seed(&mut renewed.conn, &renewed.claim, &[], true, true).await.unwrap();
+    renewed.inserts(2).await;
+
+    let mut frames = c.frames_until("subscribed").await;
+    while positions(&frames.iter().filter(|f| f["type"] == "event").cloned().collect::<Vec<_>>()).len() < 2 {
+        frames.push(c.next_json().await);
+    }
+    let kinds = kinds(&frames);
+    assert_eq!(kinds.iter().filter(|k| **k == "rebased").count(), 1, "{frames:?}");
+    assert!(!kinds.contains(&"reset"), "{frames:?}");
+    let rebased = frames.iter().find(|f| f["type"] == "rebased").unwrap();
+    assert_eq!(rebased["position"], renewed.at(12), "lossy:12 is renewed:12: {rebased}");
+    let events: Vec<Value> = frames.into_iter().filter(|f| f["type"] == "event").collect();
+    assert_eq!(positions(&events), [13, 14], "only what came after, once");
+    assert!(c.next_json_within(Duration::from_millis(300)).await.is_none(), "nothing more");
 }
 
 #[tokio::test]

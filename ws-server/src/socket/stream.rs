@@ -20,11 +20,19 @@ use protocol::{
     frames::{CLOSE_HISTORY_LOST, ResetReason, ServerFrame},
     log::{Head, Position},
 };
+use std::time::Duration;
+
 use tokio::{sync::broadcast::error::TryRecvError, time::Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
 
 use super::{Conn, End, subs::Shape};
+
+/// How long a resume from a position ahead of its history's newest waits for the new history
+/// that re-offers it (the publisher starts one within about a second of noticing), and how
+/// often it looks.
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
+const AHEAD_POLL: Duration = Duration::from_millis(50);
 use crate::{
     history::{PAGE, Page},
     hub::{
@@ -324,7 +332,19 @@ impl Conn<'_> {
     ) -> Result<Result<Position, (ResetReason, Option<Position>, String)>, End> {
         let state = self.state;
         let log = &state.history.log;
-        let current = self.redis(log.head_with_bridge(conn).await).await?;
+        let mut current = self.redis(log.head_with_bridge(conn).await).await?;
+        // Ahead of the newest position of its own history: the log lost its newest writes (a
+        // Redis failover before they reached the replica) after this client saw them. The
+        // publisher notices and starts a new history that re-offers them: wait a little for it
+        // rather than tell the client to start over. A mistyped position gets its reset after
+        // the wait.
+        let deadline = Instant::now() + AHEAD_WAIT;
+        while current.as_ref().is_some_and(|c| c.position.epoch == since.epoch && since.pos > c.position.pos)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(AHEAD_POLL).await;
+            current = self.redis(log.head_with_bridge(conn).await).await?;
+        }
         let head = current.as_ref().map(|h| h.position.clone());
         let lost = |why: String| {
             Err((
